@@ -1,0 +1,115 @@
+//! Typed errors of the store, split into retryable and fatal kinds.
+//!
+//! A caller (usually [`crate::Db::run_txn`]) retries only what [`Error::is_retryable`] says is
+//! retryable: a conflict, a snapshot that fell out of the MVCC window, a lock that is still held,
+//! a tablet that is not ready yet. Everything else is final and is reported as it is.
+
+use std::io;
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in TafDB.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another transaction committed (or holds a lock on) a key this transaction read or wrote
+    /// after this transaction's start timestamp. Retry with a new transaction.
+    #[error("transaction conflict on key {key}: {reason}")]
+    Conflict {
+        /// The key, printed in escaped form.
+        key: String,
+        /// What was found.
+        reason: &'static str,
+    },
+    /// A read asked for a snapshot older than the in-memory MVCC window.
+    #[error("snapshot at ts {ts} is older than the MVCC window (oldest exact ts {floor})")]
+    SnapshotTooOld {
+        /// The requested read timestamp.
+        ts: u64,
+        /// The oldest timestamp that can still be answered exactly.
+        floor: u64,
+    },
+    /// A key is locked by an unfinished two-phase commit that could not be resolved in time.
+    #[error("key {key} is locked by transaction {start_ts}")]
+    Locked {
+        /// The locked key, escaped.
+        key: String,
+        /// The start timestamp of the lock owner.
+        start_ts: u64,
+    },
+    /// The two-phase commit was rolled back (by a resolver or by the coordinator).
+    #[error("transaction {start_ts} was aborted: {reason}")]
+    Aborted {
+        /// The transaction's start timestamp.
+        start_ts: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The caller's input is not acceptable (a reserved key, an empty key, a bad range...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The engine cannot do what was asked (for example a range scan on a hash table).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Data read from disk failed its checks.
+    #[error("corruption: {0}")]
+    Corruption(String),
+    /// An I/O error from the operating system.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// An error from RocksDB.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// Raft or the tablet runtime failed or is shutting down.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The store is shutting down.
+    #[error("the store is shutting down")]
+    Shutdown,
+    /// The retry budget of [`crate::Db::run_txn`] ran out.
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last retryable error.
+        last: Box<Error>,
+    },
+    /// A coprocessor was not found or failed.
+    #[error("coprocessor {name}: {message}")]
+    Coprocessor {
+        /// The coprocessor's registered name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether running the transaction again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Conflict { .. }
+                | Error::SnapshotTooOld { .. }
+                | Error::Locked { .. }
+                | Error::Aborted { .. }
+        )
+    }
+
+    pub(crate) fn conflict(key: &[u8], reason: &'static str) -> Error {
+        Error::Conflict { key: escape(key), reason }
+    }
+}
+
+/// Prints a key readably: printable ASCII as is, everything else as `\xNN`.
+pub fn escape(key: &[u8]) -> String {
+    let mut s = String::with_capacity(key.len() * 2);
+    for &b in key {
+        if b.is_ascii_graphic() && b != b'\\' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}

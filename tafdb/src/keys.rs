@@ -1,0 +1,149 @@
+//! Key space rules shared by every layer of the store.
+//!
+//! Keys are byte strings ordered lexicographically. The first byte names the *table*, so a table
+//! is a contiguous key range and a tablet boundary may fall between tables. The byte `0xFF` is
+//! reserved for TafDB's own records (two-phase-commit locks, transaction status, tablet
+//! metadata); user keys may not start with it.
+
+use crate::error::{Error, Result};
+
+/// Keys are owned byte vectors.
+pub type Key = Vec<u8>;
+/// Values are owned byte vectors.
+pub type Value = Vec<u8>;
+
+/// The first byte of every internal key.
+pub const INTERNAL_PREFIX: u8 = 0xFF;
+/// Largest accepted key (bytes).
+pub const MAX_KEY_LEN: usize = 4096;
+/// Largest accepted value (bytes).
+pub const MAX_VALUE_LEN: usize = 1 << 20;
+
+/// The table id of a key: its first byte.
+pub fn table_of(key: &[u8]) -> u8 {
+    key.first().copied().unwrap_or(0)
+}
+
+/// Checks that a key may be written or read by a user transaction.
+pub fn check_user_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("empty key".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes exceeds the limit of {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if key[0] == INTERNAL_PREFIX {
+        return Err(Error::InvalidArgument(
+            "keys starting with 0xFF are reserved for TafDB".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a value's size.
+pub fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "value of {} bytes exceeds the limit of {MAX_VALUE_LEN}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest key strictly greater than every key that starts with `prefix`, or `None` when
+/// no such key exists (the prefix is all `0xFF`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Key> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A half-open key range `[start, end)`; `end == None` means unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRange {
+    /// Inclusive start.
+    pub start: Key,
+    /// Exclusive end, or unbounded.
+    pub end: Option<Key>,
+}
+
+impl KeyRange {
+    /// Builds `[start, end)`.
+    pub fn new(start: impl Into<Key>, end: Option<Key>) -> Self {
+        KeyRange { start: start.into(), end }
+    }
+
+    /// Every key with the given prefix.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        KeyRange { start: prefix.to_vec(), end: prefix_end(prefix) }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| key < e)
+    }
+
+    /// Whether two ranges share at least one key.
+    pub fn overlaps(&self, other: &KeyRange) -> bool {
+        let a_before_b_end = other.end.as_deref().is_none_or(|e| self.start.as_slice() < e);
+        let b_before_a_end = self.end.as_deref().is_none_or(|e| other.start.as_slice() < e);
+        a_before_b_end && b_before_a_end
+    }
+
+    /// The intersection of two ranges, if not empty.
+    pub fn intersect(&self, other: &KeyRange) -> Option<KeyRange> {
+        let start = std::cmp::max(&self.start, &other.start).clone();
+        let end = match (&self.end, &other.end) {
+            (None, None) => None,
+            (Some(e), None) | (None, Some(e)) => Some(e.clone()),
+            (Some(a), Some(b)) => Some(std::cmp::min(a, b).clone()),
+        };
+        let r = KeyRange { start, end };
+        match &r.end {
+            Some(e) if e <= &r.start => None,
+            _ => Some(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_handles_ff() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+
+    #[test]
+    fn ranges_overlap_and_intersect() {
+        let a = KeyRange::new(b"b".to_vec(), Some(b"d".to_vec()));
+        let b = KeyRange::new(b"c".to_vec(), None);
+        let c = KeyRange::new(b"d".to_vec(), Some(b"e".to_vec()));
+        assert!(a.overlaps(&b));
+        assert!(!a.overlaps(&c));
+        assert_eq!(a.intersect(&b), Some(KeyRange::new(b"c".to_vec(), Some(b"d".to_vec()))));
+        assert_eq!(a.intersect(&c), None);
+        assert!(a.contains(b"c"));
+        assert!(!a.contains(b"d"));
+    }
+
+    #[test]
+    fn user_keys_are_checked() {
+        assert!(check_user_key(b"").is_err());
+        assert!(check_user_key(&[0xFF, 1]).is_err());
+        assert!(check_user_key(&vec![1u8; MAX_KEY_LEN + 1]).is_err());
+        assert!(check_user_key(b"\x02abc").is_ok());
+    }
+}

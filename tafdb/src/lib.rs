@@ -1,0 +1,6 @@
+//! TafDB: a transactional, range-partitioned key-value store (work in progress).
+pub mod engine;
+pub mod error;
+pub mod keys;
+
+pub use error::{Error, Result};
