@@ -2,5 +2,7 @@
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod mvcc;
+pub mod tso;
 
 pub use error::{Error, Result};
