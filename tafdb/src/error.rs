@@ -30,10 +30,10 @@ pub enum Error {
         floor: u64,
     },
     /// A key is locked by an unfinished two-phase commit that could not be resolved in time.
-    #[error("key {key} is locked by transaction {start_ts}")]
+    #[error("key {} is locked by transaction {start_ts}", escape(.key))]
     Locked {
-        /// The locked key, escaped.
-        key: String,
+        /// The locked key.
+        key: Vec<u8>,
         /// The start timestamp of the lock owner.
         start_ts: u64,
     },
@@ -97,7 +97,10 @@ impl Error {
     }
 
     pub(crate) fn conflict(key: &[u8], reason: &'static str) -> Error {
-        Error::Conflict { key: escape(key), reason }
+        Error::Conflict {
+            key: escape(key),
+            reason,
+        }
     }
 }
 

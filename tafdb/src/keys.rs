@@ -79,12 +79,18 @@ pub struct KeyRange {
 impl KeyRange {
     /// Builds `[start, end)`.
     pub fn new(start: impl Into<Key>, end: Option<Key>) -> Self {
-        KeyRange { start: start.into(), end }
+        KeyRange {
+            start: start.into(),
+            end,
+        }
     }
 
     /// Every key with the given prefix.
     pub fn prefix(prefix: &[u8]) -> Self {
-        KeyRange { start: prefix.to_vec(), end: prefix_end(prefix) }
+        KeyRange {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        }
     }
 
     /// Whether `key` lies in the range.
@@ -94,8 +100,14 @@ impl KeyRange {
 
     /// Whether two ranges share at least one key.
     pub fn overlaps(&self, other: &KeyRange) -> bool {
-        let a_before_b_end = other.end.as_deref().is_none_or(|e| self.start.as_slice() < e);
-        let b_before_a_end = self.end.as_deref().is_none_or(|e| other.start.as_slice() < e);
+        let a_before_b_end = other
+            .end
+            .as_deref()
+            .is_none_or(|e| self.start.as_slice() < e);
+        let b_before_a_end = self
+            .end
+            .as_deref()
+            .is_none_or(|e| other.start.as_slice() < e);
         a_before_b_end && b_before_a_end
     }
 
@@ -133,7 +145,10 @@ mod tests {
         let c = KeyRange::new(b"d".to_vec(), Some(b"e".to_vec()));
         assert!(a.overlaps(&b));
         assert!(!a.overlaps(&c));
-        assert_eq!(a.intersect(&b), Some(KeyRange::new(b"c".to_vec(), Some(b"d".to_vec()))));
+        assert_eq!(
+            a.intersect(&b),
+            Some(KeyRange::new(b"c".to_vec(), Some(b"d".to_vec())))
+        );
         assert_eq!(a.intersect(&c), None);
         assert!(a.contains(b"c"));
         assert!(!a.contains(b"d"));

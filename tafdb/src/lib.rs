@@ -1,8 +1,36 @@
-//! TafDB: a transactional, range-partitioned key-value store (work in progress).
+//! TafDB: a transactional, range-partitioned key-value store with in-memory MVCC and durable,
+//! Raft-replicated tablets. It is the storage layer of Mantle-rs.
+//!
+//! What it is: an ordered byte key space split into *tablets* (key ranges), each a Raft group
+//! ([`tablet::Tablet`]) whose state machine keeps recent versions in memory ([`mvcc`]) and the
+//! newest old version in a per-table engine ([`engine`]: a hash engine for point tables, RocksDB
+//! for ordered tables). Transactions ([`Txn`]) are snapshot reads plus buffered writes with
+//! optimistic validation of read keys and scanned ranges, committed in one phase when they
+//! touch one tablet and in two phases (Percolator-style) otherwise. Delta records
+//! ([`mvcc::DeltaOp`]) let many transactions bump one counter without conflicting. Timestamps
+//! come from a persistent oracle ([`tso::Tso`]).
+//!
+//! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
+//! crates build on [`Txn`] and register [`Coprocessor`]s.
+//!
+//! Key types: [`Db`] (open, begin, run_txn, coprocessors), [`Txn`], [`engine::Engine`],
+//! [`mvcc::MvccStore`], [`tablet::Tablet`], [`Error`].
+
+pub mod command;
+pub mod coprocessor;
+pub mod db;
 pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod mvcc;
+pub mod raft;
+pub mod tablet;
 pub mod tso;
+pub mod txn;
 
+pub use coprocessor::{BoxFuture, Coprocessor};
+pub use db::{Db, DbConfig};
 pub use error::{Error, Result};
+pub use keys::{Key, KeyRange, Value};
+pub use mvcc::{DeltaOp, Mutation};
+pub use txn::Txn;

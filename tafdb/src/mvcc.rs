@@ -71,7 +71,9 @@ impl DeltaOp {
             value.resize(offset + 8, 0);
         }
         let field = &mut value[offset..offset + 8];
-        let cur = u64::from_le_bytes([field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7]]);
+        let cur = u64::from_le_bytes([
+            field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
+        ]);
         let new = match self {
             DeltaOp::Add { by, .. } => cur.wrapping_add(*by as u64),
             DeltaOp::Max { value, .. } => cur.max(*value),
@@ -159,7 +161,6 @@ fn encode_engine_value(ts: u64, index: u64, value: &[u8]) -> Vec<u8> {
 /// An engine value split into `(ts, index, value)`.
 #[derive(Clone, Debug)]
 struct EngineValue {
-    ts: u64,
     index: u64,
     value: Value,
 }
@@ -172,9 +173,11 @@ fn decode_engine_value(key: &[u8], raw: Vec<u8>) -> Result<EngineValue> {
             raw.len()
         )));
     }
-    let ts = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
     let index = u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default());
-    Ok(EngineValue { ts, index, value: raw[HEADER..].to_vec() })
+    Ok(EngineValue {
+        index,
+        value: raw[HEADER..].to_vec(),
+    })
 }
 
 /// Routes keys to engines: one engine per configured table, a default one for the rest.
@@ -197,7 +200,9 @@ impl EngineSet {
 
     /// The engine that stores `key`.
     pub fn for_key(&self, key: &[u8]) -> &Arc<dyn Engine> {
-        self.by_table[crate::keys::table_of(key) as usize].as_ref().unwrap_or(&self.default)
+        self.by_table[crate::keys::table_of(key) as usize]
+            .as_ref()
+            .unwrap_or(&self.default)
     }
 
     /// The default engine.
@@ -225,7 +230,12 @@ impl EngineSet {
             Some(e) if e.len() == 1 => e[0].saturating_sub(1),
             Some(e) => crate::keys::table_of(e),
         };
-        (first..=last.max(first)).all(|t| self.by_table[t as usize].as_ref().unwrap_or(&self.default).supports_scan())
+        (first..=last.max(first)).all(|t| {
+            self.by_table[t as usize]
+                .as_ref()
+                .unwrap_or(&self.default)
+                .supports_scan()
+        })
     }
 }
 
@@ -293,13 +303,24 @@ impl MvccStore {
                 new_key = true;
                 Chain::default()
             });
-            let pos = chain.versions.iter().rposition(|v| v.ts <= ts).map_or(0, |p| p + 1);
+            let pos = chain
+                .versions
+                .iter()
+                .rposition(|v| v.ts <= ts)
+                .map_or(0, |p| p + 1);
             if let Some((memo_ts, _)) = chain.memo {
                 if ts <= memo_ts {
                     chain.memo = None;
                 }
             }
-            chain.versions.insert(pos, Version { ts, index, mutation });
+            chain.versions.insert(
+                pos,
+                Version {
+                    ts,
+                    index,
+                    mutation,
+                },
+            );
         }
         if new_key && self.engines.for_key(key).supports_scan() {
             self.ordered.write().insert(key.to_vec());
@@ -328,7 +349,12 @@ impl MvccStore {
     }
 
     /// Like [`MvccStore::get`]; `engine` may carry the engine's raw value already read by a scan.
-    fn get_with(&self, key: &[u8], ts: u64, engine: Option<Option<Vec<u8>>>) -> Result<Option<Value>> {
+    fn get_with(
+        &self,
+        key: &[u8],
+        ts: u64,
+        engine: Option<Option<Vec<u8>>>,
+    ) -> Result<Option<Value>> {
         self.too_old(ts)?;
         let mut versions: Vec<Version> = Vec::new();
         let mut memo: Option<(u64, Option<Value>)> = None;
@@ -403,7 +429,10 @@ impl MvccStore {
     /// then versions newer than `start_ts` may already have left memory.
     pub fn newer_than(&self, key: &[u8], start_ts: u64) -> Result<bool> {
         self.too_old(start_ts)?;
-        Ok(self.chains.get(key).is_some_and(|c| c.versions.last().is_some_and(|v| v.ts > start_ts)))
+        Ok(self
+            .chains
+            .get(key)
+            .is_some_and(|c| c.versions.last().is_some_and(|v| v.ts > start_ts)))
     }
 
     /// Whether any key in `range` has a version newer than `start_ts` (phantom detection).
@@ -415,7 +444,10 @@ impl MvccStore {
                 Some(e) => Bound::Excluded(e.clone()),
                 None => Bound::Unbounded,
             };
-            ordered.range((Bound::Included(range.start.clone()), end)).cloned().collect()
+            ordered
+                .range((Bound::Included(range.start.clone()), end))
+                .cloned()
+                .collect()
         };
         for k in keys {
             if self.newer_than(&k, start_ts)? {
@@ -434,7 +466,9 @@ impl MvccStore {
         }
         let engine = self.engines.for_key(&range.start).clone();
         if !self.engines.can_scan(range) {
-            return Err(Error::Unsupported("range scan over a hash-engine table".into()));
+            return Err(Error::Unsupported(
+                "range scan over a hash-engine table".into(),
+            ));
         }
         let page = limit.saturating_add(16).min(4096);
         let mut cursor = range.clone();
@@ -442,7 +476,11 @@ impl MvccStore {
             let rows = engine.scan(&cursor, page)?;
             let engine_done = rows.len() < page;
             // Chain keys up to the last engine key of this page (or to the end of the range).
-            let upper: Option<Key> = if engine_done { cursor.end.clone() } else { rows.last().map(|(k, _)| k.clone()) };
+            let upper: Option<Key> = if engine_done {
+                cursor.end.clone()
+            } else {
+                rows.last().map(|(k, _)| k.clone())
+            };
             let chain_keys: Vec<Key> = {
                 let ordered = self.ordered.read();
                 let hi = match &upper {
@@ -450,14 +488,19 @@ impl MvccStore {
                     Some(u) => Bound::Included(u.clone()),
                     None => Bound::Unbounded,
                 };
-                ordered.range((Bound::Included(cursor.start.clone()), hi)).cloned().collect()
+                ordered
+                    .range((Bound::Included(cursor.start.clone()), hi))
+                    .cloned()
+                    .collect()
             };
             let mut rows = rows.into_iter().peekable();
             let mut chain_keys = chain_keys.into_iter().peekable();
             loop {
                 let (key, raw) = match (rows.peek(), chain_keys.peek()) {
                     (None, None) => break,
-                    (Some((rk, _)), Some(ck)) if ck < rk => (chain_keys.next().unwrap_or_default(), None),
+                    (Some((rk, _)), Some(ck)) if ck < rk => {
+                        (chain_keys.next().unwrap_or_default(), None)
+                    }
                     (Some((rk, _)), Some(ck)) if ck == rk => {
                         chain_keys.next();
                         let (k, v) = rows.next().unwrap_or_default();
@@ -488,7 +531,10 @@ impl MvccStore {
             let Some(last) = upper else { return Ok(out) };
             let mut next = last;
             next.push(0);
-            cursor = KeyRange { start: next, end: cursor.end.clone() };
+            cursor = KeyRange {
+                start: next,
+                end: cursor.end.clone(),
+            };
         }
     }
 
@@ -514,10 +560,17 @@ impl MvccStore {
         let mut max_ts = 0u64;
         for key in &keys {
             let flushable: Vec<Version> = match self.chains.get(key) {
-                Some(c) => c.versions.iter().filter(|v| v.index <= upto).cloned().collect(),
+                Some(c) => c
+                    .versions
+                    .iter()
+                    .filter(|v| v.index <= upto)
+                    .cloned()
+                    .collect(),
                 None => continue,
             };
-            let Some(newest) = flushable.iter().map(|v| (v.ts, v.index)).max() else { continue };
+            let Some(newest) = flushable.iter().map(|v| (v.ts, v.index)).max() else {
+                continue;
+            };
             max_ts = max_ts.max(newest.0);
             let top_index = flushable.iter().map(|v| v.index).max().unwrap_or(0);
             let op = if flushable.first().is_some_and(|v| v.mutation.is_base()) {
@@ -528,7 +581,11 @@ impl MvccStore {
                     Some(ev) => (Some(ev.value), ev.index),
                     None => (None, 0),
                 };
-                let rest: Vec<Version> = flushable.iter().filter(|v| v.index > skip).cloned().collect();
+                let rest: Vec<Version> = flushable
+                    .iter()
+                    .filter(|v| v.index > skip)
+                    .cloned()
+                    .collect();
                 fold(base, &rest)
             };
             let op = match op {
@@ -559,7 +616,10 @@ impl MvccStore {
                 emptied = chain.versions.is_empty();
             }
             if emptied {
-                let removed = self.chains.remove_if(key, |_, c| c.versions.is_empty()).is_some();
+                let removed = self
+                    .chains
+                    .remove_if(key, |_, c| c.versions.is_empty())
+                    .is_some();
                 if removed && self.engines.for_key(key).supports_scan() {
                     self.ordered.write().remove(key);
                 }
@@ -568,9 +628,21 @@ impl MvccStore {
         Ok(outcome)
     }
 
+    /// Drops everything in memory (after the engines were replaced by a snapshot).
+    pub fn clear(&self, floor: u64) {
+        let _guard = self.flush_lock.lock();
+        self.chains.clear();
+        self.ordered.write().clear();
+        self.dirty.lock().clear();
+        self.floor.store(floor, Ordering::Release);
+    }
+
     /// Counts what is in memory.
     pub fn stats(&self) -> MvccStats {
-        let mut s = MvccStats { floor: self.floor(), ..Default::default() };
+        let mut s = MvccStats {
+            floor: self.floor(),
+            ..Default::default()
+        };
         for c in self.chains.iter() {
             s.keys += 1;
             s.versions += c.versions.len();
@@ -597,7 +669,12 @@ mod tests {
         let s = store(dir.path());
         for key in [b"\x01k".as_slice(), b"\x02k".as_slice()] {
             s.install(key, 10, 1, Mutation::Put(b"a".to_vec()));
-            s.install(key, 20, 2, Mutation::Delta(DeltaOp::Add { offset: 0, by: 5 }));
+            s.install(
+                key,
+                20,
+                2,
+                Mutation::Delta(DeltaOp::Add { offset: 0, by: 5 }),
+            );
             s.install(key, 30, 3, Mutation::Put(b"c".to_vec()));
             s.install(key, 40, 4, Mutation::Delete);
             assert_eq!(s.get(key, 5).expect("get"), None);
@@ -609,12 +686,27 @@ mod tests {
             assert_eq!(s.get(key, 45).expect("get"), None);
         }
         s.install(b"\x02j", 50, 5, Mutation::Put(b"j".to_vec()));
-        s.install(b"\x02j", 60, 6, Mutation::Delta(DeltaOp::Max { offset: 8, value: 7 }));
+        s.install(
+            b"\x02j",
+            60,
+            6,
+            Mutation::Delta(DeltaOp::Max {
+                offset: 8,
+                value: 7,
+            }),
+        );
         s.flush(5).expect("flush");
         assert_eq!(s.floor(), 50);
-        assert!(matches!(s.get(b"\x02j", 45), Err(Error::SnapshotTooOld { .. })));
+        assert!(matches!(
+            s.get(b"\x02j", 45),
+            Err(Error::SnapshotTooOld { .. })
+        ));
         let mut j = b"j".to_vec();
-        DeltaOp::Max { offset: 8, value: 7 }.apply(&mut j);
+        DeltaOp::Max {
+            offset: 8,
+            value: 7,
+        }
+        .apply(&mut j);
         assert_eq!(s.get(b"\x02j", 55).expect("get"), Some(b"j".to_vec()));
         assert_eq!(s.get(b"\x02j", 65).expect("get"), Some(j.clone()));
         s.flush(6).expect("flush");
@@ -634,18 +726,28 @@ mod tests {
         s.install(&[2, 3], 100, 60, Mutation::Delete);
         s.install(&[2, 30], 101, 61, Mutation::Delete);
         s.install(&[2, 7, 1], 102, 62, Mutation::Put(b"new".to_vec()));
-        let got = s.scan(&KeyRange::prefix(&[2]), 200, usize::MAX).expect("scan");
+        let got = s
+            .scan(&KeyRange::prefix(&[2]), 200, usize::MAX)
+            .expect("scan");
         let keys: Vec<Vec<u8>> = got.iter().map(|(k, _)| k.clone()).collect();
-        let mut want: Vec<Vec<u8>> = (0..50u8).filter(|i| *i != 3 && *i != 30).map(|i| vec![2, i]).collect();
+        let mut want: Vec<Vec<u8>> = (0..50u8)
+            .filter(|i| *i != 3 && *i != 30)
+            .map(|i| vec![2, i])
+            .collect();
         want.push(vec![2, 7, 1]);
         want.sort();
         assert_eq!(keys, want);
         let got = s.scan(&KeyRange::prefix(&[2]), 200, 5).expect("scan");
         assert_eq!(got.len(), 5);
         // Snapshot at 99 still sees the deleted keys.
-        let got = s.scan(&KeyRange::prefix(&[2]), 99, usize::MAX).expect("scan");
+        let got = s
+            .scan(&KeyRange::prefix(&[2]), 99, usize::MAX)
+            .expect("scan");
         assert_eq!(got.len(), 50);
-        assert!(matches!(s.scan(&KeyRange::prefix(&[1]), 200, 10), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            s.scan(&KeyRange::prefix(&[1]), 200, 10),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]
@@ -654,18 +756,39 @@ mod tests {
         let s = store(dir.path());
         s.install(b"\x02p", 1, 1, Mutation::Put(vec![0; 16]));
         for i in 0..1000u64 {
-            s.install(b"\x02p", 2 + i, 2 + i, Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }));
-            s.install(b"\x02p", 2 + i, 2 + i, Mutation::Delta(DeltaOp::Max { offset: 8, value: i }));
+            s.install(
+                b"\x02p",
+                2 + i,
+                2 + i,
+                Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }),
+            );
+            s.install(
+                b"\x02p",
+                2 + i,
+                2 + i,
+                Mutation::Delta(DeltaOp::Max {
+                    offset: 8,
+                    value: i,
+                }),
+            );
         }
         let read = |ts| {
             let v = s.get(b"\x02p", ts).expect("get").expect("some");
-            (u64::from_le_bytes(v[..8].try_into().expect("8")), u64::from_le_bytes(v[8..16].try_into().expect("8")))
+            (
+                u64::from_le_bytes(v[..8].try_into().expect("8")),
+                u64::from_le_bytes(v[8..16].try_into().expect("8")),
+            )
         };
         assert_eq!(read(5000), (1000, 999));
         assert_eq!(read(5000), (1000, 999), "memo answer equals the full fold");
         assert_eq!(read(501), (500, 499));
         // An out-of-order delta below the memo invalidates it.
-        s.install(b"\x02p", 3, 3000, Mutation::Delta(DeltaOp::Add { offset: 0, by: 10 }));
+        s.install(
+            b"\x02p",
+            3,
+            3000,
+            Mutation::Delta(DeltaOp::Add { offset: 0, by: 10 }),
+        );
         assert_eq!(read(5000), (1010, 999));
         s.flush(1500).expect("flush");
         assert_eq!(read(5000), (1010, 999));
@@ -679,7 +802,12 @@ mod tests {
         {
             let s = store(dir.path());
             s.install(b"\x02c", 1, 1, Mutation::Put(vec![0; 8]));
-            s.install(b"\x02c", 2, 2, Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }));
+            s.install(
+                b"\x02c",
+                2,
+                2,
+                Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }),
+            );
             s.flush(2).expect("flush");
             for e in s.engines().all() {
                 e.persist().expect("persist");
@@ -687,8 +815,18 @@ mod tests {
         }
         // After a crash the log is replayed from an older durable index (say 1).
         let s = store(dir.path());
-        s.install(b"\x02c", 2, 2, Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }));
-        s.install(b"\x02c", 3, 3, Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }));
+        s.install(
+            b"\x02c",
+            2,
+            2,
+            Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }),
+        );
+        s.install(
+            b"\x02c",
+            3,
+            3,
+            Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }),
+        );
         let v = s.get(b"\x02c", 10).expect("get").expect("some");
         assert_eq!(u64::from_le_bytes(v[..8].try_into().expect("8")), 2);
     }

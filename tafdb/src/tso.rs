@@ -24,7 +24,10 @@ const BATCH: u64 = 3_000 << LOGICAL_BITS;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The physical part of a timestamp, in milliseconds.
@@ -47,7 +50,9 @@ pub struct Tso {
 
 impl std::fmt::Debug for Tso {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tso").field("last", &self.last.load(Ordering::Relaxed)).finish()
+        f.debug_struct("Tso")
+            .field("last", &self.last.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -57,25 +62,42 @@ impl Tso {
         let start = match std::fs::read(path) {
             Ok(bytes) => {
                 let arr: [u8; 12] = bytes.as_slice().try_into().map_err(|_| {
-                    Error::Corruption(format!("{}: expected 12 bytes, found {}", path.display(), bytes.len()))
+                    Error::Corruption(format!(
+                        "{}: expected 12 bytes, found {}",
+                        path.display(),
+                        bytes.len()
+                    ))
                 })?;
                 let mark = u64::from_le_bytes(arr[..8].try_into().unwrap_or_default());
                 let crc = u32::from_le_bytes(arr[8..].try_into().unwrap_or_default());
                 if crc32c::crc32c(&arr[..8]) != crc {
-                    return Err(Error::Corruption(format!("{}: checksum mismatch", path.display())));
+                    return Err(Error::Corruption(format!(
+                        "{}: checksum mismatch",
+                        path.display()
+                    )));
                 }
                 mark
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e.into()),
         };
-        let tso = Tso { last: AtomicU64::new(start), limit: AtomicU64::new(start), file: Some(path.to_path_buf()), extend: Mutex::new(()) };
+        let tso = Tso {
+            last: AtomicU64::new(start),
+            limit: AtomicU64::new(start),
+            file: Some(path.to_path_buf()),
+            extend: Mutex::new(()),
+        };
         Ok(tso)
     }
 
     /// An oracle that persists nothing (for tests and tools that need no durability).
     pub fn ephemeral() -> Tso {
-        Tso { last: AtomicU64::new(0), limit: AtomicU64::new(u64::MAX), file: None, extend: Mutex::new(()) }
+        Tso {
+            last: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            file: None,
+            extend: Mutex::new(()),
+        }
     }
 
     /// The next timestamp: greater than every timestamp handed out before, here or before a
@@ -88,7 +110,11 @@ impl Tso {
                 self.raise_limit(candidate)?;
                 continue;
             }
-            if self.last.compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self
+                .last
+                .compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 return Ok(candidate);
             }
         }
@@ -142,12 +168,22 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let tso = tso.clone();
-                std::thread::spawn(move || (0..10_000).map(|_| tso.next().expect("ts")).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..10_000)
+                        .map(|_| tso.next().expect("ts"))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().expect("join")).collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("join"))
+            .collect();
         for w in all.chunks(10_000) {
-            assert!(w.windows(2).all(|p| p[0] < p[1]), "each thread sees increasing timestamps");
+            assert!(
+                w.windows(2).all(|p| p[0] < p[1]),
+                "each thread sees increasing timestamps"
+            );
         }
         let n = all.len();
         all.sort_unstable();

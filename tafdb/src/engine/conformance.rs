@@ -19,7 +19,9 @@ fn check(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
     } else {
-        Err(Error::Corruption(format!("conformance check failed: {what}")))
+        Err(Error::Corruption(format!(
+            "conformance check failed: {what}"
+        )))
     }
 }
 
@@ -42,7 +44,10 @@ pub fn point_ops(dir: &Path, open: &Opener) -> Result<()> {
     e.write(&[BatchOp::Put(b"a".to_vec(), b"2".to_vec())])?;
     check(e.get(b"a")? == Some(b"2".to_vec()), "overwrite")?;
     e.write(&[BatchOp::Put(b"empty".to_vec(), Vec::new())])?;
-    check(e.get(b"empty")? == Some(Vec::new()), "empty value is not absence")?;
+    check(
+        e.get(b"empty")? == Some(Vec::new()),
+        "empty value is not absence",
+    )?;
     e.write(&[BatchOp::Delete(b"a".to_vec())])?;
     check(e.get(b"a")?.is_none(), "delete")?;
     e.write(&[BatchOp::Delete(b"never".to_vec())])?;
@@ -60,9 +65,15 @@ pub fn batches_are_atomic_and_ordered(dir: &Path, open: &Opener) -> Result<()> {
         BatchOp::Delete(b"j".to_vec()),
         BatchOp::Put(b"m".to_vec(), b"y".to_vec()),
     ])?;
-    check(e.get(b"k")? == Some(b"2".to_vec()), "later put in a batch wins")?;
+    check(
+        e.get(b"k")? == Some(b"2".to_vec()),
+        "later put in a batch wins",
+    )?;
     check(e.get(b"j")?.is_none(), "delete after put in a batch wins")?;
-    check(e.get(b"m")? == Some(b"y".to_vec()), "every op of a batch applies")?;
+    check(
+        e.get(b"m")? == Some(b"y".to_vec()),
+        "every op of a batch applies",
+    )?;
     e.write(&[])?;
     Ok(())
 }
@@ -72,7 +83,10 @@ pub fn persist_survives_reopen(dir: &Path, open: &Opener) -> Result<()> {
     {
         let e = open(dir)?;
         for i in 0..1000u32 {
-            e.write(&[BatchOp::Put(i.to_be_bytes().to_vec(), vec![i as u8; (i % 50) as usize])])?;
+            e.write(&[BatchOp::Put(
+                i.to_be_bytes().to_vec(),
+                vec![i as u8; (i % 50) as usize],
+            )])?;
         }
         e.write(&[BatchOp::Delete(7u32.to_be_bytes().to_vec())])?;
         e.persist()?;
@@ -83,7 +97,10 @@ pub fn persist_survives_reopen(dir: &Path, open: &Opener) -> Result<()> {
         if i == 7 {
             check(got.is_none(), "deleted key stays deleted after reopen")?;
         } else {
-            check(got == Some(vec![i as u8; (i % 50) as usize]), "value survives reopen")?;
+            check(
+                got == Some(vec![i as u8; (i % 50) as usize]),
+                "value survives reopen",
+            )?;
         }
     }
     Ok(())
@@ -92,21 +109,43 @@ pub fn persist_survives_reopen(dir: &Path, open: &Opener) -> Result<()> {
 /// Ordered scans with bounds and limits, or a clean `Unsupported` error.
 pub fn scans(dir: &Path, open: &Opener) -> Result<()> {
     let e = open(dir)?;
-    let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"ab".to_vec(), b"b".to_vec(), b"b\x00".to_vec(), b"c".to_vec()];
-    let batch: Vec<BatchOp> = keys.iter().map(|k| BatchOp::Put(k.clone(), k.clone())).collect();
+    let keys: Vec<Vec<u8>> = vec![
+        b"a".to_vec(),
+        b"ab".to_vec(),
+        b"b".to_vec(),
+        b"b\x00".to_vec(),
+        b"c".to_vec(),
+    ];
+    let batch: Vec<BatchOp> = keys
+        .iter()
+        .map(|k| BatchOp::Put(k.clone(), k.clone()))
+        .collect();
     e.write(&batch)?;
     let all = KeyRange::new(Vec::new(), None);
     if !e.supports_scan() {
-        return check(matches!(e.scan(&all, 10), Err(Error::Unsupported(_))), "unsupported scan says so");
+        return check(
+            matches!(e.scan(&all, 10), Err(Error::Unsupported(_))),
+            "unsupported scan says so",
+        );
     }
     let got: Vec<Vec<u8>> = e.scan(&all, 100)?.into_iter().map(|(k, _)| k).collect();
     check(got == keys, "full scan returns every key in order")?;
-    let got: Vec<Vec<u8>> = e.scan(&KeyRange::prefix(b"b"), 100)?.into_iter().map(|(k, _)| k).collect();
+    let got: Vec<Vec<u8>> = e
+        .scan(&KeyRange::prefix(b"b"), 100)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     check(got == vec![b"b".to_vec(), b"b\x00".to_vec()], "prefix scan")?;
     let got = e.scan(&KeyRange::new(b"ab".to_vec(), Some(b"c".to_vec())), 2)?;
-    check(got.len() == 2 && got[0].0 == b"ab" && got[1].0 == b"b", "bounded scan with limit")?;
+    check(
+        got.len() == 2 && got[0].0 == b"ab" && got[1].0 == b"b",
+        "bounded scan with limit",
+    )?;
     check(e.scan(&all, 0)?.is_empty(), "limit 0 returns nothing")?;
-    check(e.scan(&KeyRange::new(b"d".to_vec(), None), 10)?.is_empty(), "scan past the end")?;
+    check(
+        e.scan(&KeyRange::new(b"d".to_vec(), None), 10)?.is_empty(),
+        "scan past the end",
+    )?;
     Ok(())
 }
 
@@ -166,11 +205,17 @@ pub fn model_check(dir: &Path, open: &Opener, ops: &[ModelOp]) -> Result<()> {
             }
         }
         for i in 0..16u8 {
-            check(e.get(&key(i))? == model.get(&key(i)).cloned(), "engine agrees with the model")?;
+            check(
+                e.get(&key(i))? == model.get(&key(i)).cloned(),
+                "engine agrees with the model",
+            )?;
         }
     }
     if e.supports_scan() {
-        let got: BTreeMap<_, _> = e.scan(&KeyRange::new(Vec::new(), None), usize::MAX)?.into_iter().collect();
+        let got: BTreeMap<_, _> = e
+            .scan(&KeyRange::new(Vec::new(), None), usize::MAX)?
+            .into_iter()
+            .collect();
         check(got == model, "scan agrees with the model")?;
     }
     Ok(())
@@ -227,8 +272,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let e = HashEngine::open(dir.path()).expect("open");
-            e.write(&[BatchOp::Put(b"a".to_vec(), b"1".to_vec())]).expect("write");
-            e.write(&[BatchOp::Put(b"b".to_vec(), b"2".to_vec())]).expect("write");
+            e.write(&[BatchOp::Put(b"a".to_vec(), b"1".to_vec())])
+                .expect("write");
+            e.write(&[BatchOp::Put(b"b".to_vec(), b"2".to_vec())])
+                .expect("write");
             e.persist().expect("persist");
         }
         let path = dir.path().join("hash.log");
@@ -243,6 +290,9 @@ mod tests {
         let mut bad = full.clone();
         bad[10] ^= 0x40;
         std::fs::write(&path, &bad).expect("write");
-        assert!(matches!(HashEngine::open(dir.path()), Err(Error::Corruption(_))));
+        assert!(matches!(
+            HashEngine::open(dir.path()),
+            Err(Error::Corruption(_))
+        ));
     }
 }

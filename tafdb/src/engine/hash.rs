@@ -38,7 +38,12 @@ impl HashEngine {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(LOG_NAME);
         let map = DashMap::new();
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         let valid = replay(&data, &map, &path)?;
@@ -48,7 +53,10 @@ impl HashEngine {
             file.sync_data()?;
         }
         let file = OpenOptions::new().append(true).open(&path)?;
-        let live: u64 = map.iter().map(|e| (e.key().len() + e.value().len()) as u64).sum();
+        let live: u64 = map
+            .iter()
+            .map(|e| (e.key().len() + e.value().len()) as u64)
+            .sum();
         Ok(HashEngine {
             dir: dir.to_path_buf(),
             map,
@@ -79,7 +87,12 @@ impl HashEngine {
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(LOG_NAME))?;
         File::open(&self.dir)?.sync_all()?;
-        *log = BufWriter::with_capacity(1 << 20, OpenOptions::new().append(true).open(self.dir.join(LOG_NAME))?);
+        *log = BufWriter::with_capacity(
+            1 << 20,
+            OpenOptions::new()
+                .append(true)
+                .open(self.dir.join(LOG_NAME))?,
+        );
         self.log_bytes.store(total, Ordering::Relaxed);
         Ok(())
     }
@@ -119,10 +132,14 @@ fn write_record(w: &mut impl Write, batch: &[BatchOp], payload: &mut Vec<u8>) ->
 fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<u64> {
     let mut pos = 0usize;
     while pos < data.len() {
-        let Some(header) = data.get(pos..pos + 8) else { break };
+        let Some(header) = data.get(pos..pos + 8) else {
+            break;
+        };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else { break };
+        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
         if crc32c::crc32c(payload) != crc {
             // A bad record is a torn tail only if nothing valid follows it.
             if pos + 8 + len < data.len() && looks_like_more_records(&data[pos + 8 + len..]) {
@@ -133,7 +150,8 @@ fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<u64> {
             }
             break;
         }
-        apply_payload(payload, map).map_err(|m| Error::Corruption(format!("{}: offset {pos}: {m}", path.display())))?;
+        apply_payload(payload, map)
+            .map_err(|m| Error::Corruption(format!("{}: offset {pos}: {m}", path.display())))?;
         pos += 8 + len;
     }
     Ok(pos as u64)
@@ -143,7 +161,8 @@ fn looks_like_more_records(rest: &[u8]) -> bool {
     let Some(h) = rest.get(..8) else { return false };
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    rest.get(8..8 + len).is_some_and(|p| crc32c::crc32c(p) == crc)
+    rest.get(8..8 + len)
+        .is_some_and(|p| crc32c::crc32c(p) == crc)
 }
 
 fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result<(), &'static str> {
@@ -197,13 +216,15 @@ impl Engine for HashEngine {
                 BatchOp::Put(k, v) => {
                     let added = (k.len() + v.len()) as u64;
                     if let Some(old) = self.map.insert(k.clone(), v.clone()) {
-                        self.live_bytes.fetch_sub((k.len() + old.len()) as u64, Ordering::Relaxed);
+                        self.live_bytes
+                            .fetch_sub((k.len() + old.len()) as u64, Ordering::Relaxed);
                     }
                     self.live_bytes.fetch_add(added, Ordering::Relaxed);
                 }
                 BatchOp::Delete(k) => {
                     if let Some((k, old)) = self.map.remove(k) {
-                        self.live_bytes.fetch_sub((k.len() + old.len()) as u64, Ordering::Relaxed);
+                        self.live_bytes
+                            .fetch_sub((k.len() + old.len()) as u64, Ordering::Relaxed);
                     }
                 }
             }
@@ -216,7 +237,9 @@ impl Engine for HashEngine {
     }
 
     fn scan(&self, _range: &KeyRange, _limit: usize) -> Result<Vec<(Key, Value)>> {
-        Err(Error::Unsupported("the hash engine has no ordered scans; use an LSM table".into()))
+        Err(Error::Unsupported(
+            "the hash engine has no ordered scans; use an LSM table".into(),
+        ))
     }
 
     fn persist(&self) -> Result<()> {
@@ -231,7 +254,7 @@ impl Engine for HashEngine {
         Ok(())
     }
 
-    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn for_each(&self, f: &mut super::Visitor<'_>) -> Result<()> {
         for e in self.map.iter() {
             f(e.key(), e.value())?;
         }

@@ -65,7 +65,9 @@ impl Engine for LsmEngine {
         if limit == 0 {
             return Ok(out);
         }
-        let iter = self.db.iterator_opt(IteratorMode::From(&range.start, Direction::Forward), ro);
+        let iter = self
+            .db
+            .iterator_opt(IteratorMode::From(&range.start, Direction::Forward), ro);
         for item in iter {
             let (k, v) = item?;
             out.push((k.into_vec(), v.into_vec()));
@@ -81,7 +83,7 @@ impl Engine for LsmEngine {
         Ok(())
     }
 
-    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn for_each(&self, f: &mut super::Visitor<'_>) -> Result<()> {
         for item in self.db.iterator(IteratorMode::Start) {
             let (k, v) = item?;
             f(&k, &v)?;

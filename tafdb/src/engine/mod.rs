@@ -46,6 +46,9 @@ impl EngineKind {
     }
 }
 
+/// A visitor over key-value pairs; returning an error stops the visit.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 /// One operation of an atomic write batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchOp {
@@ -77,5 +80,5 @@ pub trait Engine: Send + Sync + 'static {
     fn persist(&self) -> Result<()>;
 
     /// Visits every entry, in no particular order (used for snapshots and checks).
-    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    fn for_each(&self, f: &mut Visitor<'_>) -> Result<()>;
 }

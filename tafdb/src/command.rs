@@ -1,0 +1,304 @@
+//! The commands a tablet's Raft log carries, and their deterministic application.
+//!
+//! Conflict checks happen on the leader *before* a command is proposed (see
+//! [`crate::tablet`]), so applying a command never depends on anything but the log: replaying
+//! the log after a crash, or on another replica, produces exactly the same state. A command is
+//! applied by [`apply`], a pure function of the tablet's MVCC state and the command.
+//!
+//! Two-phase-commit locks and transaction status records are kept as MVCC data under internal
+//! keys (`0xFF 'L' key` and `0xFF 'S' start_ts`), so they are flushed, persisted and recovered
+//! exactly like user data. Their versions use the log index as timestamp, which is monotonic
+//! per tablet.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::{Key, INTERNAL_PREFIX};
+use crate::mvcc::{Mutation, MvccStore};
+
+/// One tablet command. A Raft entry carries a batch of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// A one-phase commit: install every write at `commit_ts`.
+    Commit {
+        /// The commit timestamp.
+        commit_ts: u64,
+        /// The writes.
+        writes: Vec<(Key, Mutation)>,
+    },
+    /// Phase one of 2PC: lock the written keys (keeping the mutations in the locks) and the
+    /// read keys.
+    Prewrite {
+        /// The transaction's start timestamp; identifies it.
+        start_ts: u64,
+        /// The primary key, whose lock decides the outcome.
+        primary: Key,
+        /// Writes that belong to this tablet.
+        writes: Vec<(Key, Mutation)>,
+        /// Keys this transaction read on this tablet.
+        reads: Vec<Key>,
+        /// Wall-clock milliseconds when the lock was taken, for expiry.
+        lock_ms: u64,
+    },
+    /// Phase two of 2PC: install the writes at `commit_ts` and drop the transaction's locks.
+    ///
+    /// The command carries the writes itself (rather than taking them from the locks), so that
+    /// applying it never depends on lock state that a crash during a flush may have left ahead
+    /// of the log position being replayed.
+    CommitLocks {
+        /// The transaction.
+        start_ts: u64,
+        /// The commit timestamp.
+        commit_ts: u64,
+        /// The writes that belong to this tablet.
+        writes: Vec<(Key, Mutation)>,
+        /// The keys this transaction read on this tablet (their read locks are dropped).
+        reads: Vec<Key>,
+        /// Set at the primary's tablet: the primary lock must still be held (or the transaction
+        /// already committed), and a status record is written.
+        primary: Option<Key>,
+    },
+    /// Abort of a 2PC transaction: drop its locks; at the primary, record the rollback so a
+    /// late commit fails.
+    Rollback {
+        /// The transaction.
+        start_ts: u64,
+        /// The keys (writes and reads) of this tablet.
+        keys: Vec<Key>,
+        /// Set at the primary's tablet.
+        primary: Option<Key>,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied.
+    Ok,
+    /// The transaction was rolled back before this commit reached the primary.
+    Aborted,
+    /// The transaction had already committed at this timestamp (a rollback arrived late).
+    Committed(u64),
+}
+
+/// A lock held by a transaction on a written key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteLock {
+    /// The owner's start timestamp.
+    pub start_ts: u64,
+    /// The owner's primary key.
+    pub primary: Key,
+    /// The pending write.
+    pub mutation: Mutation,
+    /// When it was taken (wall-clock ms).
+    pub lock_ms: u64,
+}
+
+/// A lock held by a transaction on a key it read (shared among readers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadLock {
+    /// The owner's start timestamp.
+    pub start_ts: u64,
+    /// The owner's primary key.
+    pub primary: Key,
+    /// When it was taken (wall-clock ms).
+    pub lock_ms: u64,
+}
+
+/// Every lock on one key. Several writers coexist only when all of them are delta writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// Write locks.
+    pub writers: Vec<WriteLock>,
+    /// Read locks.
+    pub readers: Vec<ReadLock>,
+}
+
+impl LockRecord {
+    /// Whether the record holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.writers.is_empty() && self.readers.is_empty()
+    }
+}
+
+/// The outcome of a 2PC transaction, kept at its primary's tablet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    /// Committed at this timestamp.
+    Committed(u64),
+    /// Rolled back.
+    RolledBack,
+}
+
+/// The internal key holding the locks of `key`.
+pub fn lock_key(key: &[u8]) -> Key {
+    let mut k = Vec::with_capacity(key.len() + 2);
+    k.push(INTERNAL_PREFIX);
+    k.push(b'L');
+    k.extend_from_slice(key);
+    k
+}
+
+/// The internal key holding the status of transaction `start_ts`.
+pub fn status_key(start_ts: u64) -> Key {
+    let mut k = vec![INTERNAL_PREFIX, b'S'];
+    k.extend_from_slice(&start_ts.to_be_bytes());
+    k
+}
+
+/// Reads the locks on `key` (latest state).
+pub fn read_locks(mvcc: &MvccStore, key: &[u8]) -> Result<LockRecord> {
+    match mvcc.get(&lock_key(key), u64::MAX)? {
+        Some(bytes) => {
+            bincode::deserialize(&bytes).map_err(|e| Error::Corruption(format!("lock record: {e}")))
+        }
+        None => Ok(LockRecord::default()),
+    }
+}
+
+/// Reads the status of a 2PC transaction at its primary's tablet.
+pub fn read_status(mvcc: &MvccStore, start_ts: u64) -> Result<Option<TxnStatus>> {
+    match mvcc.get(&status_key(start_ts), u64::MAX)? {
+        Some(bytes) => {
+            Ok(Some(bincode::deserialize(&bytes).map_err(|e| {
+                Error::Corruption(format!("txn status: {e}"))
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+fn write_locks(mvcc: &MvccStore, key: &[u8], index: u64, rec: &LockRecord) -> Result<i64> {
+    let lk = lock_key(key);
+    if rec.is_empty() {
+        mvcc.install(&lk, index, index, Mutation::Delete);
+        Ok(-1)
+    } else {
+        let bytes =
+            bincode::serialize(rec).map_err(|e| Error::Corruption(format!("lock record: {e}")))?;
+        mvcc.install(&lk, index, index, Mutation::Put(bytes));
+        Ok(0)
+    }
+}
+
+fn write_status(mvcc: &MvccStore, start_ts: u64, index: u64, status: TxnStatus) -> Result<()> {
+    let bytes =
+        bincode::serialize(&status).map_err(|e| Error::Corruption(format!("txn status: {e}")))?;
+    mvcc.install(&status_key(start_ts), index, index, Mutation::Put(bytes));
+    Ok(())
+}
+
+/// Applies one command at log index `index`. Returns the result and the change in the number
+/// of keys that carry locks.
+pub fn apply(mvcc: &MvccStore, index: u64, cmd: &Command) -> Result<(CommandResult, i64)> {
+    match cmd {
+        Command::Commit { commit_ts, writes } => {
+            for (k, m) in writes {
+                mvcc.install(k, *commit_ts, index, m.clone());
+            }
+            Ok((CommandResult::Ok, 0))
+        }
+        Command::Prewrite {
+            start_ts,
+            primary,
+            writes,
+            reads,
+            lock_ms,
+        } => {
+            let mut delta = 0;
+            for (k, m) in writes {
+                let mut rec = read_locks(mvcc, k)?;
+                let was_empty = rec.is_empty();
+                rec.writers.retain(|w| w.start_ts != *start_ts);
+                rec.writers.push(WriteLock {
+                    start_ts: *start_ts,
+                    primary: primary.clone(),
+                    mutation: m.clone(),
+                    lock_ms: *lock_ms,
+                });
+                write_locks(mvcc, k, index, &rec)?;
+                delta += i64::from(was_empty);
+            }
+            for k in reads {
+                let mut rec = read_locks(mvcc, k)?;
+                let was_empty = rec.is_empty();
+                if !rec.readers.iter().any(|r| r.start_ts == *start_ts) {
+                    rec.readers.push(ReadLock {
+                        start_ts: *start_ts,
+                        primary: primary.clone(),
+                        lock_ms: *lock_ms,
+                    });
+                }
+                write_locks(mvcc, k, index, &rec)?;
+                delta += i64::from(was_empty);
+            }
+            Ok((CommandResult::Ok, delta))
+        }
+        Command::CommitLocks {
+            start_ts,
+            commit_ts,
+            writes,
+            reads,
+            primary,
+        } => {
+            if let Some(p) = primary {
+                // The status record is written once and never changes, so deciding on it first
+                // keeps replays deterministic.
+                match read_status(mvcc, *start_ts)? {
+                    Some(TxnStatus::Committed(ts)) if ts != *commit_ts => {
+                        return Ok((CommandResult::Committed(ts), 0))
+                    }
+                    Some(TxnStatus::Committed(_)) => {}
+                    Some(TxnStatus::RolledBack) => return Ok((CommandResult::Aborted, 0)),
+                    None => {
+                        let rec = read_locks(mvcc, p)?;
+                        let held = rec.writers.iter().any(|w| w.start_ts == *start_ts)
+                            || rec.readers.iter().any(|r| r.start_ts == *start_ts);
+                        if !held {
+                            return Ok((CommandResult::Aborted, 0));
+                        }
+                        write_status(mvcc, *start_ts, index, TxnStatus::Committed(*commit_ts))?;
+                    }
+                }
+            }
+            let mut delta = 0;
+            for (k, m) in writes {
+                mvcc.install(k, *commit_ts, index, m.clone());
+            }
+            for k in writes.iter().map(|(k, _)| k).chain(reads.iter()) {
+                let mut rec = read_locks(mvcc, k)?;
+                if rec.is_empty() {
+                    continue;
+                }
+                rec.writers.retain(|w| w.start_ts != *start_ts);
+                rec.readers.retain(|r| r.start_ts != *start_ts);
+                delta += write_locks(mvcc, k, index, &rec)?;
+            }
+            Ok((CommandResult::Ok, delta))
+        }
+        Command::Rollback {
+            start_ts,
+            keys,
+            primary,
+        } => {
+            if primary.is_some() {
+                match read_status(mvcc, *start_ts)? {
+                    Some(TxnStatus::Committed(ts)) => return Ok((CommandResult::Committed(ts), 0)),
+                    Some(TxnStatus::RolledBack) => {}
+                    None => write_status(mvcc, *start_ts, index, TxnStatus::RolledBack)?,
+                }
+            }
+            let mut delta = 0;
+            for k in keys {
+                let mut rec = read_locks(mvcc, k)?;
+                if rec.is_empty() {
+                    continue;
+                }
+                rec.writers.retain(|w| w.start_ts != *start_ts);
+                rec.readers.retain(|r| r.start_ts != *start_ts);
+                delta += write_locks(mvcc, k, index, &rec)?;
+            }
+            Ok((CommandResult::Ok, delta))
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The database: a set of tablets over one key space, a timestamp oracle, lock resolution,
+//! retries and the coprocessor registry.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::command::{CommandResult, LockRecord, TxnStatus};
+use crate::coprocessor::{BoxFuture, Coprocessor};
+use crate::error::{Error, Result};
+use crate::keys::{Key, KeyRange, Value};
+use crate::tablet::{Tablet, TabletConfig};
+use crate::tso::{now_ms, Tso};
+use crate::txn::Txn;
+
+/// How to open a database.
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    /// Where everything lives.
+    pub dir: PathBuf,
+    /// Tablet boundaries: `n` split keys make `n + 1` tablets. Fixed when the database is
+    /// created; later opens use the recorded layout.
+    pub split_keys: Vec<Key>,
+    /// Per-tablet tunables.
+    pub tablet: TabletConfig,
+    /// A 2PC lock older than this (ms) may be rolled back by other transactions.
+    pub lock_ttl_ms: u64,
+    /// Attempts of [`Db::run_txn`] before giving up.
+    pub max_attempts: u32,
+}
+
+impl DbConfig {
+    /// Defaults for a database in `dir` with one tablet.
+    pub fn new(dir: impl Into<PathBuf>) -> DbConfig {
+        DbConfig {
+            dir: dir.into(),
+            split_keys: Vec::new(),
+            tablet: TabletConfig::default(),
+            lock_ttl_ms: 3_000,
+            max_attempts: 30,
+        }
+    }
+}
+
+/// An open database.
+pub struct Db {
+    tablets: Vec<Arc<Tablet>>,
+    tso: Arc<Tso>,
+    coprocessors: RwLock<HashMap<String, Arc<dyn Coprocessor>>>,
+    config: DbConfig,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.config.dir)
+            .field("tablets", &self.tablets.len())
+            .finish()
+    }
+}
+
+impl Db {
+    /// Opens (or creates) a database, replaying every tablet's log.
+    pub async fn open(config: DbConfig) -> Result<Arc<Db>> {
+        std::fs::create_dir_all(&config.dir)?;
+        let layout_path = config.dir.join("layout");
+        let splits: Vec<Key> = match std::fs::read(&layout_path) {
+            Ok(b) => {
+                bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("layout: {e}")))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut s = config.split_keys.clone();
+                s.sort();
+                s.dedup();
+                if s.iter().any(|k| k.is_empty()) {
+                    return Err(Error::InvalidArgument("an empty split key".into()));
+                }
+                let tmp = config.dir.join("layout.tmp");
+                std::fs::write(
+                    &tmp,
+                    bincode::serialize(&s).map_err(|e| Error::Corruption(e.to_string()))?,
+                )?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &layout_path)?;
+                std::fs::File::open(&config.dir)?.sync_all()?;
+                s
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tso = Arc::new(Tso::open(&config.dir.join("tso"))?);
+        let mut bounds: Vec<Key> = vec![Vec::new()];
+        bounds.extend(splits);
+        let mut tablets = Vec::new();
+        for (i, start) in bounds.iter().enumerate() {
+            let end = bounds.get(i + 1).cloned();
+            let range = KeyRange {
+                start: start.clone(),
+                end,
+            };
+            let dir = config.dir.join(format!("tablet-{i}"));
+            tablets.push(Tablet::open(i as u64, range, &dir, tso.clone(), &config.tablet).await?);
+        }
+        Ok(Arc::new(Db {
+            tablets,
+            tso,
+            coprocessors: RwLock::new(HashMap::new()),
+            config,
+        }))
+    }
+
+    /// Stops every tablet.
+    pub async fn shutdown(&self) {
+        for t in &self.tablets {
+            t.shutdown().await;
+        }
+    }
+
+    /// The timestamp oracle.
+    pub fn tso(&self) -> &Arc<Tso> {
+        &self.tso
+    }
+
+    /// Every tablet, in key order.
+    pub fn tablets(&self) -> &[Arc<Tablet>] {
+        &self.tablets
+    }
+
+    /// The tablet holding `key`.
+    pub fn tablet_for(&self, key: &[u8]) -> &Arc<Tablet> {
+        let i = self
+            .tablets
+            .partition_point(|t| t.range().start.as_slice() <= key);
+        &self.tablets[i.saturating_sub(1)]
+    }
+
+    /// The tablets overlapping `range`, in key order.
+    pub fn tablets_for_range(&self, range: &KeyRange) -> Vec<Arc<Tablet>> {
+        self.tablets
+            .iter()
+            .filter(|t| t.range().overlaps(range))
+            .cloned()
+            .collect()
+    }
+
+    /// Starts a transaction at a fresh snapshot.
+    pub fn begin(self: &Arc<Self>) -> Result<Txn> {
+        Ok(Txn::new(self.clone(), self.tso.next()?))
+    }
+
+    /// Runs `f` in a transaction and commits it, retrying on conflicts with backoff, at most
+    /// `max_attempts` times. Locks met on the way are resolved before the retry.
+    pub async fn run_txn<T, F>(self: &Arc<Self>, mut f: F) -> Result<T>
+    where
+        F: for<'a> FnMut(&'a mut Txn) -> BoxFuture<'a, Result<T>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut txn = self.begin()?;
+            let res = match f(&mut txn).await {
+                Ok(v) => txn.commit().await.map(|_| v),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => {
+                    if let Error::Locked { key, .. } = &e {
+                        self.resolve_lock(key).await?;
+                    }
+                    if attempt >= self.config.max_attempts {
+                        return Err(Error::RetriesExhausted {
+                            attempts: attempt,
+                            last: Box::new(e),
+                        });
+                    }
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Calls a registered coprocessor in a retried transaction.
+    pub async fn call_coprocessor(self: &Arc<Self>, name: &str, input: &[u8]) -> Result<Vec<u8>> {
+        let cop =
+            self.coprocessors
+                .read()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::Coprocessor {
+                    name: name.to_string(),
+                    message: "no coprocessor is registered under this name".into(),
+                })?;
+        let input: Arc<[u8]> = input.into();
+        self.run_txn(move |txn| {
+            let cop = cop.clone();
+            let input = input.clone();
+            Box::pin(async move { cop.call(txn, &input).await })
+        })
+        .await
+    }
+
+    /// Registers (or replaces) a coprocessor.
+    pub fn register_coprocessor(&self, cop: Arc<dyn Coprocessor>) {
+        self.coprocessors
+            .write()
+            .insert(cop.name().to_string(), cop);
+    }
+
+    /// A snapshot read, resolving 2PC locks it meets.
+    pub async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
+        let tablet = self.tablet_for(key);
+        for attempt in 1..=self.config.max_attempts {
+            match tablet.get(key, ts).await {
+                Err(Error::Locked { .. }) => {
+                    self.resolve_lock(key).await?;
+                    backoff(attempt).await;
+                }
+                other => return other,
+            }
+        }
+        Err(Error::Locked {
+            key: key.to_vec(),
+            start_ts: 0,
+        })
+    }
+
+    /// A snapshot scan across tablets, resolving locks it meets.
+    pub async fn scan_at(
+        &self,
+        range: &KeyRange,
+        ts: u64,
+        limit: usize,
+    ) -> Result<Vec<(Key, Value)>> {
+        let mut out = Vec::new();
+        for t in self.tablets_for_range(range) {
+            let Some(piece) = range.intersect(t.range()) else {
+                continue;
+            };
+            let mut attempt = 0;
+            let rows = loop {
+                attempt += 1;
+                match t.scan(&piece, ts, limit - out.len()).await {
+                    Err(Error::Locked { .. }) if attempt < self.config.max_attempts => {
+                        for (k, _) in t.scan_locks(&piece)? {
+                            self.resolve_lock(&k).await?;
+                        }
+                        backoff(attempt).await;
+                    }
+                    other => break other?,
+                }
+            };
+            out.extend(rows);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves the 2PC locks on `key` whose owners are finished or expired: a lock of a
+    /// committed transaction is committed, one of a rolled-back transaction is dropped, and an
+    /// expired one is rolled back at its primary first (which fails if the primary committed
+    /// meanwhile, and then the lock is committed).
+    pub async fn resolve_lock(&self, key: &[u8]) -> Result<()> {
+        let tablet = self.tablet_for(key).clone();
+        let rec: LockRecord = tablet.locks(key)?;
+        let mut owners: Vec<(u64, Key, u64)> = rec
+            .writers
+            .iter()
+            .map(|w| (w.start_ts, w.primary.clone(), w.lock_ms))
+            .collect();
+        owners.extend(
+            rec.readers
+                .iter()
+                .map(|r| (r.start_ts, r.primary.clone(), r.lock_ms)),
+        );
+        for (start_ts, primary, lock_ms) in owners {
+            let ptablet = self.tablet_for(&primary).clone();
+            let status = match ptablet.txn_status(start_ts)? {
+                Some(s) => s,
+                None if now_ms().saturating_sub(lock_ms) >= self.config.lock_ttl_ms => {
+                    let keys = vec![primary.clone()];
+                    match ptablet
+                        .rollback(start_ts, keys, Some(primary.clone()))
+                        .await?
+                    {
+                        CommandResult::Committed(ts) => TxnStatus::Committed(ts),
+                        _ => TxnStatus::RolledBack,
+                    }
+                }
+                None => continue,
+            };
+            let rec = tablet.locks(key)?;
+            match status {
+                TxnStatus::Committed(commit_ts) => {
+                    let writes: Vec<_> = rec
+                        .writers
+                        .iter()
+                        .filter(|w| w.start_ts == start_ts)
+                        .map(|w| (key.to_vec(), w.mutation.clone()))
+                        .collect();
+                    let reads = if rec.readers.iter().any(|r| r.start_ts == start_ts) {
+                        vec![key.to_vec()]
+                    } else {
+                        Vec::new()
+                    };
+                    tablet
+                        .commit_locks(start_ts, commit_ts, writes, reads, None)
+                        .await?;
+                }
+                TxnStatus::RolledBack => {
+                    tablet.rollback(start_ts, vec![key.to_vec()], None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn backoff(attempt: u32) {
+    let base = 1u64 << attempt.min(6);
+    let jitter = rand::random::<u64>() % (base * 200 + 1);
+    tokio::time::sleep(Duration::from_micros(base * 100 + jitter)).await;
+}

@@ -1,0 +1,98 @@
+//! openraft glue: the type configuration, the tablet state machine and the network trait.
+//!
+//! A Raft entry carries a batch of [`Command`]s (the tablet batches concurrent proposals so
+//! that one entry, one `fdatasync` and one round of openraft bookkeeping serve many
+//! transactions). Applying a batch yields one [`CommandResult`] per command.
+
+mod log_store;
+mod state_machine;
+
+pub use log_store::{LogReader, LogStore};
+pub use state_machine::{StateMachine, TabletState};
+
+use std::io::Cursor;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+
+use crate::command::{Command, CommandResult};
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of a tablet group.
+    pub TypeConfig:
+        D = Vec<Command>,
+        R = Vec<CommandResult>,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A log entry of a tablet group.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// The Raft handle of a tablet group.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The network of a group whose only member is the local node (the embedded mode).
+///
+/// A single-voter group never sends a message; if openraft ever asks for a peer, the peer is
+/// reported unreachable. The multi-node cluster plugs a gRPC implementation of
+/// [`RaftNetworkFactory`] in here instead.
+#[derive(Clone, Debug, Default)]
+pub struct SingleNodeNetwork;
+
+/// The (never used) connection of [`SingleNodeNetwork`].
+#[derive(Clone, Debug)]
+pub struct NoPeer {
+    target: u64,
+}
+
+impl NoPeer {
+    fn unreachable(&self) -> Unreachable {
+        Unreachable::new(&std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("node {} is not part of this single-node group", self.target),
+        ))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for SingleNodeNetwork {
+    type Network = NoPeer;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> NoPeer {
+        NoPeer { target }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NoPeer {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        Err(RPCError::Unreachable(self.unreachable()))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        Err(RPCError::Unreachable(self.unreachable()))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        Err(RPCError::Unreachable(self.unreachable()))
+    }
+}

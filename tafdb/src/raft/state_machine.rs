@@ -1,0 +1,398 @@
+//! The tablet state machine: applies command batches to the MVCC store, flushes aged versions
+//! to the engines and records how far the engines are durable.
+//!
+//! Durability works like this. Every acknowledged commit is in the Raft log (synced by the log
+//! writer before openraft reports it committed). The engines hold everything applied up to the
+//! *durable index* `D`, recorded in the default engine under `0xFF 'M' "state"` after the
+//! engines were persisted. After a restart [`RaftStateMachine::applied_state`] reports `D`, and
+//! openraft replays the log from `D + 1`. Snapshots are dumps of the engines at `D`, so the log
+//! can be purged up to `D` once a snapshot covers it.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, TypeConfig};
+use crate::command::{self, CommandResult};
+use crate::engine::{BatchOp, Engine, EngineKind};
+use crate::error::{Error, Result};
+use crate::keys::{KeyRange, INTERNAL_PREFIX};
+use crate::mvcc::{EngineSet, MvccStore};
+use crate::tso::now_ms;
+
+type NodeId = u64;
+type Membership = StoredMembership<NodeId, BasicNode>;
+
+const META_KEY: &[u8] = &[INTERNAL_PREFIX, b'M', b's', b't', b'a', b't', b'e'];
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct MetaRecord {
+    durable: Option<LogId<NodeId>>,
+    membership: Membership,
+    floor: u64,
+    max_commit_ts: u64,
+}
+
+/// The contents of a snapshot: the tablet meta and every engine row `(engine, key, value)`.
+type SnapshotRows = (MetaRecord, Vec<(u8, Vec<u8>, Vec<u8>)>);
+
+#[derive(Default)]
+struct Applied {
+    last: Option<LogId<NodeId>>,
+    membership: Membership,
+    /// Applied entries not yet flushed, with their apply time.
+    recent: VecDeque<(LogId<NodeId>, u64)>,
+    /// Membership changes not yet flushed.
+    memberships: VecDeque<Membership>,
+}
+
+/// The shared state of one tablet replica: the MVCC store plus apply and flush bookkeeping.
+pub struct TabletState {
+    dir: PathBuf,
+    mvcc: MvccStore,
+    applied: Mutex<Applied>,
+    durable: Mutex<MetaRecord>,
+    flush_mutex: Mutex<()>,
+    lock_keys: AtomicI64,
+    max_commit_ts: AtomicU64,
+    /// Woken after every applied batch; readers waiting for a pending commit sleep on it.
+    pub applied_notify: tokio::sync::Notify,
+}
+
+fn sto_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::<NodeId>::write_state_machine(openraft::AnyError::error(e.to_string())).into()
+}
+
+impl TabletState {
+    /// Opens the engines of a tablet replica in `dir`; `tables` names the engine of each table
+    /// (others use the default RocksDB engine).
+    pub fn open(dir: &Path, tables: &[(u8, EngineKind)]) -> Result<Arc<TabletState>> {
+        std::fs::create_dir_all(dir)?;
+        let default = EngineKind::Lsm.open(&dir.join("engines").join("default"))?;
+        let mut list = Vec::new();
+        for (id, kind) in tables {
+            list.push((
+                *id,
+                kind.open(&dir.join("engines").join(format!("table-{id}")))?,
+            ));
+        }
+        let engines = EngineSet::new(default.clone(), list);
+        let meta: MetaRecord = match default.get(META_KEY)? {
+            Some(b) => bincode::deserialize(&b)
+                .map_err(|e| Error::Corruption(format!("tablet meta: {e}")))?,
+            None => MetaRecord::default(),
+        };
+        let mvcc = MvccStore::new(engines, meta.floor);
+        let state = TabletState {
+            dir: dir.to_path_buf(),
+            mvcc,
+            applied: Mutex::new(Applied {
+                last: meta.durable,
+                membership: meta.membership.clone(),
+                ..Default::default()
+            }),
+            max_commit_ts: AtomicU64::new(meta.max_commit_ts),
+            durable: Mutex::new(meta),
+            flush_mutex: Mutex::new(()),
+            lock_keys: AtomicI64::new(0),
+            applied_notify: tokio::sync::Notify::new(),
+        };
+        state.recount_locks()?;
+        Ok(Arc::new(state))
+    }
+
+    /// The MVCC store.
+    pub fn mvcc(&self) -> &MvccStore {
+        &self.mvcc
+    }
+
+    /// Whether any key may carry a 2PC lock (a cheap check before looking up locks).
+    pub fn may_have_locks(&self) -> bool {
+        self.lock_keys.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts the lock records (after a replay, whose increments may be off when the engines
+    /// were ahead of the durable index).
+    pub fn recount_locks(&self) -> Result<()> {
+        let range = KeyRange::prefix(&[INTERNAL_PREFIX, b'L']);
+        let n = self.mvcc.scan(&range, u64::MAX, usize::MAX)?.len();
+        self.lock_keys.store(n as i64, Ordering::Release);
+        Ok(())
+    }
+
+    /// The last applied log index.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.lock().last.map_or(0, |l| l.index)
+    }
+
+    /// The durable index: everything up to it is in the engines.
+    pub fn durable_index(&self) -> u64 {
+        self.durable.lock().durable.map_or(0, |l| l.index)
+    }
+
+    /// The largest commit timestamp applied (so a restarted oracle stays above it).
+    pub fn max_commit_ts(&self) -> u64 {
+        self.max_commit_ts.load(Ordering::Acquire)
+    }
+
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Vec<CommandResult>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        let now = now_ms();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let mut results = Vec::new();
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(cmds) => {
+                    results.reserve(cmds.len());
+                    for cmd in &cmds {
+                        let (res, delta) = command::apply(&self.mvcc, log_id.index, cmd)?;
+                        if delta != 0 {
+                            self.lock_keys.fetch_add(delta, Ordering::AcqRel);
+                        }
+                        if let command::Command::Commit { commit_ts, .. }
+                        | command::Command::CommitLocks { commit_ts, .. } = cmd
+                        {
+                            self.max_commit_ts.fetch_max(*commit_ts, Ordering::AcqRel);
+                        }
+                        results.push(res);
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    let mut a = self.applied.lock();
+                    a.membership = StoredMembership::new(Some(log_id), m);
+                    let mem = a.membership.clone();
+                    a.memberships.push_back(mem);
+                }
+            }
+            let mut a = self.applied.lock();
+            a.last = Some(log_id);
+            a.recent.push_back((log_id, now));
+            out.push(results);
+        }
+        self.applied_notify.notify_waiters();
+        Ok(out)
+    }
+
+    /// Flushes every version applied more than `window_ms` ago to the engines, persists them
+    /// and advances the durable index. Returns the new durable log id, if it moved.
+    pub fn flush_once(&self, window_ms: u64) -> Result<Option<LogId<NodeId>>> {
+        let _g = self.flush_mutex.lock();
+        let cutoff = now_ms().saturating_sub(window_ms);
+        let (target, membership) = {
+            let mut a = self.applied.lock();
+            let mut target = None;
+            while a.recent.front().is_some_and(|(_, t)| *t <= cutoff) {
+                target = a.recent.pop_front().map(|(l, _)| l);
+            }
+            let Some(target) = target else {
+                return Ok(None);
+            };
+            let mut membership = None;
+            while a
+                .memberships
+                .front()
+                .is_some_and(|m| m.log_id().is_some_and(|l| l.index <= target.index))
+            {
+                membership = a.memberships.pop_front();
+            }
+            (target, membership)
+        };
+        self.mvcc.flush(target.index)?;
+        let engines = self.mvcc.engines();
+        let all = engines.all();
+        for e in &all[..all.len() - 1] {
+            e.persist()?;
+        }
+        let mut meta = self.durable.lock().clone();
+        meta.durable = Some(target);
+        if let Some(m) = membership {
+            meta.membership = m;
+        }
+        meta.floor = self.mvcc.floor();
+        meta.max_commit_ts = self.max_commit_ts();
+        let bytes = bincode::serialize(&meta).map_err(|e| Error::Corruption(e.to_string()))?;
+        let default = engines.default_engine();
+        default.write(&[BatchOp::Put(META_KEY.to_vec(), bytes)])?;
+        default.persist()?;
+        *self.durable.lock() = meta;
+        Ok(Some(target))
+    }
+
+    /// Dumps the engines at the durable index (a snapshot).
+    fn dump(&self) -> Result<(MetaRecord, Vec<u8>)> {
+        let _g = self.flush_mutex.lock();
+        let meta = self.durable.lock().clone();
+        let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (i, e) in self.mvcc.engines().all().iter().enumerate() {
+            e.for_each(&mut |k, v| {
+                if k != META_KEY {
+                    rows.push((i as u8, k.to_vec(), v.to_vec()));
+                }
+                Ok(())
+            })?;
+        }
+        let data = bincode::serialize(&(meta.clone(), rows))
+            .map_err(|e| Error::Corruption(e.to_string()))?;
+        Ok((meta, data))
+    }
+
+    /// Replaces the whole state with a snapshot.
+    fn load(&self, data: &[u8]) -> Result<MetaRecord> {
+        let _g = self.flush_mutex.lock();
+        let (meta, rows): SnapshotRows =
+            bincode::deserialize(data).map_err(|e| Error::Corruption(format!("snapshot: {e}")))?;
+        let all = self.mvcc.engines().all();
+        for e in &all {
+            let mut keys = Vec::new();
+            e.for_each(&mut |k, _| {
+                keys.push(BatchOp::Delete(k.to_vec()));
+                Ok(())
+            })?;
+            for chunk in keys.chunks(4096) {
+                e.write(chunk)?;
+            }
+        }
+        for (i, k, v) in rows {
+            let e: &Arc<dyn Engine> = all
+                .get(i as usize)
+                .ok_or_else(|| Error::Corruption(format!("snapshot names engine {i}")))?;
+            e.write(&[BatchOp::Put(k, v)])?;
+        }
+        self.mvcc.clear(meta.floor);
+        let bytes = bincode::serialize(&meta).map_err(|e| Error::Corruption(e.to_string()))?;
+        all[all.len() - 1].write(&[BatchOp::Put(META_KEY.to_vec(), bytes)])?;
+        for e in &all {
+            e.persist()?;
+        }
+        *self.durable.lock() = meta.clone();
+        *self.applied.lock() = Applied {
+            last: meta.durable,
+            membership: meta.membership.clone(),
+            ..Default::default()
+        };
+        self.recount_locks()?;
+        Ok(meta)
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join("snapshot.bin")
+    }
+}
+
+/// The openraft state machine of a tablet replica.
+#[derive(Clone)]
+pub struct StateMachine {
+    state: Arc<TabletState>,
+}
+
+impl StateMachine {
+    /// Wraps a tablet state.
+    pub fn new(state: Arc<TabletState>) -> Self {
+        StateMachine { state }
+    }
+}
+
+fn snapshot_meta(meta: &MetaRecord) -> SnapshotMeta<NodeId, BasicNode> {
+    SnapshotMeta {
+        last_log_id: meta.durable,
+        last_membership: meta.membership.clone(),
+        snapshot_id: format!("{}-{}", meta.durable.map_or(0, |l| l.index), now_ms()),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let state = self.state.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let (meta, data) = state.dump()?;
+            let path = state.snapshot_path();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &data)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok::<_, Error>((meta, data))
+        })
+        .await
+        .map_err(sto_err)?
+        .map_err(sto_err)?;
+        Ok(Snapshot {
+            meta: snapshot_meta(&meta),
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let a = self.state.applied.lock();
+        Ok((a.last, a.membership.clone()))
+    }
+
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> Result<Vec<Vec<CommandResult>>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.state.apply_entries(entries).map_err(sto_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let state = self.state.clone();
+        let data = snapshot.into_inner();
+        tokio::task::spawn_blocking(move || state.load(&data))
+            .await
+            .map_err(sto_err)?
+            .map_err(sto_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let path = self.state.snapshot_path();
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sto_err(e)),
+        };
+        let (meta, _rows): SnapshotRows =
+            bincode::deserialize(&data).map_err(|e| sto_err(format!("snapshot file: {e}")))?;
+        Ok(Some(Snapshot {
+            meta: snapshot_meta(&meta),
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,379 @@
+//! Transactions: buffered writes, recorded reads, 1PC or 2PC commit.
+//!
+//! A [`Txn`] reads a snapshot at its start timestamp, buffers its writes, and records every key
+//! it read and every range it scanned. [`Txn::commit`] picks the protocol:
+//! - every key in one tablet: a one-phase commit, validated and ordered by that tablet's leader
+//!   and applied from one Raft entry;
+//! - keys in several tablets: a Percolator-style two-phase commit. The first written key is the
+//!   *primary*. Every tablet prewrites (validates, then locks written and read keys); the commit
+//!   timestamp is taken; the primary's tablet commits (this is the commit point, recorded in a
+//!   status record); then the secondaries commit. A crashed coordinator leaves locks that
+//!   readers and writers resolve through the primary's status (see [`crate::Db::resolve_lock`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::command::CommandResult;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::keys::{check_user_key, check_value, Key, KeyRange, Value};
+use crate::mvcc::{DeltaOp, Mutation, MAX_DELTA_OFFSET};
+use crate::tablet::{ReadSet, Tablet};
+
+/// A transaction. Create one with [`Db::begin`], or let [`Db::run_txn`] manage retries.
+pub struct Txn {
+    db: Arc<Db>,
+    start_ts: u64,
+    /// Per key: a base mutation (put/delete) followed by deltas, or only deltas.
+    writes: BTreeMap<Key, Vec<Mutation>>,
+    reads: BTreeSet<Key>,
+    scans: Vec<KeyRange>,
+}
+
+fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
+    let mut v = base;
+    for m in muts {
+        match m {
+            Mutation::Put(x) => v = Some(x.clone()),
+            Mutation::Delete => v = None,
+            Mutation::Delta(op) => op.apply(v.get_or_insert_with(Vec::new)),
+        }
+    }
+    v
+}
+
+impl Txn {
+    pub(crate) fn new(db: Arc<Db>, start_ts: u64) -> Txn {
+        Txn {
+            db,
+            start_ts,
+            writes: BTreeMap::new(),
+            reads: BTreeSet::new(),
+            scans: Vec::new(),
+        }
+    }
+
+    /// The snapshot timestamp.
+    pub fn start_ts(&self) -> u64 {
+        self.start_ts
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// Reads `key` (this transaction's own writes included).
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        check_user_key(key)?;
+        if let Some(muts) = self.writes.get(key) {
+            if muts
+                .first()
+                .is_some_and(|m| !matches!(m, Mutation::Delta(_)))
+            {
+                return Ok(fold_own(None, muts));
+            }
+        }
+        let base = self.db.get_at(key, self.start_ts).await?;
+        self.reads.insert(key.to_vec());
+        Ok(match self.writes.get(key) {
+            Some(muts) => fold_own(base, muts),
+            None => base,
+        })
+    }
+
+    /// Up to `limit` entries of `range` in key order (own writes included). The part of the
+    /// range that was read is recorded, so a concurrent insert into it (a phantom) aborts the
+    /// commit.
+    pub async fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<(Key, Value)>> {
+        if range.start.first() == Some(&crate::keys::INTERNAL_PREFIX) {
+            return Err(Error::InvalidArgument(
+                "scan of TafDB's internal keys".into(),
+            ));
+        }
+        let own: Vec<(&Key, &Vec<Mutation>)> = self
+            .writes
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .collect();
+        let fetch = limit.saturating_add(own.len());
+        let rows = self.db.scan_at(range, self.start_ts, fetch).await?;
+        let complete = rows.len() < fetch;
+        let mut merged: BTreeMap<Key, Value> = rows.into_iter().collect();
+        let db_last = merged.keys().next_back().cloned();
+        for (k, muts) in own {
+            // Keys past the last row fetched are unknown when the fetch was cut; skip them.
+            if !complete && db_last.as_ref().is_some_and(|l| k > l) {
+                continue;
+            }
+            let base = merged.remove(k);
+            if let Some(v) = fold_own(base, muts) {
+                merged.insert(k.clone(), v);
+            }
+        }
+        let out: Vec<(Key, Value)> = merged.into_iter().take(limit).collect();
+        let read_range = if out.len() >= limit && limit > 0 {
+            let mut end = out.last().map(|(k, _)| k.clone()).unwrap_or_default();
+            end.push(0);
+            KeyRange {
+                start: range.start.clone(),
+                end: Some(end),
+            }
+        } else if complete || limit == 0 {
+            range.clone()
+        } else {
+            let mut end = db_last.unwrap_or_default();
+            end.push(0);
+            KeyRange {
+                start: range.start.clone(),
+                end: Some(end),
+            }
+        };
+        self.scans.push(read_range);
+        Ok(out)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        check_user_key(key)?;
+        check_value(value)?;
+        self.writes
+            .insert(key.to_vec(), vec![Mutation::Put(value.to_vec())]);
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        check_user_key(key)?;
+        self.writes.insert(key.to_vec(), vec![Mutation::Delete]);
+        Ok(())
+    }
+
+    /// Records a commutative update of `key`. Concurrent delta writers never conflict; readers
+    /// see the folded value.
+    pub fn delta(&mut self, key: &[u8], op: DeltaOp) -> Result<()> {
+        check_user_key(key)?;
+        if op.offset() > MAX_DELTA_OFFSET {
+            return Err(Error::InvalidArgument(format!(
+                "delta offset {} exceeds {MAX_DELTA_OFFSET}",
+                op.offset()
+            )));
+        }
+        self.writes
+            .entry(key.to_vec())
+            .or_default()
+            .push(Mutation::Delta(op));
+        Ok(())
+    }
+
+    /// Whether the transaction has buffered writes.
+    pub fn is_read_only(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    fn flatten(writes: BTreeMap<Key, Vec<Mutation>>) -> Vec<(Key, Mutation)> {
+        let mut out = Vec::with_capacity(writes.len());
+        for (k, muts) in writes {
+            match muts.first() {
+                Some(Mutation::Delta(_)) => out.extend(muts.into_iter().map(|m| (k.clone(), m))),
+                // A base mutation followed by deltas collapses into one put.
+                Some(_) => match fold_own(None, &muts) {
+                    Some(v) => out.push((k, Mutation::Put(v))),
+                    None => out.push((k, Mutation::Delete)),
+                },
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// Commits. Returns the commit timestamp (the start timestamp for read-only transactions).
+    pub async fn commit(self) -> Result<u64> {
+        let Txn {
+            db,
+            start_ts,
+            writes,
+            reads,
+            scans,
+        } = self;
+        if writes.is_empty() {
+            return Ok(start_ts);
+        }
+        let writes = Self::flatten(writes);
+        // Group everything by tablet.
+        let mut parts: BTreeMap<u64, Part> = BTreeMap::new();
+        for (k, m) in writes {
+            let t = db.tablet_for(&k).clone();
+            parts
+                .entry(t.id())
+                .or_insert_with(|| Part::new(t))
+                .writes
+                .push((k, m));
+        }
+        for k in reads {
+            let t = db.tablet_for(&k).clone();
+            parts
+                .entry(t.id())
+                .or_insert_with(|| Part::new(t))
+                .reads
+                .push(k);
+        }
+        for r in scans {
+            for t in db.tablets_for_range(&r) {
+                if let Some(piece) = r.intersect(t.range()) {
+                    parts
+                        .entry(t.id())
+                        .or_insert_with(|| Part::new(t.clone()))
+                        .scans
+                        .push(piece);
+                }
+            }
+        }
+        if parts.len() == 1 {
+            let Some((_, p)) = parts.pop_first() else {
+                return Ok(start_ts);
+            };
+            return p
+                .tablet
+                .commit_1pc(
+                    start_ts,
+                    ReadSet {
+                        reads: &p.reads,
+                        scans: &p.scans,
+                    },
+                    p.writes,
+                )
+                .await;
+        }
+        commit_2pc(&db, start_ts, parts.into_values().collect()).await
+    }
+}
+
+struct Part {
+    tablet: Arc<Tablet>,
+    writes: Vec<(Key, Mutation)>,
+    reads: Vec<Key>,
+    scans: Vec<KeyRange>,
+}
+
+impl Part {
+    fn new(tablet: Arc<Tablet>) -> Part {
+        Part {
+            tablet,
+            writes: Vec::new(),
+            reads: Vec::new(),
+            scans: Vec::new(),
+        }
+    }
+
+    fn keys(&self) -> Vec<Key> {
+        self.writes
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(self.reads.iter().cloned())
+            .collect()
+    }
+}
+
+async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result<u64> {
+    // The primary is the first written key; its tablet goes first.
+    let pi = parts.iter().position(|p| !p.writes.is_empty()).unwrap_or(0);
+    parts.swap(0, pi);
+    let primary: Key = match (parts[0].writes.first(), parts[0].reads.first()) {
+        (Some((k, _)), _) => k.clone(),
+        (None, Some(k)) => k.clone(),
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "a two-phase commit with no keys".into(),
+            ))
+        }
+    };
+    // Phase one, on every tablet at once.
+    let mut set = tokio::task::JoinSet::new();
+    for (i, p) in parts.iter().enumerate() {
+        let (t, pk, reads, scans, writes) = (
+            p.tablet.clone(),
+            primary.clone(),
+            p.reads.clone(),
+            p.scans.clone(),
+            p.writes.clone(),
+        );
+        set.spawn(async move {
+            (
+                i,
+                t.prewrite(
+                    start_ts,
+                    &pk,
+                    ReadSet {
+                        reads: &reads,
+                        scans: &scans,
+                    },
+                    writes,
+                )
+                .await,
+            )
+        });
+    }
+    let mut failure = None;
+    let mut locked = vec![false; parts.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, Ok(()))) => locked[i] = true,
+            Ok((_, Err(e))) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(Error::Raft(format!("prewrite task failed: {e}")))),
+        }
+    }
+    if let Some(e) = failure {
+        // Roll back the primary first (it records the decision), then the rest.
+        let _ = parts[0]
+            .tablet
+            .rollback(start_ts, parts[0].keys(), Some(primary.clone()))
+            .await;
+        for (i, p) in parts.iter().enumerate().skip(1) {
+            if locked[i] {
+                let _ = p.tablet.rollback(start_ts, p.keys(), None).await;
+            }
+        }
+        return Err(e);
+    }
+    let commit_ts = db.tso().next()?;
+    let first = &parts[0];
+    match first
+        .tablet
+        .commit_locks(
+            start_ts,
+            commit_ts,
+            first.writes.clone(),
+            first.reads.clone(),
+            Some(primary.clone()),
+        )
+        .await?
+    {
+        CommandResult::Ok => {}
+        CommandResult::Committed(ts) => return Ok(ts),
+        CommandResult::Aborted => {
+            for p in parts.iter().skip(1) {
+                let _ = p.tablet.rollback(start_ts, p.keys(), None).await;
+            }
+            return Err(Error::Aborted {
+                start_ts,
+                reason: "rolled back by a lock resolver before commit".into(),
+            });
+        }
+    }
+    // The transaction is committed. Secondaries that fail here are finished by lock resolution.
+    let mut set = tokio::task::JoinSet::new();
+    for p in parts.into_iter().skip(1) {
+        set.spawn(async move {
+            p.tablet
+                .commit_locks(start_ts, commit_ts, p.writes, p.reads, None)
+                .await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(start_ts, error = %e, "committing a secondary failed; readers will resolve its locks");
+        }
+    }
+    Ok(commit_ts)
+}

@@ -1,0 +1,381 @@
+//! Transaction semantics against real tablets (openraft, on-disk log, RocksDB and hash engines).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use tafdb::{Db, DbConfig, DeltaOp, Error, KeyRange};
+
+async fn open(dir: &std::path::Path, split: bool) -> Arc<Db> {
+    let mut cfg = DbConfig::new(dir);
+    if split {
+        cfg.split_keys = vec![b"\x02m".to_vec()];
+    }
+    cfg.lock_ttl_ms = 200;
+    Db::open(cfg).await.expect("open db")
+}
+
+fn counter(v: &Option<Vec<u8>>) -> u64 {
+    v.as_ref().map_or(0, |v| {
+        u64::from_le_bytes(v[..8].try_into().expect("8 bytes"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_isolation_and_lost_updates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    let mut t = db.begin().expect("begin");
+    t.put(b"\x02a", b"1").expect("put");
+    t.commit().await.expect("commit");
+
+    let mut old = db.begin().expect("begin");
+    let mut t = db.begin().expect("begin");
+    t.put(b"\x02a", b"2").expect("put");
+    t.commit().await.expect("commit");
+    assert_eq!(
+        old.get(b"\x02a").await.expect("get"),
+        Some(b"1".to_vec()),
+        "a snapshot does not see later commits"
+    );
+
+    // Lost update: both read a and write it; the second to commit must fail.
+    let mut t1 = db.begin().expect("begin");
+    let mut t2 = db.begin().expect("begin");
+    t1.get(b"\x02a").await.expect("get");
+    t2.get(b"\x02a").await.expect("get");
+    t1.put(b"\x02a", b"t1").expect("put");
+    t2.put(b"\x02a", b"t2").expect("put");
+    t1.commit().await.expect("first commit wins");
+    let err = t2.commit().await.expect_err("second commit must fail");
+    assert!(err.is_retryable(), "{err}");
+    let mut r = db.begin().expect("begin");
+    assert_eq!(r.get(b"\x02a").await.expect("get"), Some(b"t1".to_vec()));
+    db.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_skew_and_phantoms_are_rejected() {
+    for split in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), split).await;
+        // Write skew: t1 reads x and writes y; t2 reads y and writes x.
+        let (x, y) = (b"\x02b-x".as_slice(), b"\x02z-y".as_slice());
+        let mut t1 = db.begin().expect("begin");
+        let mut t2 = db.begin().expect("begin");
+        assert_eq!(t1.get(x).await.expect("get"), None);
+        assert_eq!(t2.get(y).await.expect("get"), None);
+        t1.put(y, b"1").expect("put");
+        t2.put(x, b"1").expect("put");
+        t1.commit().await.expect("commit");
+        let err = t2.commit().await.expect_err("write skew must be rejected");
+        assert!(err.is_retryable(), "split={split}: {err}");
+
+        // Phantom: t1 scans a prefix; t2 inserts into it; t1's commit must fail.
+        let mut t1 = db.begin().expect("begin");
+        let rows = t1
+            .scan(&KeyRange::prefix(b"\x02dir/"), 100)
+            .await
+            .expect("scan");
+        assert!(rows.is_empty());
+        t1.put(b"\x02z-other", b"v").expect("put");
+        let mut t2 = db.begin().expect("begin");
+        t2.put(b"\x02dir/new", b"v").expect("put");
+        t2.commit().await.expect("commit");
+        let err = t1.commit().await.expect_err("phantom must be detected");
+        assert!(err.is_retryable(), "split={split}: {err}");
+        db.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_delta_writers_never_conflict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut handles = Vec::new();
+    for task in 0..32u64 {
+        let db = db.clone();
+        let attempts = attempts.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..25u64 {
+                let attempts = attempts.clone();
+                db.run_txn(move |txn| {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    Box::pin(async move {
+                        txn.delta(b"\x02parent", DeltaOp::Add { offset: 0, by: 1 })?;
+                        txn.delta(
+                            b"\x02parent",
+                            DeltaOp::Max {
+                                offset: 8,
+                                value: task * 1000 + i,
+                            },
+                        )?;
+                        txn.put(format!("\x02child-{task}-{i}").as_bytes(), b"x")?;
+                        Ok(())
+                    })
+                })
+                .await
+                .expect("delta txn");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        32 * 25,
+        "no delta transaction had to retry"
+    );
+    let mut t = db.begin().expect("begin");
+    let v = t.get(b"\x02parent").await.expect("get");
+    assert_eq!(counter(&v), 800);
+    let max = u64::from_le_bytes(v.as_ref().expect("value")[8..16].try_into().expect("8"));
+    assert_eq!(max, 31 * 1000 + 24);
+    db.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_commit_across_tablets_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path(), true).await;
+        assert_eq!(db.tablets().len(), 2);
+        for i in 0..20u32 {
+            db.run_txn(move |txn| {
+                Box::pin(async move {
+                    txn.put(format!("\x02a{i:03}").as_bytes(), &i.to_le_bytes())?;
+                    txn.put(format!("\x02x{i:03}").as_bytes(), &i.to_le_bytes())?;
+                    txn.delta(b"\x02acount", DeltaOp::Add { offset: 0, by: 1 })?;
+                    txn.delta(b"\x02xcount", DeltaOp::Add { offset: 0, by: 1 })?;
+                    Ok(())
+                })
+            })
+            .await
+            .expect("2pc txn");
+        }
+        let mut t = db.begin().expect("begin");
+        assert_eq!(counter(&t.get(b"\x02acount").await.expect("get")), 20);
+        assert_eq!(counter(&t.get(b"\x02xcount").await.expect("get")), 20);
+        let rows = t
+            .scan(
+                &KeyRange::new(b"\x02a".to_vec(), Some(b"\x02y".to_vec())),
+                1000,
+            )
+            .await
+            .expect("scan");
+        assert_eq!(rows.len(), 42, "20 + 20 keys and two counters");
+        db.shutdown().await;
+    }
+    // Everything acknowledged survives a restart (replayed from the Raft log).
+    let db = open(dir.path(), true).await;
+    let mut t = db.begin().expect("begin");
+    assert_eq!(counter(&t.get(b"\x02acount").await.expect("get")), 20);
+    assert_eq!(counter(&t.get(b"\x02xcount").await.expect("get")), 20);
+    assert_eq!(
+        t.get(b"\x02x019").await.expect("get"),
+        Some(19u32.to_le_bytes().to_vec())
+    );
+    db.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_coordinators_locks_are_resolved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), true).await;
+    let (p, s) = (b"\x02apple".to_vec(), b"\x02zebra".to_vec());
+    let empty = tafdb::tablet::ReadSet {
+        reads: &[],
+        scans: &[],
+    };
+    // Coordinator A prewrites both keys, commits the primary and "crashes".
+    let a = db.tso().next().expect("ts");
+    db.tablet_for(&p)
+        .prewrite(
+            a,
+            &p,
+            empty,
+            vec![(p.clone(), tafdb::Mutation::Put(b"A".to_vec()))],
+        )
+        .await
+        .expect("prewrite");
+    db.tablet_for(&s)
+        .prewrite(
+            a,
+            &p,
+            empty,
+            vec![(s.clone(), tafdb::Mutation::Put(b"A".to_vec()))],
+        )
+        .await
+        .expect("prewrite");
+    let cts = db.tso().next().expect("ts");
+    db.tablet_for(&p)
+        .commit_locks(
+            a,
+            cts,
+            vec![(p.clone(), tafdb::Mutation::Put(b"A".to_vec()))],
+            vec![],
+            Some(p.clone()),
+        )
+        .await
+        .expect("commit primary");
+    // A reader meets the secondary's lock and rolls it forward.
+    let mut t = db.begin().expect("begin");
+    assert_eq!(
+        t.get(&s).await.expect("get resolves the lock"),
+        Some(b"A".to_vec())
+    );
+
+    // Coordinator B prewrites and crashes before committing anything: after the TTL, a writer
+    // rolls it back and proceeds.
+    let (p2, s2) = (b"\x02avocado".to_vec(), b"\x02zucchini".to_vec());
+    let b = db.tso().next().expect("ts");
+    db.tablet_for(&p2)
+        .prewrite(
+            b,
+            &p2,
+            empty,
+            vec![(p2.clone(), tafdb::Mutation::Put(b"B".to_vec()))],
+        )
+        .await
+        .expect("prewrite");
+    db.tablet_for(&s2)
+        .prewrite(
+            b,
+            &p2,
+            empty,
+            vec![(s2.clone(), tafdb::Mutation::Put(b"B".to_vec()))],
+        )
+        .await
+        .expect("prewrite");
+    let s2c = s2.clone();
+    db.run_txn(move |txn| {
+        let s2 = s2c.clone();
+        Box::pin(async move {
+            txn.get(&s2).await?;
+            txn.put(&s2, b"C")?;
+            Ok(())
+        })
+    })
+    .await
+    .expect("writer resolves the expired lock");
+    let mut t = db.begin().expect("begin");
+    assert_eq!(t.get(&s2).await.expect("get"), Some(b"C".to_vec()));
+    assert_eq!(
+        t.get(&p2).await.expect("get"),
+        None,
+        "the crashed transaction left nothing visible"
+    );
+    // A late commit of B's primary fails: it was rolled back.
+    let late = db
+        .tablet_for(&p2)
+        .commit_locks(
+            b,
+            db.tso().next().expect("ts"),
+            vec![],
+            vec![],
+            Some(p2.clone()),
+        )
+        .await
+        .expect("late commit");
+    assert_eq!(late, tafdb::command::CommandResult::Aborted);
+    db.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    let mut t = db.begin().expect("begin");
+    assert!(matches!(t.put(b"", b"v"), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        t.put(b"\xffsecret", b"v"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        t.put(b"\x02k", &vec![0u8; 2 << 20]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        t.delta(
+            b"\x02k",
+            DeltaOp::Add {
+                offset: 1 << 20,
+                by: 1
+            }
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(
+        matches!(
+            t.scan(&KeyRange::prefix(&[1]), 10).await,
+            Err(Error::Unsupported(_))
+        ),
+        "the index table is a hash table"
+    );
+    db.shutdown().await;
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8),
+    Add(u8, i8),
+}
+
+fn key(i: u8) -> Vec<u8> {
+    // Keys on both sides of the split, so some transactions are 2PC.
+    if i.is_multiple_of(2) {
+        vec![2, b'a', i]
+    } else {
+        vec![2, b'z', i]
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    /// Random transactions against a model that remembers every committed state: reading the
+    /// database at each commit timestamp gives exactly the model's state at that point.
+    #[test]
+    fn snapshots_match_the_model(txns in proptest::collection::vec(proptest::collection::vec(prop_oneof![
+        (0u8..6, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        (0u8..6).prop_map(Op::Delete),
+        (0u8..6, any::<i8>()).prop_map(|(k, d)| Op::Add(k, d)),
+    ], 1..4), 1..12)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = open(dir.path(), true).await;
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut history = Vec::new();
+            for ops in &txns {
+                let mut t = db.begin().expect("begin");
+                for op in ops {
+                    match op {
+                        Op::Put(k, v) => { t.put(&key(*k), &[*v]).expect("put"); model.insert(key(*k), vec![*v]); }
+                        Op::Delete(k) => { t.delete(&key(*k)).expect("delete"); model.remove(&key(*k)); }
+                        Op::Add(k, d) => {
+                            let op = DeltaOp::Add { offset: 0, by: *d as i64 };
+                            t.delta(&key(*k), op).expect("delta");
+                            op.apply(model.entry(key(*k)).or_default());
+                        }
+                    }
+                }
+                let ts = t.commit().await.expect("commit (no concurrency, no conflicts)");
+                history.push((ts, model.clone()));
+            }
+            for (ts, state) in &history {
+                for i in 0..6u8 {
+                    let got = db.get_at(&key(i), *ts).await.expect("get");
+                    prop_assert_eq!(got.as_ref(), state.get(&key(i)), "key {} at ts {}", i, ts);
+                }
+                let rows: BTreeMap<_, _> = db.scan_at(&KeyRange::prefix(&[2]), *ts, 100).await.expect("scan").into_iter().collect();
+                prop_assert_eq!(&rows, state);
+            }
+            db.shutdown().await;
+            Ok(())
+        })?;
+    }
+}
