@@ -120,7 +120,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
-                if workload == Workload::Get && i % 64 == 0 {
+                if workload == Workload::Get && i.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }
