@@ -21,6 +21,7 @@ pub mod coprocessor;
 pub mod db;
 pub mod engine;
 pub mod error;
+mod frame;
 pub mod keys;
 pub mod mvcc;
 pub mod raft;

@@ -142,7 +142,7 @@ fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<u64> {
         };
         if crc32c::crc32c(payload) != crc {
             // A bad record is a torn tail only if nothing valid follows it.
-            if pos + 8 + len < data.len() && looks_like_more_records(&data[pos + 8 + len..]) {
+            if pos + 8 + len < data.len() && crate::frame::valid_record_at(&data[pos + 8 + len..]) {
                 return Err(Error::Corruption(format!(
                     "{}: checksum mismatch in the record at offset {pos}",
                     path.display()
@@ -155,14 +155,6 @@ fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<u64> {
         pos += 8 + len;
     }
     Ok(pos as u64)
-}
-
-fn looks_like_more_records(rest: &[u8]) -> bool {
-    let Some(h) = rest.get(..8) else { return false };
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    rest.get(8..8 + len)
-        .is_some_and(|p| crc32c::crc32c(p) == crc)
 }
 
 fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result<(), &'static str> {

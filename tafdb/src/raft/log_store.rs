@@ -99,14 +99,6 @@ fn read_small_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     }
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 impl LogStore {
     /// Opens (or creates) the log in `dir`, replaying what is on disk.
     pub fn open(dir: &Path) -> Result<LogStore> {
@@ -143,7 +135,7 @@ impl LogStore {
                 break;
             };
             if crc32c::crc32c(payload) != crc {
-                if has_valid_record_after(&data[pos + 8 + len..]) {
+                if crate::frame::valid_record_at(&data[pos + 8 + len..]) {
                     return Err(Error::Corruption(format!(
                         "{}: bad record at offset {pos}",
                         path.display()
@@ -188,14 +180,6 @@ impl LogStore {
             .spawn(move || writer.run(rx))?;
         Ok(LogStore { shared, tx })
     }
-}
-
-fn has_valid_record_after(rest: &[u8]) -> bool {
-    let Some(h) = rest.get(..8) else { return false };
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    rest.get(8..8 + len)
-        .is_some_and(|p| crc32c::crc32c(p) == crc)
 }
 
 struct Writer {
@@ -387,7 +371,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for e in entries {
                 let bytes = bincode::serialize(&e).map_err(io_err)?;
                 let index = e.get_log_id().index;
-                records.push((index, frame(&bytes)));
+                records.push((index, crate::frame::encode(&bytes)));
                 map.insert(index, e);
             }
         }
