@@ -74,6 +74,11 @@ pub enum Error {
         /// The last retryable error.
         last: Box<Error>,
     },
+    /// The transaction's own logic refused to commit (for example a namespace operation that
+    /// found the name taken). The payload is the application's encoded reason; nothing was
+    /// written. Never retried.
+    #[error("refused by the transaction's logic ({} bytes of reason)", .0.len())]
+    Refused(Vec<u8>),
     /// A coprocessor was not found or failed.
     #[error("coprocessor {name}: {message}")]
     Coprocessor {

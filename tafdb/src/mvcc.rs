@@ -104,6 +104,11 @@ impl Mutation {
     fn is_base(&self) -> bool {
         !matches!(self, Mutation::Delta(_))
     }
+
+    /// Whether the mutation replaces the value (a put or a delete) rather than folding into it.
+    pub fn replaces(&self) -> bool {
+        self.is_base()
+    }
 }
 
 /// One committed version in a key's chain.
@@ -433,6 +438,19 @@ impl MvccStore {
             .chains
             .get(key)
             .is_some_and(|c| c.versions.last().is_some_and(|v| v.ts > start_ts)))
+    }
+
+    /// Whether `key` has a put or delete newer than `start_ts` (deltas are ignored): the
+    /// validation of a stable read.
+    pub fn base_newer_than(&self, key: &[u8], start_ts: u64) -> Result<bool> {
+        self.too_old(start_ts)?;
+        Ok(self.chains.get(key).is_some_and(|c| {
+            c.versions
+                .iter()
+                .rev()
+                .take_while(|v| v.ts > start_ts)
+                .any(|v| v.mutation.is_base())
+        }))
     }
 
     /// Whether any key in `range` has a version newer than `start_ts` (phantom detection).

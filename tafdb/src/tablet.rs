@@ -71,26 +71,31 @@ impl Default for TabletConfig {
     }
 }
 
+/// A pending mark: key, commit timestamp (or [`ASSIGNING`]), and whether the write replaces
+/// the value (a put or delete) rather than being a delta or a read lock.
+type Mark = (Key, u64, bool);
+
 struct Proposal {
     cmd: Command,
-    pending: Vec<(Key, u64)>,
+    pending: Vec<Mark>,
     reply: oneshot::Sender<Result<CommandResult>>,
 }
 
 struct Pending {
     /// Keys with commits in flight, with a count, for range checks. Its mutex is the sequencer.
     ordered: Mutex<BTreeMap<Key, u32>>,
-    /// Keys with commits in flight and their commit timestamps, for readers.
-    point: DashMap<Key, Vec<u64>>,
+    /// Keys with commits in flight, their commit timestamps and whether each replaces the
+    /// value, for readers and for stable-read validation.
+    point: DashMap<Key, Vec<(u64, bool)>>,
 }
 
 impl Pending {
-    fn release(&self, items: &[(Key, u64)]) {
+    fn release(&self, items: &[Mark]) {
         if items.is_empty() {
             return;
         }
         let mut ordered = self.ordered.lock();
-        for (k, ts) in items {
+        for (k, ts, base) in items {
             let gone = ordered.get_mut(k).is_some_and(|c| {
                 *c -= 1;
                 *c == 0
@@ -100,7 +105,7 @@ impl Pending {
             }
             let mut empty = false;
             if let Some(mut v) = self.point.get_mut(k) {
-                if let Some(p) = v.iter().position(|t| t == ts) {
+                if let Some(p) = v.iter().position(|t| t.0 == *ts && t.1 == *base) {
                     v.swap_remove(p);
                 }
                 empty = v.is_empty();
@@ -111,15 +116,20 @@ impl Pending {
         }
     }
 
-    fn register(&self, ordered: &mut BTreeMap<Key, u32>, key: &[u8], ts: u64) {
+    fn register(&self, ordered: &mut BTreeMap<Key, u32>, key: &[u8], ts: u64, base: bool) {
         *ordered.entry(key.to_vec()).or_insert(0) += 1;
-        self.point.entry(key.to_vec()).or_default().push(ts);
+        self.point.entry(key.to_vec()).or_default().push((ts, base));
+    }
+
+    /// Whether a put or delete of `key` is in flight.
+    fn has_base(&self, key: &[u8]) -> bool {
+        self.point.get(key).is_some_and(|v| v.iter().any(|t| t.1))
     }
 
     fn set_ts(&self, key: &[u8], ts: u64) {
         if let Some(mut v) = self.point.get_mut(key) {
-            if let Some(p) = v.iter().position(|t| *t == ASSIGNING) {
-                v[p] = ts;
+            if let Some(p) = v.iter().position(|t| t.0 == ASSIGNING) {
+                v[p].0 = ts;
             }
         }
     }
@@ -144,6 +154,9 @@ pub struct ReadSet<'a> {
     pub reads: &'a [Key],
     /// Ranges scanned.
     pub scans: &'a [KeyRange],
+    /// Keys read *stably*: only a later put or delete conflicts, deltas do not
+    /// (see [`crate::Txn::get_stable`]).
+    pub stable: &'a [Key],
 }
 
 impl Tablet {
@@ -328,6 +341,23 @@ impl Tablet {
                 self.lock_conflict(k, &command::read_locks(mvcc, k)?, own, false, false)?;
             }
         }
+        for k in rs.stable {
+            if self.pending.has_base(k) {
+                return Err(Error::conflict(
+                    k,
+                    "a put or delete of this key is in flight",
+                ));
+            }
+            if mvcc.base_newer_than(k, start_ts)? {
+                return Err(Error::conflict(
+                    k,
+                    "a stably read key was replaced after the transaction started",
+                ));
+            }
+            if locks {
+                self.lock_conflict(k, &command::read_locks(mvcc, k)?, own, true, false)?;
+            }
+        }
         for (k, m) in writes {
             let delta = matches!(m, Mutation::Delta(_));
             if !delta {
@@ -394,7 +424,7 @@ impl Tablet {
     fn enqueue(
         &self,
         cmd: Command,
-        pending: Vec<(Key, u64)>,
+        pending: Vec<Mark>,
     ) -> Result<oneshot::Receiver<Result<CommandResult>>> {
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.tx.send(Proposal {
@@ -423,21 +453,26 @@ impl Tablet {
         let (rx, commit_ts) = {
             let mut ordered = self.pending.ordered.lock();
             self.validate(&ordered, start_ts, rs, &writes, start_ts)?;
-            for (k, _) in &writes {
-                self.pending.register(&mut ordered, k, ASSIGNING);
+            for (k, m) in &writes {
+                self.pending
+                    .register(&mut ordered, k, ASSIGNING, m.replaces());
             }
             let commit_ts = match self.tso.next() {
                 Ok(ts) => ts,
                 Err(e) => {
                     drop(ordered);
-                    let items: Vec<_> =
-                        writes.iter().map(|(k, _)| (k.clone(), ASSIGNING)).collect();
+                    let items: Vec<Mark> = writes
+                        .iter()
+                        .map(|(k, m)| (k.clone(), ASSIGNING, m.replaces()))
+                        .collect();
                     self.pending.release(&items);
                     return Err(e);
                 }
             };
-            let items: Vec<(Key, u64)> =
-                writes.iter().map(|(k, _)| (k.clone(), commit_ts)).collect();
+            let items: Vec<Mark> = writes
+                .iter()
+                .map(|(k, m)| (k.clone(), commit_ts, m.replaces()))
+                .collect();
             for (k, _) in &writes {
                 self.pending.set_ts(k, commit_ts);
             }
@@ -466,9 +501,13 @@ impl Tablet {
             let mut ordered = self.pending.ordered.lock();
             self.validate(&ordered, start_ts, rs, &writes, start_ts)?;
             let mut items = Vec::new();
-            for k in writes.iter().map(|(k, _)| k).chain(rs.reads.iter()) {
-                self.pending.register(&mut ordered, k, start_ts);
-                items.push((k.clone(), start_ts));
+            let marks = writes
+                .iter()
+                .map(|(k, m)| (k, m.replaces()))
+                .chain(rs.reads.iter().map(|k| (k, false)));
+            for (k, base) in marks {
+                self.pending.register(&mut ordered, k, start_ts, base);
+                items.push((k.clone(), start_ts, base));
             }
             let cmd = Command::Prewrite {
                 start_ts,
@@ -565,7 +604,7 @@ impl Tablet {
             self.pending
                 .point
                 .get(key)
-                .is_some_and(|v| v.iter().any(|t| *t <= ts))
+                .is_some_and(|v| v.iter().any(|t| t.0 <= ts))
         };
         if blocked() {
             self.wait_pending(blocked).await?;
@@ -593,7 +632,7 @@ impl Tablet {
                     self.pending
                         .point
                         .get(k)
-                        .is_some_and(|v| v.iter().any(|t| *t <= ts))
+                        .is_some_and(|v| v.iter().any(|t| t.0 <= ts))
                 })
         };
         if blocked() {

@@ -27,6 +27,8 @@ pub struct Txn {
     /// Per key: a base mutation (put/delete) followed by deltas, or only deltas.
     writes: BTreeMap<Key, Vec<Mutation>>,
     reads: BTreeSet<Key>,
+    /// Keys read with [`Txn::get_stable`] (and not also with [`Txn::get`]).
+    stable: BTreeSet<Key>,
     scans: Vec<KeyRange>,
 }
 
@@ -49,6 +51,7 @@ impl Txn {
             start_ts,
             writes: BTreeMap::new(),
             reads: BTreeSet::new(),
+            stable: BTreeSet::new(),
             scans: Vec::new(),
         }
     }
@@ -75,7 +78,32 @@ impl Txn {
             }
         }
         let base = self.db.get_at(key, self.start_ts).await?;
+        self.stable.remove(key);
         self.reads.insert(key.to_vec());
+        Ok(match self.writes.get(key) {
+            Some(muts) => fold_own(base, muts),
+            None => base,
+        })
+    }
+
+    /// Reads `key` like [`Txn::get`], but records a *stable* read: the commit conflicts only
+    /// with a later put or delete of the key, not with later deltas. Use it when the
+    /// transaction depends only on the parts of the value that deltas never touch (a
+    /// directory's mode and owner, or its existence, while other transactions bump its link
+    /// count). This is what lets a thousand creates in one directory commit side by side.
+    ///
+    /// A two-phase commit treats stable reads as ordinary reads (conservatively).
+    pub async fn get_stable(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        check_user_key(key)?;
+        if let Some(muts) = self.writes.get(key) {
+            if muts.first().is_some_and(Mutation::replaces) {
+                return Ok(fold_own(None, muts));
+            }
+        }
+        let base = self.db.get_at(key, self.start_ts).await?;
+        if !self.reads.contains(key) {
+            self.stable.insert(key.to_vec());
+        }
         Ok(match self.writes.get(key) {
             Some(muts) => fold_own(base, muts),
             None => base,
@@ -194,6 +222,7 @@ impl Txn {
             start_ts,
             writes,
             reads,
+            stable,
             scans,
         } = self;
         if writes.is_empty() {
@@ -218,6 +247,14 @@ impl Txn {
                 .reads
                 .push(k);
         }
+        for k in stable {
+            let t = db.tablet_for(&k).clone();
+            parts
+                .entry(t.id())
+                .or_insert_with(|| Part::new(t))
+                .stable
+                .push(k);
+        }
         for r in scans {
             for t in db.tablets_for_range(&r) {
                 if let Some(piece) = r.intersect(t.range()) {
@@ -240,12 +277,22 @@ impl Txn {
                     ReadSet {
                         reads: &p.reads,
                         scans: &p.scans,
+                        stable: &p.stable,
                     },
                     p.writes,
                 )
                 .await;
         }
-        commit_2pc(&db, start_ts, parts.into_values().collect()).await
+        // Two-phase commit locks stable reads like ordinary ones.
+        let parts = parts
+            .into_values()
+            .map(|mut p| {
+                let stable = std::mem::take(&mut p.stable);
+                p.reads.extend(stable);
+                p
+            })
+            .collect();
+        commit_2pc(&db, start_ts, parts).await
     }
 }
 
@@ -253,6 +300,7 @@ struct Part {
     tablet: Arc<Tablet>,
     writes: Vec<(Key, Mutation)>,
     reads: Vec<Key>,
+    stable: Vec<Key>,
     scans: Vec<KeyRange>,
 }
 
@@ -262,6 +310,7 @@ impl Part {
             tablet,
             writes: Vec::new(),
             reads: Vec::new(),
+            stable: Vec::new(),
             scans: Vec::new(),
         }
     }
@@ -307,6 +356,7 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
                     ReadSet {
                         reads: &reads,
                         scans: &scans,
+                        stable: &[],
                     },
                     writes,
                 )

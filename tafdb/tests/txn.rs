@@ -189,6 +189,7 @@ async fn a_crashed_coordinators_locks_are_resolved() {
     let empty = tafdb::tablet::ReadSet {
         reads: &[],
         scans: &[],
+        stable: &[],
     };
     // Coordinator A prewrites both keys, commits the primary and "crashes".
     let a = db.tso().next().expect("ts");
@@ -378,4 +379,73 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stable_reads_conflict_with_puts_but_not_with_deltas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    let parent = b"\x02parent".to_vec();
+    db.run_txn(|t| {
+        let parent = parent.clone();
+        Box::pin(async move { t.put(&parent, &[0u8; 16]) })
+    })
+    .await
+    .expect("seed");
+    // A stable reader, then a concurrent delta: the reader still commits.
+    let mut reader = db.begin().expect("begin");
+    assert!(reader.get_stable(&parent).await.expect("get").is_some());
+    reader.put(b"\x02child-a", b"x").expect("put");
+    let mut bumper = db.begin().expect("begin");
+    bumper
+        .delta(&parent, tafdb::DeltaOp::Add { offset: 0, by: 1 })
+        .expect("delta");
+    bumper.commit().await.expect("delta commits");
+    reader
+        .commit()
+        .await
+        .expect("a delta does not invalidate a stable read");
+    // The same with a concurrent put: the reader must abort.
+    let mut reader = db.begin().expect("begin");
+    reader.get_stable(&parent).await.expect("get");
+    reader.put(b"\x02child-b", b"x").expect("put");
+    let mut writer = db.begin().expect("begin");
+    writer.put(&parent, &[9u8; 16]).expect("put");
+    writer.commit().await.expect("put commits");
+    let err = reader
+        .commit()
+        .await
+        .expect_err("a put invalidates a stable read");
+    assert!(err.is_retryable(), "{err}");
+    // An ordinary read is invalidated by a delta.
+    let mut reader = db.begin().expect("begin");
+    reader.get(&parent).await.expect("get");
+    reader.put(b"\x02child-c", b"x").expect("put");
+    let mut bumper = db.begin().expect("begin");
+    bumper
+        .delta(&parent, tafdb::DeltaOp::Add { offset: 0, by: 1 })
+        .expect("delta");
+    bumper.commit().await.expect("delta commits");
+    assert!(reader.commit().await.is_err());
+    db.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transaction_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    let err = db
+        .run_txn(|t| {
+            Box::pin(async move {
+                t.put(b"\x02refused", b"x")?;
+                Err::<(), _>(tafdb::Error::Refused(b"nope".to_vec()))
+            })
+        })
+        .await
+        .expect_err("refused");
+    assert!(matches!(&err, tafdb::Error::Refused(p) if p == b"nope"));
+    assert!(!err.is_retryable());
+    let mut t = db.begin().expect("begin");
+    assert_eq!(t.get(b"\x02refused").await.expect("get"), None);
+    db.shutdown().await;
 }
