@@ -475,6 +475,38 @@ impl MvccStore {
         Ok(None)
     }
 
+    /// Every live entry of `range` as of `ts`, in key order, for any engine (a hash table
+    /// included): the engine is visited in full and merged with the chains. It costs a pass
+    /// over the whole engine, so it is meant for checkers and tools, not for queries.
+    pub fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
+        self.too_old(ts)?;
+        let engine = self.engines.for_key(&range.start).clone();
+        let mut keys: std::collections::BTreeMap<Key, Option<Value>> = Default::default();
+        engine.for_each(&mut |k, v| {
+            if range.contains(k) {
+                keys.insert(k.to_vec(), Some(v.to_vec()));
+            }
+            Ok(())
+        })?;
+        // Hash tables keep no ordered key set, so walk the chains themselves.
+        for c in self.chains.iter() {
+            if range.contains(c.key()) {
+                keys.entry(c.key().clone()).or_insert(None);
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, v) in keys {
+            let engine_val = match v {
+                Some(v) => Some(Some(v)),
+                None => Some(engine.get(&k)?),
+            };
+            if let Some(v) = self.get_with(&k, ts, engine_val)? {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` live entries of `range` as of `ts`, in key order.
     pub fn scan(&self, range: &KeyRange, ts: u64, limit: usize) -> Result<Vec<(Key, Value)>> {
         self.too_old(ts)?;

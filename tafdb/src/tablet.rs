@@ -621,6 +621,27 @@ impl Tablet {
         self.state.mvcc().get(key, ts)
     }
 
+    /// Every live entry of `range` at `ts`, for any engine (see [`MvccStore::dump`]). Waits for
+    /// commits in flight at `ts`; fails with `Locked` on an unresolved 2PC lock.
+    pub async fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
+        let blocked = || {
+            self.pending
+                .point
+                .iter()
+                .any(|e| range.contains(e.key()) && e.value().iter().any(|t| t.0 <= ts))
+        };
+        if blocked() {
+            self.wait_pending(blocked).await?;
+        }
+        if self.state.may_have_locks() {
+            if let Some((k, rec)) = self.locks_in(range)?.into_iter().next() {
+                let start_ts = rec.writers.first().map_or(0, |w| w.start_ts);
+                return Err(Error::Locked { key: k, start_ts });
+            }
+        }
+        self.state.mvcc().dump(range, ts)
+    }
+
     /// A snapshot scan of up to `limit` entries of `range` (which must lie in this tablet).
     pub async fn scan(&self, range: &KeyRange, ts: u64, limit: usize) -> Result<Vec<(Key, Value)>> {
         let blocked = || {

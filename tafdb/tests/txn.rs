@@ -449,3 +449,26 @@ async fn a_refused_transaction_writes_nothing() {
     assert_eq!(t.get(b"\x02refused").await.expect("get"), None);
     db.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_lists_a_hash_table_in_key_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    for i in [5u8, 1, 9, 3] {
+        db.run_txn(move |t| Box::pin(async move { t.put(&[1, i], &[i]) }))
+            .await
+            .expect("put");
+    }
+    db.run_txn(|t| Box::pin(async move { t.delete(&[1, 9]) }))
+        .await
+        .expect("delete");
+    let mut t = db.begin().expect("begin");
+    assert!(
+        t.scan(&tafdb::KeyRange::prefix(&[1]), 10).await.is_err(),
+        "a hash table refuses ordered scans"
+    );
+    let rows = db.dump(&tafdb::KeyRange::prefix(&[1])).await.expect("dump");
+    let keys: Vec<Vec<u8>> = rows.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![vec![1, 1], vec![1, 3], vec![1, 5]]);
+    db.shutdown().await;
+}
