@@ -1,0 +1,91 @@
+//! What every operation shares: the inode id allocator and the clock.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tafdb::Db;
+
+use crate::error::OpResult;
+
+/// Ids below this are reserved (0 is the super-root that namespaces hang from).
+pub const FIRST_ID: u64 = 16;
+/// How many ids one allocator transaction reserves.
+pub const ID_BLOCK: u64 = 1024;
+
+/// Hands out inode ids from blocks reserved in the store, so that allocation is not a hot key:
+/// one small transaction per [`ID_BLOCK`] ids. Ids of a block that was reserved but not used
+/// before a restart are skipped, never reused.
+pub struct Ctx {
+    db: Arc<Db>,
+    ids: Mutex<(u64, u64)>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl Ctx {
+    /// A context over `db`.
+    pub fn new(db: Arc<Db>) -> Ctx {
+        Ctx {
+            db,
+            ids: Mutex::new((0, 0)),
+            refill: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The store.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    fn take(&self) -> Option<u64> {
+        let mut ids = self.ids.lock();
+        (ids.0 < ids.1).then(|| {
+            ids.0 += 1;
+            ids.0 - 1
+        })
+    }
+
+    /// A fresh inode id.
+    pub async fn alloc_id(&self) -> OpResult<u64> {
+        if let Some(id) = self.take() {
+            return Ok(id);
+        }
+        let _guard = self.refill.lock().await;
+        if let Some(id) = self.take() {
+            return Ok(id);
+        }
+        let key = metastore::keys::alloc_key();
+        let start = self
+            .db
+            .run_txn(|t| {
+                let key = key.clone();
+                Box::pin(async move {
+                    let next = match t.get(&key).await? {
+                        Some(v) => {
+                            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                                tafdb::Error::Corruption(format!(
+                                    "id allocator record of {} bytes",
+                                    v.len()
+                                ))
+                            })?;
+                            u64::from_le_bytes(b)
+                        }
+                        None => FIRST_ID,
+                    };
+                    t.put(&key, &(next + ID_BLOCK).to_le_bytes())?;
+                    Ok(next)
+                })
+            })
+            .await?;
+        let mut ids = self.ids.lock();
+        *ids = (start + 1, start + ID_BLOCK);
+        Ok(start)
+    }
+}
+
+/// Now, in ns since the epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,28 @@
+//! The namespace operations of Mantle-rs, written once over a TafDB transaction.
+//!
+//! What it is: POSIX-style operations (mkdir, create, unlink, rmdir, rename with
+//! `RENAME_NOREPLACE`/`RENAME_EXCHANGE`, link, symlink, readlink, readdir, setattr, statfs,
+//! xattrs, namespaces) over the Index table ([`indexnode`]) and the Meta table ([`metastore`]).
+//! Each operation is a request type implementing [`Op`] whose `run` is one retryable closure
+//! over a [`tafdb::Txn`]: resolve the path, check permissions, write. [`Service`] registers them
+//! as TafDB coprocessors, so a client call is one RPC and one transaction next to the data; in
+//! the single-tablet (MantleX) layout every one of them commits in one phase. Parent link
+//! counts and times change through delta records, so concurrent creates in one directory do not
+//! conflict. [`fsck`] checks the namespace invariants.
+//!
+//! What it is not: no network, no protobuf, no FUSE (those live in `mantle`), and no scripts
+//! (those are `dsl`).
+//!
+//! Key types: [`Service`], [`Op`], [`api::Loc`], [`api::Obj`], [`FsError`], [`Errno`],
+//! [`fsck::Report`].
+
+pub mod api;
+pub mod ctx;
+pub mod error;
+pub mod fsck;
+pub mod ops;
+pub mod resolve;
+pub mod service;
+
+pub use error::{Errno, FsError, OpError, OpResult};
+pub use service::{Op, Service};

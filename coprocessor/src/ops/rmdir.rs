@@ -1,0 +1,52 @@
+//! `rmdir`: removes an empty directory.
+
+use indexnode::{Cred, MAY_EXEC, MAY_WRITE};
+use metastore::keys;
+use serde::{Deserialize, Serialize};
+use tafdb::{BoxFuture, Txn};
+
+use crate::api::Loc;
+use crate::ctx::{now_ns, Ctx};
+use crate::error::{fail, Errno, OpResult};
+use crate::ops::common::{check_sticky, drop_dir, touch_dir};
+use crate::resolve::{dentry, locate, must_attr, namespace};
+use crate::service::Op;
+
+/// Removes directory `at`, which must be empty.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rmdir {
+    /// The namespace.
+    pub ns: Vec<u8>,
+    /// The caller.
+    pub cred: Cred,
+    /// The directory.
+    pub at: Loc,
+}
+
+impl Op for Rmdir {
+    const NAME: &'static str = "ns.rmdir";
+    type Reply = ();
+
+    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
+        Box::pin(async move {
+            let ns = namespace(txn, &self.ns).await?;
+            let loc = locate(txn, &ns, &self.at, &self.cred).await?;
+            loc.dir
+                .check(&self.cred, MAY_WRITE | MAY_EXEC, "rmdir in the parent")?;
+            let Some(d) = dentry(txn, loc.dir.id, &loc.name).await? else {
+                return fail(
+                    Errno::ENOENT,
+                    format!("{:?} does not exist", String::from_utf8_lossy(&loc.name)),
+                );
+            };
+            if !d.kind.is_dir() {
+                return fail(Errno::ENOTDIR, "rmdir of a non-directory");
+            }
+            let a = must_attr(txn, d.id).await?;
+            check_sticky(&loc.dir, a.uid, &self.cred, &loc.name)?;
+            drop_dir(txn, &ns, &a, loc.dir.id, &loc.name).await?;
+            txn.delete(&keys::dentry_key(loc.dir.id, &loc.name))?;
+            touch_dir(txn, loc.dir.id, -1, -1, now_ns())
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! `setattr`: chmod, chown, truncate and utimens, with the POSIX permission rules.
+
+use indexnode::{Cred, MAY_WRITE};
+use metastore::attr::S_IFMT;
+use metastore::{keys, Attr, FileType};
+use serde::{Deserialize, Serialize};
+use tafdb::{BoxFuture, Txn};
+
+use crate::api::Obj;
+use crate::ctx::{now_ns, Ctx};
+use crate::error::{fail, Errno, OpResult};
+use crate::ops::common::{index_entry_of, index_key_of, usage, S_ISGID, S_ISUID};
+use crate::resolve::{must_attr, namespace, object};
+use crate::service::Op;
+
+/// A new time: the server's clock, or a given time in ns since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    /// The server's clock (`UTIME_NOW`).
+    Now,
+    /// This time.
+    At(u64),
+}
+
+/// Changes the attributes of `obj` that are set; `ctime` becomes now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// The namespace.
+    pub ns: Vec<u8>,
+    /// The caller.
+    pub cred: Cred,
+    /// The inode (a final symlink in a path is followed).
+    pub obj: Option<Obj>,
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (regular files).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+fn owner_or_root(cred: &Cred, a: &Attr) -> bool {
+    cred.is_root() || cred.uid == a.uid
+}
+
+impl Op for SetAttr {
+    const NAME: &'static str = "ns.setattr";
+    type Reply = Attr;
+
+    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
+        Box::pin(async move {
+            let Some(obj) = &self.obj else {
+                return fail(Errno::EINVAL, "setattr without a target");
+            };
+            let ns = namespace(txn, &self.ns).await?;
+            let obj = match obj {
+                Obj::Path { path, .. } => Obj::Path {
+                    path: path.clone(),
+                    follow: true,
+                },
+                o => o.clone(),
+            };
+            let t = object(txn, &ns, &obj, &self.cred).await?;
+            let old = must_attr(txn, t.id).await?;
+            let mut a = old.clone();
+            let cred = &self.cred;
+            let now = now_ns();
+            if let Some(m) = self.mode {
+                if m & S_IFMT != 0 {
+                    return fail(Errno::EINVAL, "setattr cannot change the file type");
+                }
+                if !owner_or_root(cred, &a) {
+                    return fail(Errno::EPERM, "only the owner may change the mode");
+                }
+                let mut perm = m & 0o7777;
+                if !cred.is_root() && !cred.in_group(a.gid) {
+                    perm &= !S_ISGID;
+                }
+                a.mode = (a.mode & S_IFMT) | perm;
+            }
+            if self.uid.is_some() || self.gid.is_some() {
+                let uid = self.uid.unwrap_or(a.uid);
+                let gid = self.gid.unwrap_or(a.gid);
+                if !cred.is_root() {
+                    if uid != a.uid {
+                        return fail(Errno::EPERM, "only root may change the owner");
+                    }
+                    if gid != a.gid && (cred.uid != a.uid || !cred.in_group(gid)) {
+                        return fail(
+                            Errno::EPERM,
+                            "only the owner may change the group, to one of theirs",
+                        );
+                    }
+                }
+                if (uid != a.uid || gid != a.gid) && !a.kind().is_dir() {
+                    a.mode &= !(S_ISUID | S_ISGID);
+                }
+                a.uid = uid;
+                a.gid = gid;
+            }
+            if let Some(size) = self.size {
+                match a.kind() {
+                    FileType::Directory => return fail(Errno::EISDIR, "truncate of a directory"),
+                    FileType::Regular => {}
+                    _ => return fail(Errno::EINVAL, "truncate of a special file"),
+                }
+                if size > i64::MAX as u64 {
+                    return fail(Errno::EFBIG, format!("size {size}"));
+                }
+                if !cred.may(old.mode, old.uid, old.gid, MAY_WRITE) {
+                    return fail(Errno::EACCES, "truncate needs write permission");
+                }
+                usage(txn, &ns, 0, size as i64 - a.size as i64)?;
+                a.size = size;
+                a.mtime = now;
+            }
+            for (set, field) in [(self.atime, 0), (self.mtime, 1)] {
+                let Some(set) = set else { continue };
+                let value = match set {
+                    TimeSet::At(t) => {
+                        if !owner_or_root(cred, &old) {
+                            return fail(Errno::EPERM, "only the owner may set explicit times");
+                        }
+                        t
+                    }
+                    TimeSet::Now => {
+                        if !owner_or_root(cred, &old)
+                            && !cred.may(old.mode, old.uid, old.gid, MAY_WRITE)
+                        {
+                            return fail(Errno::EACCES, "setting times needs write permission");
+                        }
+                        now
+                    }
+                };
+                if field == 0 {
+                    a.atime = value;
+                } else {
+                    a.mtime = value;
+                }
+            }
+            a.ctime = a.ctime.max(now);
+            txn.put(&keys::attr_key(a.id), &a.encode())?;
+            if a.kind().is_dir() && (a.mode != old.mode || a.uid != old.uid || a.gid != old.gid) {
+                txn.put(&index_key_of(&ns, &a), &index_entry_of(&a).encode())?;
+            }
+            Ok(a)
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! `unlink`: removes a name of a non-directory; the inode goes with its last link.
+
+use indexnode::{Cred, MAY_EXEC, MAY_WRITE};
+use metastore::keys;
+use serde::{Deserialize, Serialize};
+use tafdb::{BoxFuture, Txn};
+
+use crate::api::Loc;
+use crate::ctx::{now_ns, Ctx};
+use crate::error::{fail, Errno, OpResult};
+use crate::ops::common::{check_sticky, drop_link, touch_dir};
+use crate::resolve::{dentry, locate, must_attr, namespace};
+use crate::service::Op;
+
+/// Removes entry `at`, which must not be a directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unlink {
+    /// The namespace.
+    pub ns: Vec<u8>,
+    /// The caller.
+    pub cred: Cred,
+    /// The entry.
+    pub at: Loc,
+}
+
+impl Op for Unlink {
+    const NAME: &'static str = "ns.unlink";
+    type Reply = ();
+
+    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
+        Box::pin(async move {
+            let ns = namespace(txn, &self.ns).await?;
+            let loc = locate(txn, &ns, &self.at, &self.cred).await?;
+            loc.dir
+                .check(&self.cred, MAY_WRITE | MAY_EXEC, "unlink in the parent")?;
+            let Some(d) = dentry(txn, loc.dir.id, &loc.name).await? else {
+                return fail(
+                    Errno::ENOENT,
+                    format!("{:?} does not exist", String::from_utf8_lossy(&loc.name)),
+                );
+            };
+            if d.kind.is_dir() {
+                return fail(Errno::EISDIR, "unlink of a directory (use rmdir)");
+            }
+            let a = must_attr(txn, d.id).await?;
+            check_sticky(&loc.dir, a.uid, &self.cred, &loc.name)?;
+            let now = now_ns();
+            txn.delete(&keys::dentry_key(loc.dir.id, &loc.name))?;
+            drop_link(txn, &ns, &a, now).await?;
+            touch_dir(txn, loc.dir.id, -1, 0, now)
+        })
+    }
+}

@@ -1,0 +1,399 @@
+//! Path resolution over the Index table, with symlinks, and the record helpers every operation
+//! uses.
+//!
+//! A path is resolved in one transaction: the directories come from the Index table
+//! ([`indexnode`]), one point read per level, each recorded so that a concurrent rename or
+//! removal of any ancestor aborts the transaction. A component that is not in the Index table
+//! is looked up in the Meta table: a symlink there is spliced into the remaining steps (at most
+//! [`MAX_SYMLINKS`] times, then `ELOOP`), anything else ends the walk (`ENOTDIR` if more
+//! components follow, `ENOENT` if it does not exist). Search permission is checked on every
+//! directory entered.
+
+use std::collections::VecDeque;
+
+use indexnode::{Cred, IndexEntry, MAY_EXEC};
+use metastore::name::{self, Step};
+use metastore::{keys, Attr, Dentry, FileType};
+use tafdb::Txn;
+
+use crate::api::{Loc, Obj};
+use crate::error::{fail, Errno, FsError, OpResult};
+
+/// How many symlinks one resolution may follow (Linux's limit).
+pub const MAX_SYMLINKS: u32 = 40;
+
+/// A namespace, as a transaction sees it.
+#[derive(Clone, Debug)]
+pub struct Ns {
+    /// Its name.
+    pub name: Vec<u8>,
+    /// Its root's Index entry.
+    pub root: IndexEntry,
+}
+
+/// Reads namespace `name` (a recorded read of its root's Index entry).
+pub async fn namespace(txn: &mut Txn, name: &[u8]) -> OpResult<Ns> {
+    name::check_name(name).map_err(|e| FsError::new(Errno::EINVAL, format!("namespace: {e}")))?;
+    match indexnode::get(txn, 0, name).await? {
+        Some(root) => Ok(Ns {
+            name: name.to_vec(),
+            root,
+        }),
+        None => fail(
+            Errno::ENOENT,
+            format!("no namespace {:?}", String::from_utf8_lossy(name)),
+        ),
+    }
+}
+
+/// A directory an operation acts in: its id and permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dir {
+    /// Its id.
+    pub id: u64,
+    /// Its mode.
+    pub mode: u32,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+}
+
+impl Dir {
+    /// Whether `cred` may do `want` in it.
+    pub fn allows(&self, cred: &Cred, want: u32) -> bool {
+        cred.may(self.mode, self.uid, self.gid, want)
+    }
+
+    /// Fails with `EACCES` unless `cred` may do `want`.
+    pub fn check(&self, cred: &Cred, want: u32, what: &str) -> OpResult<()> {
+        if self.allows(cred, want) {
+            Ok(())
+        } else {
+            fail(Errno::EACCES, format!("{what}: permission denied"))
+        }
+    }
+}
+
+impl From<IndexEntry> for Dir {
+    fn from(e: IndexEntry) -> Dir {
+        Dir {
+            id: e.id,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+        }
+    }
+}
+
+impl From<&Attr> for Dir {
+    fn from(a: &Attr) -> Dir {
+        Dir {
+            id: a.id,
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+        }
+    }
+}
+
+/// Reads inode `id`'s record (a recorded read).
+pub async fn attr(txn: &mut Txn, id: u64) -> OpResult<Option<Attr>> {
+    match txn.get(&keys::attr_key(id)).await? {
+        Some(v) => Ok(Some(Attr::decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads inode `id`'s record stably: concurrent delta records (link counts, times bumped by
+/// operations inside a directory) do not abort the transaction, a rewrite or removal does.
+pub async fn attr_stable(txn: &mut Txn, id: u64) -> OpResult<Option<Attr>> {
+    match txn.get_stable(&keys::attr_key(id)).await? {
+        Some(v) => Ok(Some(Attr::decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads inode `id`'s record, which must exist.
+pub async fn must_attr(txn: &mut Txn, id: u64) -> OpResult<Attr> {
+    match attr(txn, id).await? {
+        Some(a) => Ok(a),
+        None => fail(Errno::ENOENT, format!("inode {id} does not exist")),
+    }
+}
+
+/// Reads entry `name` of directory `pid`.
+pub async fn dentry(txn: &mut Txn, pid: u64, name: &[u8]) -> OpResult<Option<Dentry>> {
+    match txn.get(&keys::dentry_key(pid, name)).await? {
+        Some(v) => Ok(Some(Dentry::decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Walks `steps` that must all be directories from `stack`, following symlinks.
+async fn walk_dirs(
+    txn: &mut Txn,
+    stack: &mut Vec<IndexEntry>,
+    mut steps: VecDeque<Vec<u8>>,
+    cred: &Cred,
+    budget: &mut u32,
+) -> OpResult<()> {
+    while let Some(step) = steps.pop_front() {
+        if step.as_slice() == b".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let Some(top) = stack.last().copied() else {
+            return fail(Errno::EIO, "path resolution lost its root");
+        };
+        if !top.allows(cred, MAY_EXEC) {
+            return fail(
+                Errno::EACCES,
+                format!("search permission denied before {:?}", show(&step)),
+            );
+        }
+        if let Some(e) = indexnode::get(txn, top.id, &step).await? {
+            stack.push(e);
+            continue;
+        }
+        match dentry(txn, top.id, &step).await? {
+            None => return fail(Errno::ENOENT, format!("{:?} does not exist", show(&step))),
+            Some(d) if d.kind == FileType::Symlink => {
+                let target = follow(txn, d.id, budget).await?;
+                let (absolute, tsteps) = name::split_target(&target)?;
+                if absolute {
+                    stack.truncate(1);
+                }
+                for s in tsteps.into_iter().rev() {
+                    steps.push_front(match s {
+                        Step::Parent => b"..".to_vec(),
+                        Step::Name(n) => n.to_vec(),
+                    });
+                }
+            }
+            Some(d) if d.kind == FileType::Directory => {
+                return fail(
+                    Errno::EIO,
+                    format!(
+                        "directory {:?} is missing from the Index table",
+                        show(&step)
+                    ),
+                )
+            }
+            Some(_) => {
+                return fail(
+                    Errno::ENOTDIR,
+                    format!("{:?} is not a directory", show(&step)),
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn follow(txn: &mut Txn, id: u64, budget: &mut u32) -> OpResult<Vec<u8>> {
+    if *budget == 0 {
+        return fail(
+            Errno::ELOOP,
+            format!("more than {MAX_SYMLINKS} symbolic links"),
+        );
+    }
+    *budget -= 1;
+    Ok(must_attr(txn, id).await?.target)
+}
+
+/// Where a [`locate`] landed: the parent directory and the entry's name. `stack` is the chain
+/// of directories from the namespace root to the parent (path form only).
+#[derive(Clone, Debug)]
+pub struct Located {
+    /// The parent directory.
+    pub dir: Dir,
+    /// The entry's name (validated).
+    pub name: Vec<u8>,
+}
+
+/// Resolves the parent of an entry to create, remove or rename. The parent's existence is
+/// protected by the transaction (its Index entry, or its inode record read stably).
+pub async fn locate(txn: &mut Txn, ns: &Ns, loc: &Loc, cred: &Cred) -> OpResult<Located> {
+    match loc {
+        Loc::Path(path) => {
+            let names = name::split_path(path)?;
+            let Some((last, init)) = names.split_last() else {
+                return fail(Errno::EBUSY, "the root directory cannot be the target");
+            };
+            let mut stack = vec![ns.root];
+            let mut budget = MAX_SYMLINKS;
+            walk_dirs(
+                txn,
+                &mut stack,
+                init.iter().map(|n| n.to_vec()).collect(),
+                cred,
+                &mut budget,
+            )
+            .await?;
+            let Some(top) = stack.last().copied() else {
+                return fail(Errno::EIO, "path resolution lost its root");
+            };
+            top_search(top.into(), cred)?;
+            Ok(Located {
+                dir: top.into(),
+                name: last.to_vec(),
+            })
+        }
+        Loc::Entry { parent, name } => {
+            name::check_name(name)?;
+            let dir = dir_by_id(txn, *parent).await?;
+            top_search(dir, cred)?;
+            Ok(Located {
+                dir,
+                name: name.clone(),
+            })
+        }
+    }
+}
+
+fn top_search(dir: Dir, cred: &Cred) -> OpResult<()> {
+    dir.check(cred, MAY_EXEC, "search in the parent directory")
+}
+
+/// Directory `id` by its inode record, read stably.
+pub async fn dir_by_id(txn: &mut Txn, id: u64) -> OpResult<Dir> {
+    match attr_stable(txn, id).await? {
+        Some(a) if a.kind().is_dir() => Ok(Dir::from(&a)),
+        Some(_) => fail(Errno::ENOTDIR, format!("inode {id} is not a directory")),
+        None => fail(Errno::ENOENT, format!("directory {id} does not exist")),
+    }
+}
+
+/// An existing inode an operation acts on.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its id.
+    pub id: u64,
+    /// Its type.
+    pub kind: FileType,
+    /// The directory entry it was reached through (none for a namespace root or an inode id).
+    pub entry: Option<Located>,
+}
+
+/// Resolves an existing inode.
+pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<Target> {
+    match obj {
+        Obj::Inode(id) => {
+            let a = must_attr(txn, *id).await?;
+            Ok(Target {
+                id: *id,
+                kind: a.kind(),
+                entry: None,
+            })
+        }
+        Obj::Entry { parent, name } => {
+            let loc = locate(
+                txn,
+                ns,
+                &Loc::Entry {
+                    parent: *parent,
+                    name: name.clone(),
+                },
+                cred,
+            )
+            .await?;
+            entry_target(txn, loc).await
+        }
+        Obj::Path { path, follow: fol } => {
+            let names = name::split_path(path)?;
+            if names.is_empty() {
+                return Ok(Target {
+                    id: ns.root.id,
+                    kind: FileType::Directory,
+                    entry: None,
+                });
+            }
+            let mut budget = MAX_SYMLINKS;
+            let mut stack = vec![ns.root];
+            let mut steps: VecDeque<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+            loop {
+                // Walk everything but the last step as directories.
+                let last = steps.pop_back();
+                walk_dirs(txn, &mut stack, steps, cred, &mut budget).await?;
+                let Some(top) = stack.last().copied() else {
+                    return fail(Errno::EIO, "path resolution lost its root");
+                };
+                let name = match last {
+                    None => {
+                        return Ok(Target {
+                            id: top.id,
+                            kind: FileType::Directory,
+                            entry: None,
+                        })
+                    }
+                    Some(n) if n.as_slice() == b".." => {
+                        if stack.len() > 1 {
+                            stack.pop();
+                        }
+                        let Some(top) = stack.last() else {
+                            return fail(Errno::EIO, "path resolution lost its root");
+                        };
+                        return Ok(Target {
+                            id: top.id,
+                            kind: FileType::Directory,
+                            entry: None,
+                        });
+                    }
+                    Some(n) => n,
+                };
+                top_search(top.into(), cred)?;
+                let found = dentry(txn, top.id, &name).await?;
+                match found {
+                    Some(d) if d.kind == FileType::Symlink && *fol => {
+                        let target = follow(txn, d.id, &mut budget).await?;
+                        let (absolute, tsteps) = name::split_target(&target)?;
+                        if absolute {
+                            stack.truncate(1);
+                        }
+                        steps = tsteps
+                            .into_iter()
+                            .map(|s| match s {
+                                Step::Parent => b"..".to_vec(),
+                                Step::Name(n) => n.to_vec(),
+                            })
+                            .collect();
+                    }
+                    Some(d) => {
+                        return Ok(Target {
+                            id: d.id,
+                            kind: d.kind,
+                            entry: Some(Located {
+                                dir: top.into(),
+                                name,
+                            }),
+                        })
+                    }
+                    None => {
+                        return fail(Errno::ENOENT, format!("{:?} does not exist", show(&name)))
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn entry_target(txn: &mut Txn, loc: Located) -> OpResult<Target> {
+    match dentry(txn, loc.dir.id, &loc.name).await? {
+        Some(d) => Ok(Target {
+            id: d.id,
+            kind: d.kind,
+            entry: Some(loc),
+        }),
+        None => fail(
+            Errno::ENOENT,
+            format!("{:?} does not exist", show(&loc.name)),
+        ),
+    }
+}

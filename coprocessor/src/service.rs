@@ -1,0 +1,103 @@
+//! The operation trait, its coprocessor adapter, and [`Service`]: the typed front door.
+//!
+//! Each operation is a request type implementing [`Op`]: `run` is the whole operation as one
+//! closure over a transaction (resolve, check, write), free of side effects outside it, so
+//! TafDB may run it again on a conflict. [`Service::open`] registers every operation as a TafDB
+//! coprocessor named `ns.<op>`; [`Service::call`] encodes the request, runs the coprocessor in
+//! the store (one transaction, retried on conflicts) and decodes the reply or the errno.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tafdb::{BoxFuture, Coprocessor, Db, Txn};
+
+use crate::ctx::Ctx;
+use crate::error::{Errno, FsError, OpResult};
+
+/// A namespace operation.
+pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The coprocessor name.
+    const NAME: &'static str;
+    /// What it returns.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// Runs the operation in `txn`. Must not have effects outside the transaction.
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Self::Reply>>;
+}
+
+struct Cop<R: Op> {
+    ctx: Arc<Ctx>,
+    _op: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Op> Coprocessor for Cop<R> {
+    fn name(&self) -> &str {
+        R::NAME
+    }
+
+    fn call<'a>(
+        &'a self,
+        txn: &'a mut Txn,
+        input: &'a [u8],
+    ) -> BoxFuture<'a, tafdb::Result<Vec<u8>>> {
+        Box::pin(async move {
+            let req: R = bincode::deserialize(input).map_err(|e| {
+                tafdb::Error::InvalidArgument(format!("{}: undecodable request: {e}", R::NAME))
+            })?;
+            let reply = req.run(&self.ctx, txn).await.map_err(|e| e.into_store())?;
+            bincode::serialize(&reply).map_err(|e| tafdb::Error::Coprocessor {
+                name: R::NAME.into(),
+                message: format!("cannot encode the reply: {e}"),
+            })
+        })
+    }
+}
+
+/// The namespace service over one store.
+pub struct Service {
+    ctx: Arc<Ctx>,
+}
+
+impl Service {
+    /// Registers every namespace operation with `db`.
+    pub fn open(db: Arc<Db>) -> Service {
+        let ctx = Arc::new(Ctx::new(db));
+        let s = Service { ctx };
+        crate::ops::register_all(&s);
+        s
+    }
+
+    /// Registers one operation type.
+    pub fn register<R: Op>(&self) {
+        self.ctx.db().register_coprocessor(Arc::new(Cop::<R> {
+            ctx: self.ctx.clone(),
+            _op: std::marker::PhantomData,
+        }));
+    }
+
+    /// The store.
+    pub fn db(&self) -> &Arc<Db> {
+        self.ctx.db()
+    }
+
+    /// The shared context.
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Runs `req` as a coprocessor in the store.
+    pub async fn call<R: Op>(&self, req: &R) -> Result<R::Reply, FsError> {
+        let input = bincode::serialize(req)
+            .map_err(|e| FsError::new(Errno::EINVAL, format!("cannot encode {}: {e}", R::NAME)))?;
+        match self.ctx.db().call_coprocessor(R::NAME, &input).await {
+            Ok(out) => bincode::deserialize(&out).map_err(|e| {
+                FsError::new(Errno::EIO, format!("{}: undecodable reply: {e}", R::NAME))
+            }),
+            Err(tafdb::Error::Refused(payload)) => Err(bincode::deserialize(&payload)
+                .unwrap_or_else(|e| {
+                    FsError::new(Errno::EIO, format!("{}: undecodable error: {e}", R::NAME))
+                })),
+            Err(e) => Err(FsError::from_store(&e)),
+        }
+    }
+}

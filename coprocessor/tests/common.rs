@@ -1,0 +1,167 @@
+//! A namespace service on a fresh store, for tests.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use coprocessor::api::{Loc, Obj};
+use coprocessor::ops::{
+    mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, readdir::Readdir, rename::Rename,
+    rmdir::Rmdir, stat::Stat, unlink::Unlink,
+};
+use coprocessor::{FsError, Service};
+use indexnode::Cred;
+use metastore::Attr;
+use tafdb::{Db, DbConfig};
+
+pub const NS: &[u8] = b"t";
+
+pub struct Fixture {
+    pub _dir: tempfile::TempDir,
+    pub db: Arc<Db>,
+    pub svc: Service,
+}
+
+pub async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(DbConfig::new(dir.path())).await.expect("open");
+    let svc = Service::open(db.clone());
+    svc.call(&NsCreate {
+        name: NS.to_vec(),
+        cred: Cred::root(),
+        mode: 0o755,
+    })
+    .await
+    .expect("ns create");
+    Fixture { _dir: dir, db, svc }
+}
+
+pub fn root() -> Cred {
+    Cred::root()
+}
+
+pub fn alice() -> Cred {
+    Cred {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    }
+}
+
+pub fn p(s: &str) -> Loc {
+    Loc::Path(s.as_bytes().to_vec())
+}
+
+pub fn o(s: &str) -> Obj {
+    Obj::path(s.as_bytes())
+}
+
+impl Fixture {
+    pub async fn mkdir(&self, cred: &Cred, path: &str, mode: u32) -> Result<Attr, FsError> {
+        self.svc
+            .call(&Mkdir {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                at: p(path),
+                mode,
+            })
+            .await
+    }
+
+    pub async fn create(&self, cred: &Cred, path: &str) -> Result<Attr, FsError> {
+        self.svc
+            .call(&Mknod {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                at: p(path),
+                mode: 0o644,
+                rdev: 0,
+            })
+            .await
+    }
+
+    pub async fn stat(&self, cred: &Cred, path: &str, follow: bool) -> Result<Attr, FsError> {
+        self.svc
+            .call(&Stat {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                obj: Obj::Path {
+                    path: path.as_bytes().to_vec(),
+                    follow,
+                },
+            })
+            .await
+    }
+
+    pub async fn unlink(&self, cred: &Cred, path: &str) -> Result<(), FsError> {
+        self.svc
+            .call(&Unlink {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                at: p(path),
+            })
+            .await
+    }
+
+    pub async fn rmdir(&self, cred: &Cred, path: &str) -> Result<(), FsError> {
+        self.svc
+            .call(&Rmdir {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                at: p(path),
+            })
+            .await
+    }
+
+    pub async fn rename(
+        &self,
+        cred: &Cred,
+        from: &str,
+        to: &str,
+        flags: u32,
+    ) -> Result<(), FsError> {
+        self.svc
+            .call(&Rename {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                from: p(from),
+                to: p(to),
+                flags,
+            })
+            .await
+    }
+
+    /// Every name in directory `path`, paging with a small page size.
+    pub async fn ls(&self, path: &str) -> Result<Vec<String>, FsError> {
+        let mut out = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let page = self
+                .svc
+                .call(&Readdir {
+                    ns: NS.to_vec(),
+                    cred: root(),
+                    dir: o(path),
+                    after: after.clone(),
+                    limit: 3,
+                    plus: false,
+                })
+                .await?;
+            out.extend(
+                page.entries
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(&e.name).into_owned()),
+            );
+            match page.next {
+                Some(n) => after = n,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn fsck(&self) -> coprocessor::fsck::Report {
+        coprocessor::fsck::check(&self.db, &|_| {})
+            .await
+            .expect("fsck")
+    }
+}
