@@ -37,7 +37,9 @@ pub const S_IFMT: u32 = 0o170_000;
 pub const PERM_MASK: u32 = 0o7777;
 
 /// What kind of inode this is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum FileType {
     /// A regular file.
     Regular,
