@@ -1,0 +1,468 @@
+//! `mantle`: the server and the command-line client.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use coprocessor::FsError;
+use indexnode::Cred;
+use mantle::client::{Client, SetAttrArgs};
+use metastore::{Attr, FileType};
+
+#[derive(Parser)]
+#[command(
+    name = "mantle",
+    version,
+    about = "Mantle-rs: a metadata service for hierarchical namespaces"
+)]
+struct Cli {
+    /// The server's address.
+    #[arg(long, global = true, env = "MANTLE_ADDR", default_value = mantle::DEFAULT_ADDR)]
+    addr: String,
+    /// The namespace.
+    #[arg(long, global = true, env = "MANTLE_NS", default_value = mantle::DEFAULT_NAMESPACE)]
+    ns: String,
+    /// Act as this uid (default: the calling user's).
+    #[arg(long, global = true)]
+    uid: Option<u32>,
+    /// Act as this gid (default: the calling user's).
+    #[arg(long, global = true)]
+    gid: Option<u32>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the server: one process, one tablet, data under --data.
+    Serve {
+        /// The data directory (created if missing).
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Where to listen.
+        #[arg(long, default_value = mantle::DEFAULT_ADDR)]
+        listen: std::net::SocketAddr,
+    },
+    /// Makes directories.
+    Mkdir {
+        /// Make parents as needed; existing directories are fine.
+        #[arg(short)]
+        p: bool,
+        /// Permission bits, in octal.
+        #[arg(short, long, default_value = "755", value_parser = octal)]
+        mode: u32,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Lists a directory.
+    Ls {
+        /// Long format: type, mode, links, owner, size, inode.
+        #[arg(short)]
+        l: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Shows an inode's attributes.
+    Stat { path: String },
+    /// Renames.
+    Mv {
+        src: String,
+        dst: String,
+        /// Fail if the destination exists.
+        #[arg(short = 'n', long)]
+        no_clobber: bool,
+        /// Swap source and destination.
+        #[arg(long, conflicts_with = "no_clobber")]
+        exchange: bool,
+    },
+    /// Removes files (and with -r, directories and their contents).
+    Rm {
+        /// Recursively.
+        #[arg(short)]
+        r: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Creates files, or updates their times.
+    Touch {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Makes links.
+    Ln {
+        /// A symbolic link.
+        #[arg(short)]
+        s: bool,
+        target: String,
+        link: String,
+    },
+    /// Prints a directory tree.
+    Tree {
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Namespaces.
+    Ns {
+        #[command(subcommand)]
+        cmd: NsCmd,
+    },
+    /// Checks the namespace invariants; exits 1 if any is broken.
+    Fsck,
+}
+
+#[derive(Subcommand)]
+enum NsCmd {
+    /// Creates a namespace owned by the caller.
+    Create {
+        name: String,
+        #[arg(short, long, default_value = "755", value_parser = octal)]
+        mode: u32,
+    },
+    /// Lists the namespaces.
+    List,
+}
+
+fn octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode (0..7777)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mantle: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received, stopping");
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    if let Cmd::Serve { data, listen } = cli.cmd {
+        let cfg = mantle::server::ServerConfig { data, listen };
+        return match mantle::server::run(cfg, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mantle serve: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let client = match Client::connect(&cli.addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mantle: {}", e.message);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cred: Cred = mantle::server::process_cred();
+    if let Some(uid) = cli.uid {
+        cred.uid = uid;
+    }
+    if let Some(gid) = cli.gid {
+        cred.gid = gid;
+    }
+    let client = client.with_namespace(cli.ns).with_cred(cred);
+    match command(&client, cli.cmd).await {
+        Ok(code) => code,
+        Err((what, e)) => {
+            eprintln!("mantle: {what}: {:?} ({})", e.errno, e.message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CmdResult = Result<ExitCode, (String, FsError)>;
+
+fn ctx<T>(what: &str, r: Result<T, FsError>) -> Result<T, (String, FsError)> {
+    r.map_err(|e| (what.to_string(), e))
+}
+
+fn type_char(k: FileType) -> char {
+    match k {
+        FileType::Directory => 'd',
+        FileType::Symlink => 'l',
+        FileType::Fifo => 'p',
+        FileType::Socket => 's',
+        FileType::CharDevice => 'c',
+        FileType::BlockDevice => 'b',
+        FileType::Regular => '-',
+    }
+}
+
+fn mode_string(a: &Attr) -> String {
+    let mut s = String::new();
+    s.push(type_char(a.kind()));
+    for shift in [6, 3, 0] {
+        let bits = (a.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn join(dir: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn spinner(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+async fn command(c: &Client, cmd: Cmd) -> CmdResult {
+    match cmd {
+        Cmd::Serve { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Mkdir { p, mode, paths } => {
+            for path in paths {
+                if p {
+                    ctx(&path, c.mkdir_p(&path, mode).await)?;
+                } else {
+                    ctx(&path, c.mkdir(&path, mode).await)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ls { l, path } => {
+            let a = ctx(&path, c.stat(&path).await)?;
+            if !a.kind().is_dir() {
+                println!("{path}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut after = Vec::new();
+            loop {
+                let (page, next) = ctx(&path, c.readdir(&path, &after, 0, l).await)?;
+                for e in page {
+                    let name = String::from_utf8_lossy(&e.name);
+                    match (&e.attr, l) {
+                        (Some(a), true) => {
+                            let link = if a.kind() == FileType::Symlink {
+                                format!(" -> {}", String::from_utf8_lossy(&a.target))
+                            } else {
+                                String::new()
+                            };
+                            println!(
+                                "{} {:>3} {:>5} {:>5} {:>10} {:>10} {name}{link}",
+                                mode_string(a),
+                                a.nlink,
+                                a.uid,
+                                a.gid,
+                                a.size,
+                                a.id
+                            );
+                        }
+                        _ => println!("{name}"),
+                    }
+                }
+                match next {
+                    Some(n) => after = n,
+                    None => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+        Cmd::Stat { path } => {
+            let a = ctx(&path, c.lstat(&path).await)?;
+            println!("  Path: {path}");
+            println!(
+                "  Type: {:?}    Inode: {}    Links: {}",
+                a.kind(),
+                a.id,
+                a.nlink
+            );
+            println!(
+                "  Mode: {:04o} ({})    Uid: {}    Gid: {}",
+                a.perm(),
+                mode_string(&a),
+                a.uid,
+                a.gid
+            );
+            println!("  Size: {}    Entries: {}", a.size, a.entries);
+            println!("Access: {}", a.atime);
+            println!("Modify: {}", a.mtime);
+            println!("Change: {}", a.ctime);
+            if a.kind() == FileType::Symlink {
+                println!("Target: {}", String::from_utf8_lossy(&a.target));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Mv {
+            src,
+            dst,
+            no_clobber,
+            exchange,
+        } => {
+            let flags = if no_clobber {
+                1
+            } else if exchange {
+                2
+            } else {
+                0
+            };
+            // Like mv(1): moving onto an existing directory moves into it.
+            let mut target = dst.clone();
+            if flags == 0 {
+                if let Ok(a) = c.stat(&dst).await {
+                    if a.kind().is_dir() {
+                        let name = src.rsplit('/').next().unwrap_or_default();
+                        target = join(&dst, name.as_bytes());
+                    }
+                }
+            }
+            ctx(
+                &format!("{src} -> {target}"),
+                c.rename(&src, &target, flags).await,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rm { r, paths } => {
+            for path in paths {
+                if r {
+                    let pb = spinner(&format!("removing {path}"));
+                    let n = ctx(
+                        &path,
+                        c.remove_all(&path, |n| {
+                            pb.set_message(format!("removing {path}: {n} entries"))
+                        })
+                        .await,
+                    );
+                    pb.finish_and_clear();
+                    let n = n?;
+                    eprintln!("removed {n} entries under {path}");
+                } else {
+                    ctx(&path, c.unlink(&path).await)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Touch { paths } => {
+            for path in paths {
+                match c.create(&path, 0o644).await {
+                    Ok(_) => {}
+                    Err(e) if e.errno == coprocessor::Errno::EEXIST => {
+                        let now = SetAttrArgs {
+                            atime: Some(None),
+                            mtime: Some(None),
+                            ..Default::default()
+                        };
+                        ctx(&path, c.setattr(&path, now).await)?;
+                    }
+                    Err(e) => return Err((path, e)),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ln { s, target, link } => {
+            if s {
+                ctx(&link, c.symlink(&target, &link).await)?;
+            } else {
+                ctx(&link, c.link(&target, &link).await)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tree { path } => {
+            println!("{path}");
+            let (dirs, files) = tree(c, &path).await?;
+            println!("\n{dirs} directories, {files} files");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ns { cmd } => {
+            match cmd {
+                NsCmd::Create { name, mode } => {
+                    let info = ctx(&name, c.ns_create(&name, mode).await)?;
+                    println!("created namespace {} (root inode {})", info.name, info.root);
+                }
+                NsCmd::List => {
+                    for n in ctx("ns list", c.ns_list().await)? {
+                        println!("{}\t{}", n.name, n.root);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fsck => {
+            let pb = spinner("fsck");
+            let report = c.fsck(|p| pb.set_message(format!("fsck: {p}"))).await;
+            pb.finish_and_clear();
+            let report = ctx("fsck", report)?;
+            print!("{report}");
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Prints the tree under `path` iteratively (an explicit stack, so depth costs no recursion).
+async fn tree(c: &Client, path: &str) -> Result<(u64, u64), (String, FsError)> {
+    let (mut dirs, mut files) = (0u64, 0u64);
+    // (directory path, prefix for its children, remaining entries in reverse order)
+    let first = ctx(path, c.list(path, false).await)?;
+    let mut stack: Vec<(String, String, Vec<coprocessor::api::DirEntry>)> = vec![(
+        path.to_string(),
+        String::new(),
+        first.into_iter().rev().collect(),
+    )];
+    while let Some((dir, prefix, mut rest)) = stack.pop() {
+        let Some(e) = rest.pop() else { continue };
+        let last = rest.is_empty();
+        let name = String::from_utf8_lossy(&e.name).into_owned();
+        println!("{prefix}{}{name}", if last { "└── " } else { "├── " });
+        let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
+        let child = join(&dir, &e.name);
+        stack.push((dir, prefix, rest));
+        if e.kind.is_dir() {
+            dirs += 1;
+            let entries = ctx(&child, c.list(&child, false).await)?;
+            stack.push((child, child_prefix, entries.into_iter().rev().collect()));
+        } else {
+            files += 1;
+        }
+    }
+    Ok((dirs, files))
+}

@@ -1,0 +1,609 @@
+//! The async client SDK.
+//!
+//! A [`Client`] talks to one server, in one namespace, as one identity (by default the uid and
+//! gid of the calling process). Every call is one RPC. A call that fails with `EAGAIN` (the
+//! store gave up on a contended transaction, which therefore did not commit) is retried with
+//! backoff a bounded number of times; every other error is returned as a typed [`FsError`].
+
+use std::time::Duration;
+
+use coprocessor::api::DirEntry;
+use coprocessor::fsck::Report;
+use coprocessor::{Errno, FsError};
+use indexnode::Cred;
+use metastore::{Attr, FileType};
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use crate::proto::{self, mantle_client::MantleClient};
+use crate::status::from_status;
+
+/// A connection to a Mantle server.
+#[derive(Clone)]
+pub struct Client {
+    grpc: MantleClient<Channel>,
+    ns: String,
+    cred: Cred,
+    retries: u32,
+}
+
+type Result<T> = std::result::Result<T, FsError>;
+
+fn path_loc(p: impl AsRef<[u8]>) -> Option<proto::Loc> {
+    Some(proto::Loc {
+        kind: Some(proto::loc::Kind::Path(p.as_ref().to_vec())),
+    })
+}
+
+fn path_obj(p: impl AsRef<[u8]>, follow: bool) -> Option<proto::Obj> {
+    Some(proto::Obj {
+        kind: Some(proto::obj::Kind::Path(p.as_ref().to_vec())),
+        follow,
+    })
+}
+
+fn attr(reply: proto::AttrReply) -> Result<Attr> {
+    let a = reply
+        .attr
+        .ok_or_else(|| FsError::new(Errno::EIO, "the server sent no attributes"))?;
+    Attr::try_from(a).map_err(|s| from_status(&s))
+}
+
+/// Attribute changes for [`Client::setattr`].
+#[derive(Clone, Debug, Default)]
+pub struct SetAttrArgs {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time: `Some(None)` is "now", `Some(Some(ns))` a given time.
+    pub atime: Option<Option<u64>>,
+    /// New modification time, likewise.
+    pub mtime: Option<Option<u64>>,
+}
+
+fn time_set(t: Option<Option<u64>>) -> Option<proto::TimeSet> {
+    t.map(|t| proto::TimeSet {
+        kind: Some(match t {
+            None => proto::time_set::Kind::Now(true),
+            Some(ns) => proto::time_set::Kind::AtNs(ns),
+        }),
+    })
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port` or a URL), in namespace [`crate::DEFAULT_NAMESPACE`], as
+    /// the calling process's user.
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Channel::from_shared(url.clone())
+            .map_err(|e| FsError::new(Errno::EINVAL, format!("address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| FsError::new(Errno::EIO, format!("cannot connect to {url}: {e}")))?;
+        Ok(Client {
+            grpc: MantleClient::new(channel).max_decoding_message_size(64 << 20),
+            ns: crate::DEFAULT_NAMESPACE.to_string(),
+            cred: crate::server::process_cred(),
+            retries: 8,
+        })
+    }
+
+    /// The same connection in namespace `ns`.
+    pub fn with_namespace(mut self, ns: impl Into<String>) -> Client {
+        self.ns = ns.into();
+        self
+    }
+
+    /// The same connection as `cred`.
+    pub fn with_cred(mut self, cred: Cred) -> Client {
+        self.cred = cred;
+        self
+    }
+
+    /// How many times a call that failed with `EAGAIN` is retried.
+    pub fn with_retries(mut self, retries: u32) -> Client {
+        self.retries = retries;
+        self
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    fn header(&self) -> Option<proto::Header> {
+        Some(proto::Header {
+            namespace: self.ns.clone(),
+            cred: Some(proto::Cred {
+                uid: self.cred.uid,
+                gid: self.cred.gid,
+                groups: self.cred.groups.clone(),
+            }),
+        })
+    }
+
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut(MantleClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Response<T>, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match f(self.grpc.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => {
+                    let e = from_status(&s);
+                    if e.errno != Errno::EAGAIN || attempt >= self.retries {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 << attempt.min(8))).await;
+                }
+            }
+        }
+    }
+
+    /// The attributes of `path`, following a final symlink.
+    pub async fn stat(&self, path: impl AsRef<[u8]>) -> Result<Attr> {
+        self.stat_obj(path_obj(path, true)).await
+    }
+
+    /// The attributes of `path` itself.
+    pub async fn lstat(&self, path: impl AsRef<[u8]>) -> Result<Attr> {
+        self.stat_obj(path_obj(path, false)).await
+    }
+
+    /// The attributes of inode `id`.
+    pub async fn stat_inode(&self, id: u64) -> Result<Attr> {
+        self.stat_obj(Some(proto::Obj {
+            kind: Some(proto::obj::Kind::Inode(id)),
+            follow: false,
+        }))
+        .await
+    }
+
+    /// The attributes of entry `name` of directory `parent` (a FUSE lookup).
+    pub async fn lookup(&self, parent: u64, name: impl AsRef<[u8]>) -> Result<Attr> {
+        self.stat_obj(Some(proto::Obj {
+            kind: Some(proto::obj::Kind::Entry(proto::Entry {
+                parent,
+                name: name.as_ref().to_vec(),
+            })),
+            follow: false,
+        }))
+        .await
+    }
+
+    async fn stat_obj(&self, obj: Option<proto::Obj>) -> Result<Attr> {
+        let req = proto::StatRequest {
+            header: self.header(),
+            obj,
+        };
+        attr(
+            self.call(|mut c| {
+                let r = req.clone();
+                async move { c.stat(r).await }
+            })
+            .await?,
+        )
+    }
+
+    /// Makes directory `path`.
+    pub async fn mkdir(&self, path: impl AsRef<[u8]>, mode: u32) -> Result<Attr> {
+        let req = proto::MkdirRequest {
+            header: self.header(),
+            at: path_loc(path),
+            mode,
+        };
+        attr(
+            self.call(|mut c| {
+                let r = req.clone();
+                async move { c.mkdir(r).await }
+            })
+            .await?,
+        )
+    }
+
+    /// Makes `path` and any missing parents; an existing directory is fine.
+    pub async fn mkdir_p(&self, path: &str, mode: u32) -> Result<Attr> {
+        let names = metastore::name::split_path(path.as_bytes())?;
+        let mut cur = String::new();
+        let mut last = self.stat("/").await?;
+        for n in names {
+            cur.push('/');
+            cur.push_str(&String::from_utf8_lossy(n));
+            last = match self.mkdir(&cur, mode).await {
+                Ok(a) => a,
+                Err(e) if e.errno == Errno::EEXIST => {
+                    let a = self.stat(&cur).await?;
+                    if !a.kind().is_dir() {
+                        return Err(FsError::new(
+                            Errno::ENOTDIR,
+                            format!("{cur} is not a directory"),
+                        ));
+                    }
+                    a
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(last)
+    }
+
+    /// Makes regular file `path`; `EEXIST` if it exists.
+    pub async fn create(&self, path: impl AsRef<[u8]>, mode: u32) -> Result<Attr> {
+        self.mknod(path, FileType::Regular.bits() | (mode & 0o7777), 0)
+            .await
+    }
+
+    /// Makes a node of any non-directory type (`mode` carries the type bits).
+    pub async fn mknod(&self, path: impl AsRef<[u8]>, mode: u32, rdev: u32) -> Result<Attr> {
+        let req = proto::MknodRequest {
+            header: self.header(),
+            at: path_loc(path),
+            mode,
+            rdev,
+        };
+        attr(
+            self.call(|mut c| {
+                let r = req.clone();
+                async move { c.mknod(r).await }
+            })
+            .await?,
+        )
+    }
+
+    /// Makes symlink `path` pointing to `target`.
+    pub async fn symlink(&self, target: impl AsRef<[u8]>, path: impl AsRef<[u8]>) -> Result<Attr> {
+        let req = proto::SymlinkRequest {
+            header: self.header(),
+            at: path_loc(path),
+            target: target.as_ref().to_vec(),
+        };
+        attr(
+            self.call(|mut c| {
+                let r = req.clone();
+                async move { c.symlink(r).await }
+            })
+            .await?,
+        )
+    }
+
+    /// Makes `path` another name of `existing`.
+    pub async fn link(&self, existing: impl AsRef<[u8]>, path: impl AsRef<[u8]>) -> Result<Attr> {
+        let req = proto::LinkRequest {
+            header: self.header(),
+            target: path_obj(existing, false),
+            at: path_loc(path),
+        };
+        attr(
+            self.call(|mut c| {
+                let r = req.clone();
+                async move { c.link(r).await }
+            })
+            .await?,
+        )
+    }
+
+    /// The target of symlink `path`.
+    pub async fn readlink(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
+        let req = proto::ReadlinkRequest {
+            header: self.header(),
+            obj: path_obj(path, false),
+        };
+        Ok(self
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.readlink(r).await }
+            })
+            .await?
+            .target)
+    }
+
+    /// Removes non-directory `path`.
+    pub async fn unlink(&self, path: impl AsRef<[u8]>) -> Result<()> {
+        let req = proto::UnlinkRequest {
+            header: self.header(),
+            at: path_loc(path),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.unlink(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes empty directory `path`.
+    pub async fn rmdir(&self, path: impl AsRef<[u8]>) -> Result<()> {
+        let req = proto::RmdirRequest {
+            header: self.header(),
+            at: path_loc(path),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.rmdir(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Renames `from` to `to` (`flags`: 1 = no replace, 2 = exchange).
+    pub async fn rename(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+        flags: u32,
+    ) -> Result<()> {
+        let req = proto::RenameRequest {
+            header: self.header(),
+            from: path_loc(from),
+            to: path_loc(to),
+            flags,
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.rename(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// One page of directory `path` after `after`, and the next page's cursor.
+    pub async fn readdir(
+        &self,
+        path: impl AsRef<[u8]>,
+        after: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, Option<Vec<u8>>)> {
+        let req = proto::ReaddirRequest {
+            header: self.header(),
+            dir: path_obj(path, true),
+            after: after.to_vec(),
+            limit,
+            plus,
+        };
+        let reply = self
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.readdir(r).await }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(reply.entries.len());
+        for e in reply.entries {
+            let kind = FileType::from_code(e.r#type as u8).ok_or_else(|| {
+                FsError::new(
+                    Errno::EIO,
+                    format!("entry type {} from the server", e.r#type),
+                )
+            })?;
+            let attr = e
+                .attr
+                .map(Attr::try_from)
+                .transpose()
+                .map_err(|s| from_status(&s))?;
+            out.push(DirEntry {
+                name: e.name,
+                id: e.id,
+                kind,
+                attr,
+            });
+        }
+        Ok((out, reply.next))
+    }
+
+    /// Every entry of directory `path`, page by page.
+    pub async fn list(&self, path: &str, plus: bool) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let (page, next) = self.readdir(path, &after, 0, plus).await?;
+            out.extend(page);
+            match next {
+                Some(n) => after = n,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Changes attributes of `path` (following a final symlink).
+    pub async fn setattr(&self, path: impl AsRef<[u8]>, args: SetAttrArgs) -> Result<Attr> {
+        let req = proto::SetAttrRequest {
+            header: self.header(),
+            obj: path_obj(path, true),
+            mode: args.mode,
+            uid: args.uid,
+            gid: args.gid,
+            size: args.size,
+            atime: time_set(args.atime),
+            mtime: time_set(args.mtime),
+        };
+        attr(
+            self.call(|mut c| {
+                let r = req.clone();
+                async move { c.set_attr(r).await }
+            })
+            .await?,
+        )
+    }
+
+    /// The namespace's usage.
+    pub async fn statfs(&self) -> Result<proto::StatFsReply> {
+        let req = proto::StatFsRequest {
+            header: self.header(),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.stat_fs(r).await }
+        })
+        .await
+    }
+
+    /// Sets extended attribute `name` of `path`.
+    pub async fn xattr_set(&self, path: &str, name: &str, value: &[u8], flags: u32) -> Result<()> {
+        let req = proto::XattrSetRequest {
+            header: self.header(),
+            obj: path_obj(path, true),
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            flags,
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.xattr_set(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Reads extended attribute `name` of `path`.
+    pub async fn xattr_get(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        let req = proto::XattrGetRequest {
+            header: self.header(),
+            obj: path_obj(path, true),
+            name: name.as_bytes().to_vec(),
+        };
+        Ok(self
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.xattr_get(r).await }
+            })
+            .await?
+            .value)
+    }
+
+    /// Lists the extended attributes of `path`.
+    pub async fn xattr_list(&self, path: &str) -> Result<Vec<Vec<u8>>> {
+        let req = proto::XattrListRequest {
+            header: self.header(),
+            obj: path_obj(path, true),
+        };
+        Ok(self
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.xattr_list(r).await }
+            })
+            .await?
+            .names)
+    }
+
+    /// Removes extended attribute `name` of `path`.
+    pub async fn xattr_remove(&self, path: &str, name: &str) -> Result<()> {
+        let req = proto::XattrRemoveRequest {
+            header: self.header(),
+            obj: path_obj(path, true),
+            name: name.as_bytes().to_vec(),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.xattr_remove(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Creates namespace `name`, its root owned by this client's identity.
+    pub async fn ns_create(&self, name: &str, mode: u32) -> Result<proto::NsInfo> {
+        let req = proto::NsCreateRequest {
+            name: name.to_string(),
+            cred: self.header().and_then(|h| h.cred),
+            mode,
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.ns_create(r).await }
+        })
+        .await
+    }
+
+    /// Every namespace.
+    pub async fn ns_list(&self) -> Result<Vec<proto::NsInfo>> {
+        Ok(self
+            .call(|mut c| async move { c.ns_list(proto::NsListRequest {}).await })
+            .await?
+            .namespaces)
+    }
+
+    /// Runs the namespace checker on the server; `progress` hears each phase.
+    pub async fn fsck(&self, mut progress: impl FnMut(&str)) -> Result<Report> {
+        let mut stream = self
+            .call(|mut c| async move { c.fsck(proto::FsckRequest {}).await })
+            .await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(ev)) => match ev.kind {
+                    Some(proto::fsck_event::Kind::Progress(p)) => progress(&p),
+                    Some(proto::fsck_event::Kind::Report(r)) => {
+                        return Ok(Report {
+                            namespaces: r.namespaces,
+                            directories: r.directories,
+                            files: r.files,
+                            entries: r.entries,
+                            problems: r.problems,
+                        })
+                    }
+                    None => {}
+                },
+                Ok(None) => return Err(FsError::new(Errno::EIO, "fsck ended without a report")),
+                Err(s) => return Err(from_status(&s)),
+            }
+        }
+    }
+
+    /// Removes `path` and everything below it, depth first, page by page (memory stays
+    /// bounded by the tree's depth times a page). `progress` hears the running count of
+    /// removed entries. Returns how many were removed.
+    pub async fn remove_all(&self, path: &str, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let a = self.lstat(path).await?;
+        if !a.kind().is_dir() {
+            self.unlink(path).await?;
+            progress(1);
+            return Ok(1);
+        }
+        let mut removed = 0u64;
+        // A stack of directories still to empty; a directory is removed once it is empty.
+        let mut stack = vec![path.to_string()];
+        while let Some(dir) = stack.last().cloned() {
+            let (page, _) = self.readdir(&dir, b"", 0, false).await?;
+            if page.is_empty() {
+                if dir == "/" {
+                    // The root stays; only its contents go.
+                    stack.pop();
+                    continue;
+                }
+                self.rmdir(&dir).await?;
+                removed += 1;
+                progress(removed);
+                stack.pop();
+                continue;
+            }
+            for e in page {
+                let child = if dir == "/" {
+                    format!("/{}", String::from_utf8_lossy(&e.name))
+                } else {
+                    format!("{dir}/{}", String::from_utf8_lossy(&e.name))
+                };
+                if e.kind.is_dir() {
+                    stack.push(child);
+                    break;
+                }
+                self.unlink(&child).await?;
+                removed += 1;
+                progress(removed);
+            }
+        }
+        Ok(removed)
+    }
+}

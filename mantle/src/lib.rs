@@ -1,0 +1,29 @@
+//! Mantle-rs, the product: a hierarchical namespace service you run with one command and talk
+//! to over gRPC.
+//!
+//! What it is: the `mantle.v1` gRPC API ([`proto`], from `proto/mantle.proto`), the
+//! validation that turns protobuf messages into the namespace's domain requests ([`convert`]),
+//! the server ([`server::run`]: one process, one TafDB tablet holding the Index and Meta tables,
+//! single-voter Raft, data in one directory), the async client SDK ([`client::Client`]) and the
+//! `mantle` CLI built on it.
+//!
+//! What it is not: the namespace logic itself (the `coprocessor` crate) or the store (`tafdb`).
+//! This crate only moves requests in and out.
+//!
+//! Key types: [`server::ServerConfig`], [`server::run`], [`client::Client`], [`status`].
+
+pub mod client;
+pub mod convert;
+pub mod server;
+pub mod status;
+
+/// The generated protobuf types and gRPC stubs of `mantle.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("mantle.v1");
+}
+
+/// The default address of `mantle serve` and the CLI.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7420";
+/// The namespace `mantle serve` creates on a fresh data directory, and the CLI's default.
+pub const DEFAULT_NAMESPACE: &str = "default";

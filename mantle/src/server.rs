@@ -1,0 +1,453 @@
+//! The server: `mantle serve --data DIR --listen ADDR`.
+//!
+//! The embedded layout is the default: one process, one TafDB tablet holding the Index and Meta
+//! tables (so every operation commits in one phase), a single-voter Raft log with group commit,
+//! everything under `DIR`. Each RPC is validated ([`crate::convert`]) and becomes one
+//! coprocessor call: one transaction, retried on conflicts inside the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use coprocessor::ops::{
+    link::Link, mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, ns_list::NsList, readdir::Readdir,
+    readlink::Readlink, rename::Rename, rmdir::Rmdir, setattr::SetAttr, stat::Stat, statfs::StatFs,
+    symlink::Symlink, unlink::Unlink, xattr_get::XattrGet, xattr_list::XattrList,
+    xattr_remove::XattrRemove, xattr_set::XattrSet,
+};
+use coprocessor::{Op, Service};
+use indexnode::Cred;
+use tafdb::{Db, DbConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, Header};
+use crate::proto::{self, mantle_server::MantleServer};
+use crate::status::{invalid, to_status};
+
+/// The largest request the server decodes; anything bigger is refused before it is parsed.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// What `mantle serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the store keeps its data.
+    pub data: PathBuf,
+    /// Where to listen (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+/// Why the server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store failed to open or run.
+    #[error("store: {0}")]
+    Store(#[from] tafdb::Error),
+    /// The listening socket failed.
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Creating the default namespace failed.
+    #[error("default namespace: {0}")]
+    Namespace(#[from] coprocessor::FsError),
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    serve(listener, config.data, |_| {}, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` resolves; `ready` hears the bound address once the
+/// store is open.
+pub async fn serve(
+    listener: TcpListener,
+    data: PathBuf,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&data)?;
+    let db = Db::open(DbConfig::new(&data)).await?;
+    let svc = Arc::new(Service::open(db.clone()));
+    ensure_default_namespace(&svc).await?;
+    tracing::info!(%addr, data = %data.display(), "mantle is serving");
+    ready(addr);
+    let api = MantleServer::new(Api { svc })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(64 << 20);
+    let result = tonic::transport::Server::builder()
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    tracing::info!("shutting down the store");
+    db.shutdown().await;
+    result.map_err(Into::into)
+}
+
+/// The uid and gid this process runs as.
+pub fn process_cred() -> Cred {
+    match std::fs::metadata("/proc/self") {
+        Ok(m) => Cred {
+            uid: m.uid(),
+            gid: m.gid(),
+            groups: Vec::new(),
+        },
+        Err(_) => Cred::root(),
+    }
+}
+
+async fn ensure_default_namespace(svc: &Service) -> Result<(), ServerError> {
+    if svc.call(&NsList {}).await?.is_empty() {
+        let info = svc
+            .call(&NsCreate {
+                name: crate::DEFAULT_NAMESPACE.as_bytes().to_vec(),
+                cred: process_cred(),
+                mode: 0o755,
+            })
+            .await?;
+        tracing::info!(root = info.root, "created namespace \"default\"");
+    }
+    Ok(())
+}
+
+struct Api {
+    svc: Arc<Service>,
+}
+
+impl Api {
+    async fn call<R: Op>(&self, op: R) -> Result<R::Reply, Status> {
+        self.svc.call(&op).await.map_err(|e| to_status(&e))
+    }
+}
+
+fn attr_reply(a: metastore::Attr) -> Response<proto::AttrReply> {
+    Response::new(proto::AttrReply {
+        attr: Some(a.into()),
+    })
+}
+
+fn perm(mode: u32) -> Result<u32, Status> {
+    if mode & !0o7777 != 0 {
+        return Err(invalid(format!(
+            "mode {mode:o} has more than permission bits"
+        )));
+    }
+    Ok(mode)
+}
+
+type FsckStream = UnboundedReceiverStream<Result<proto::FsckEvent, Status>>;
+
+#[tonic::async_trait]
+impl proto::mantle_server::Mantle for Api {
+    async fn stat(
+        &self,
+        r: Request<proto::StatRequest>,
+    ) -> Result<Response<proto::AttrReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let a = self
+            .call(Stat {
+                ns: h.ns,
+                cred: h.cred,
+                obj: convert::obj(r.obj)?,
+            })
+            .await?;
+        Ok(attr_reply(a))
+    }
+
+    async fn mkdir(
+        &self,
+        r: Request<proto::MkdirRequest>,
+    ) -> Result<Response<proto::AttrReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = Mkdir {
+            ns: h.ns,
+            cred: h.cred,
+            at: convert::loc(r.at)?,
+            mode: perm(r.mode)?,
+        };
+        Ok(attr_reply(self.call(op).await?))
+    }
+
+    async fn mknod(
+        &self,
+        r: Request<proto::MknodRequest>,
+    ) -> Result<Response<proto::AttrReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = Mknod {
+            ns: h.ns,
+            cred: h.cred,
+            at: convert::loc(r.at)?,
+            mode: r.mode,
+            rdev: r.rdev,
+        };
+        Ok(attr_reply(self.call(op).await?))
+    }
+
+    async fn symlink(
+        &self,
+        r: Request<proto::SymlinkRequest>,
+    ) -> Result<Response<proto::AttrReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = Symlink {
+            ns: h.ns,
+            cred: h.cred,
+            at: convert::loc(r.at)?,
+            target: r.target,
+        };
+        Ok(attr_reply(self.call(op).await?))
+    }
+
+    async fn link(
+        &self,
+        r: Request<proto::LinkRequest>,
+    ) -> Result<Response<proto::AttrReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = Link {
+            ns: h.ns,
+            cred: h.cred,
+            target: convert::obj(r.target)?,
+            at: convert::loc(r.at)?,
+        };
+        Ok(attr_reply(self.call(op).await?))
+    }
+
+    async fn unlink(
+        &self,
+        r: Request<proto::UnlinkRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        self.call(Unlink {
+            ns: h.ns,
+            cred: h.cred,
+            at: convert::loc(r.at)?,
+        })
+        .await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn rmdir(
+        &self,
+        r: Request<proto::RmdirRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        self.call(Rmdir {
+            ns: h.ns,
+            cred: h.cred,
+            at: convert::loc(r.at)?,
+        })
+        .await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn rename(
+        &self,
+        r: Request<proto::RenameRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = Rename {
+            ns: h.ns,
+            cred: h.cred,
+            from: convert::loc(r.from)?,
+            to: convert::loc(r.to)?,
+            flags: r.flags,
+        };
+        self.call(op).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn readlink(
+        &self,
+        r: Request<proto::ReadlinkRequest>,
+    ) -> Result<Response<proto::ReadlinkReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let target = self
+            .call(Readlink {
+                ns: h.ns,
+                cred: h.cred,
+                obj: convert::obj(r.obj)?,
+            })
+            .await?;
+        Ok(Response::new(proto::ReadlinkReply { target }))
+    }
+
+    async fn readdir(
+        &self,
+        r: Request<proto::ReaddirRequest>,
+    ) -> Result<Response<proto::ReaddirReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = Readdir {
+            ns: h.ns,
+            cred: h.cred,
+            dir: convert::obj(r.dir)?,
+            after: r.after,
+            limit: r.limit,
+            plus: r.plus,
+        };
+        let page = self.call(op).await?;
+        Ok(Response::new(proto::ReaddirReply {
+            entries: page.entries.into_iter().map(Into::into).collect(),
+            next: page.next,
+        }))
+    }
+
+    async fn set_attr(
+        &self,
+        r: Request<proto::SetAttrRequest>,
+    ) -> Result<Response<proto::AttrReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = SetAttr {
+            ns: h.ns,
+            cred: h.cred,
+            obj: Some(convert::obj(r.obj)?),
+            mode: r.mode.map(perm).transpose()?,
+            uid: r.uid,
+            gid: r.gid,
+            size: r.size,
+            atime: convert::time_set(r.atime)?,
+            mtime: convert::time_set(r.mtime)?,
+        };
+        Ok(attr_reply(self.call(op).await?))
+    }
+
+    async fn stat_fs(
+        &self,
+        r: Request<proto::StatFsRequest>,
+    ) -> Result<Response<proto::StatFsReply>, Status> {
+        let h = Header::try_from(r.into_inner().header)?;
+        let s = self
+            .call(StatFs {
+                ns: h.ns,
+                cred: h.cred,
+            })
+            .await?;
+        Ok(Response::new(s.into()))
+    }
+
+    async fn xattr_set(
+        &self,
+        r: Request<proto::XattrSetRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let op = XattrSet {
+            ns: h.ns,
+            cred: h.cred,
+            obj: convert::obj(r.obj)?,
+            name: r.name,
+            value: r.value,
+            flags: r.flags,
+        };
+        self.call(op).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn xattr_get(
+        &self,
+        r: Request<proto::XattrGetRequest>,
+    ) -> Result<Response<proto::XattrGetReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let value = self
+            .call(XattrGet {
+                ns: h.ns,
+                cred: h.cred,
+                obj: convert::obj(r.obj)?,
+                name: r.name,
+            })
+            .await?;
+        Ok(Response::new(proto::XattrGetReply { value }))
+    }
+
+    async fn xattr_list(
+        &self,
+        r: Request<proto::XattrListRequest>,
+    ) -> Result<Response<proto::XattrListReply>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        let names = self
+            .call(XattrList {
+                ns: h.ns,
+                cred: h.cred,
+                obj: convert::obj(r.obj)?,
+            })
+            .await?;
+        Ok(Response::new(proto::XattrListReply { names }))
+    }
+
+    async fn xattr_remove(
+        &self,
+        r: Request<proto::XattrRemoveRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        let h = Header::try_from(r.header)?;
+        self.call(XattrRemove {
+            ns: h.ns,
+            cred: h.cred,
+            obj: convert::obj(r.obj)?,
+            name: r.name,
+        })
+        .await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn ns_create(
+        &self,
+        r: Request<proto::NsCreateRequest>,
+    ) -> Result<Response<proto::NsInfo>, Status> {
+        let op = convert::ns_create(r.into_inner())?;
+        Ok(Response::new(self.call(op).await?.into()))
+    }
+
+    async fn ns_list(
+        &self,
+        _r: Request<proto::NsListRequest>,
+    ) -> Result<Response<proto::NsListReply>, Status> {
+        let list = self.call(NsList {}).await?;
+        Ok(Response::new(proto::NsListReply {
+            namespaces: list.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    type FsckStream = FsckStream;
+
+    async fn fsck(&self, _r: Request<proto::FsckRequest>) -> Result<Response<FsckStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let db = self.svc.db().clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let progress = move |line: &str| {
+                let _ = progress_tx.send(Ok(proto::FsckEvent {
+                    kind: Some(proto::fsck_event::Kind::Progress(line.to_string())),
+                }));
+            };
+            let event = match coprocessor::fsck::check(&db, &progress).await {
+                Ok(report) => Ok(proto::FsckEvent {
+                    kind: Some(proto::fsck_event::Kind::Report(report.into())),
+                }),
+                Err(e) => Err(to_status(&coprocessor::FsError::from_store(&e))),
+            };
+            let _ = tx.send(event);
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
