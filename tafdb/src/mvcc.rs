@@ -563,11 +563,11 @@ impl MvccStore {
                     (None, Some(_)) => (chain_keys.next().unwrap_or_default(), None),
                 };
                 // Chain-only keys have no engine row in this page, but may have one the page
-                // skipped (they were below the engine cursor); read the engine for them.
-                let engine_val = match raw {
-                    Some(v) => Some(v),
-                    None => Some(engine.get(&key)?),
-                };
+                // skipped (they were below the engine cursor). `get_with` reads the engine for
+                // them only when their chain does not settle the value by itself: a key whose
+                // newest visible version is a put or a delete (a removed entry, say) costs no
+                // engine read, so scanning past many fresh tombstones stays cheap.
+                let engine_val = raw;
                 if let Some(v) = self.get_with(&key, ts, engine_val)? {
                     out.push((key, v));
                     if out.len() >= limit {
