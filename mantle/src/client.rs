@@ -86,7 +86,8 @@ impl Client {
         };
         let endpoint = Channel::from_shared(url.clone())
             .map_err(|e| FsError::new(Errno::EINVAL, format!("address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
         let channel = endpoint
             .connect()
             .await

@@ -22,6 +22,7 @@ use indexnode::Cred;
 use tafdb::{Db, DbConfig};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Header};
@@ -84,9 +85,17 @@ pub async fn serve(
     let api = MantleServer::new(Api { svc })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(64 << 20);
+    // Small RPCs must not wait for Nagle's algorithm and the peer's delayed ACK (40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    });
     let result = tonic::transport::Server::builder()
         .add_service(api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     tracing::info!("shutting down the store");
     db.shutdown().await;

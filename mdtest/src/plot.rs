@@ -48,6 +48,10 @@ pub fn report(runs: &[RunResult], out: &Path) -> Result<Vec<String>, String> {
         return Err("no runs to report".into());
     }
     std::fs::create_dir_all(out).map_err(err("--out"))?;
+    // Columns by label, then by task count (not by file name: 8 tasks before 64).
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| (&a.label, a.tasks).cmp(&(&b.label, b.tasks)));
+    let runs = &sorted[..];
     let mut written = Vec::new();
     // scenario -> phase order
     let mut scenarios: BTreeMap<String, Vec<String>> = BTreeMap::new();
