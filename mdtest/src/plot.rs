@@ -144,7 +144,7 @@ fn bars(
         .collect();
     let max = values.iter().copied().fold(1.0, f64::max) * 2.0;
     let min = values.iter().copied().fold(max, f64::min).max(1.0) / 2.0;
-    let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (1500, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err("svg"))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
