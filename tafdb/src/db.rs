@@ -12,6 +12,7 @@ use crate::command::{CommandResult, LockRecord, TxnStatus};
 use crate::coprocessor::{BoxFuture, Coprocessor};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyRange, Value};
+use crate::lockq::{LockSet, LockTable};
 use crate::tablet::{Tablet, TabletConfig};
 use crate::tso::{now_ms, Tso};
 use crate::txn::Txn;
@@ -30,6 +31,10 @@ pub struct DbConfig {
     pub lock_ttl_ms: u64,
     /// Attempts of [`Db::run_txn`] before giving up.
     pub max_attempts: u32,
+    /// Key prefixes whose keys use the pessimistic lock queue (see [`crate::lockq`]).
+    pub hot_keys: Vec<Key>,
+    /// How long a transaction waits in a hot key's queue before it backs off (ms).
+    pub lock_wait_ms: u64,
 }
 
 impl DbConfig {
@@ -41,6 +46,8 @@ impl DbConfig {
             tablet: TabletConfig::default(),
             lock_ttl_ms: 3_000,
             max_attempts: 30,
+            hot_keys: Vec::new(),
+            lock_wait_ms: 2_000,
         }
     }
 }
@@ -50,6 +57,7 @@ pub struct Db {
     tablets: Vec<Arc<Tablet>>,
     tso: Arc<Tso>,
     coprocessors: RwLock<HashMap<String, Arc<dyn Coprocessor>>>,
+    locks: LockTable,
     config: DbConfig,
 }
 
@@ -107,6 +115,10 @@ impl Db {
             tablets,
             tso,
             coprocessors: RwLock::new(HashMap::new()),
+            locks: LockTable::new(
+                config.hot_keys.clone(),
+                Duration::from_millis(config.lock_wait_ms.max(1)),
+            ),
             config,
         }))
     }
@@ -147,7 +159,12 @@ impl Db {
 
     /// Starts a transaction at a fresh snapshot.
     pub fn begin(self: &Arc<Self>) -> Result<Txn> {
-        Ok(Txn::new(self.clone(), self.tso.next()?))
+        Ok(Txn::new(self.clone(), self.tso.next()?, LockSet::default()))
+    }
+
+    /// The hot-key lock queues.
+    pub fn lock_table(&self) -> &LockTable {
+        &self.locks
     }
 
     /// Runs `f` in a transaction and commits it, retrying on conflicts with backoff, at most
@@ -157,20 +174,35 @@ impl Db {
         F: for<'a> FnMut(&'a mut Txn) -> BoxFuture<'a, Result<T>>,
     {
         let mut attempt = 0u32;
+        // Hot-key locks taken by one attempt stay held into the next (see `lockq`).
+        let locks = LockSet::default();
         loop {
             attempt += 1;
-            let mut txn = self.begin()?;
+            // The snapshot is taken after any carried locks were granted, so it already holds
+            // the writes of their previous holders.
+            let mut txn = Txn::new(self.clone(), self.tso.next()?, locks.clone());
             let res = match f(&mut txn).await {
                 Ok(v) => txn.commit().await.map(|_| v),
                 Err(e) => Err(e),
             };
             match res {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.locks.release(&locks);
+                    return Ok(v);
+                }
                 Err(e) if e.is_retryable() => {
                     if let Error::Locked { key, .. } = &e {
-                        self.resolve_lock(key).await?;
+                        if let Err(x) = self.resolve_lock(key).await {
+                            self.locks.release(&locks);
+                            return Err(x);
+                        }
+                    }
+                    if !locks.is_empty() && attempt < self.config.max_attempts {
+                        // We hold our place in the queue: retry at once.
+                        continue;
                     }
                     if attempt >= self.config.max_attempts {
+                        self.locks.release(&locks);
                         return Err(Error::RetriesExhausted {
                             attempts: attempt,
                             last: Box::new(e),
@@ -178,7 +210,10 @@ impl Db {
                     }
                     backoff(attempt).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.locks.release(&locks);
+                    return Err(e);
+                }
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 mod frame;
 pub mod keys;
+pub mod lockq;
 pub mod mvcc;
 pub mod raft;
 pub mod tablet;

@@ -271,6 +271,11 @@ impl Tablet {
         &self.range
     }
 
+    /// Whether `key` has a commit newer than `ts`, applied or in flight.
+    pub fn changed_since(&self, key: &[u8], ts: u64) -> Result<bool> {
+        Ok(self.pending.point.contains_key(key) || self.state.mvcc().newer_than(key, ts)?)
+    }
+
     /// The replica state (for tools and tests).
     pub fn state(&self) -> &Arc<TabletState> {
         &self.state

@@ -17,6 +17,7 @@ use crate::command::CommandResult;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::keys::{check_user_key, check_value, Key, KeyRange, Value};
+use crate::lockq::LockSet;
 use crate::mvcc::{DeltaOp, Mutation, MAX_DELTA_OFFSET};
 use crate::tablet::{ReadSet, Tablet};
 
@@ -30,6 +31,8 @@ pub struct Txn {
     /// Keys read with [`Txn::get_stable`] (and not also with [`Txn::get`]).
     stable: BTreeSet<Key>,
     scans: Vec<KeyRange>,
+    /// Hot-key locks held (shared with `Db::run_txn`, which carries them across retries).
+    locks: LockSet,
 }
 
 fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
@@ -45,7 +48,7 @@ fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
 }
 
 impl Txn {
-    pub(crate) fn new(db: Arc<Db>, start_ts: u64) -> Txn {
+    pub(crate) fn new(db: Arc<Db>, start_ts: u64, locks: LockSet) -> Txn {
         Txn {
             db,
             start_ts,
@@ -53,7 +56,30 @@ impl Txn {
             reads: BTreeSet::new(),
             stable: BTreeSet::new(),
             scans: Vec::new(),
+            locks,
         }
+    }
+
+    /// Takes `key`'s place in the hot-key lock queue if it is configured as hot (see
+    /// [`crate::lockq`]). Fails with a retryable conflict, keeping the lock, if the previous
+    /// holder committed after this transaction's snapshot.
+    async fn lock_hot(db: &Db, locks: &LockSet, start_ts: u64, key: &[u8]) -> Result<()> {
+        let table = db.lock_table();
+        if !table.is_hot(key) {
+            return Ok(());
+        }
+        if table.acquire(locks, key).await? && db.tablet_for(key).changed_since(key, start_ts)? {
+            return Err(Error::conflict(
+                key,
+                "the previous holder of this hot key committed after the snapshot; retrying in the queue",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The hot-key locks this transaction holds.
+    pub fn locks(&self) -> &LockSet {
+        &self.locks
     }
 
     /// The snapshot timestamp.
@@ -69,6 +95,7 @@ impl Txn {
     /// Reads `key` (this transaction's own writes included).
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
         check_user_key(key)?;
+        Self::lock_hot(&self.db, &self.locks, self.start_ts, key).await?;
         if let Some(muts) = self.writes.get(key) {
             if muts
                 .first()
@@ -95,6 +122,7 @@ impl Txn {
     /// A two-phase commit treats stable reads as ordinary reads (conservatively).
     pub async fn get_stable(&mut self, key: &[u8]) -> Result<Option<Value>> {
         check_user_key(key)?;
+        Self::lock_hot(&self.db, &self.locks, self.start_ts, key).await?;
         if let Some(muts) = self.writes.get(key) {
             if muts.first().is_some_and(Mutation::replaces) {
                 return Ok(fold_own(None, muts));
@@ -224,9 +252,16 @@ impl Txn {
             reads,
             stable,
             scans,
+            locks,
         } = self;
         if writes.is_empty() {
             return Ok(start_ts);
+        }
+        // Blind writes of hot keys queue too; in key order, so this never deadlocks.
+        for (k, muts) in &writes {
+            if muts.first().is_some_and(Mutation::replaces) {
+                Self::lock_hot(&db, &locks, start_ts, k).await?;
+            }
         }
         let writes = Self::flatten(writes);
         // Group everything by tablet.

@@ -6,7 +6,9 @@
 //! - `commit1pc`: durable one-tablet transactions, each writing 2 new keys and one delta on a
 //!   counter shared by every client (the "many creates in one directory" shape);
 //! - `commit2pc`: the same with the two keys in two different tablets;
-//! - `get`: snapshot point reads of preloaded keys.
+//! - `get`: snapshot point reads of preloaded keys;
+//! - `hotrmw`: read-modify-write of ONE counter by every client (get, then put); with `--hot`
+//!   the counter uses the pessimistic lock queue, without it plain optimistic retries.
 //!
 //! The last line printed is JSON: `{"workload":..,"clients":..,"ops_per_sec":..,"p50_us":..,"p99_us":..}`.
 
@@ -24,6 +26,7 @@ enum Workload {
     Commit1pc,
     Commit2pc,
     Get,
+    Hotrmw,
 }
 
 #[derive(Parser, Debug)]
@@ -44,9 +47,29 @@ struct Args {
     /// Keys preloaded for `get`.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
+    /// Put the `hotrmw` counter in the hot-key lock queue.
+    #[arg(long)]
+    hot: bool,
     /// Runtime worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+const HOT: &[u8] = b"\x02hot-counter";
+
+async fn hot_rmw(db: &Arc<Db>) -> tafdb::Result<u64> {
+    db.run_txn(|t| {
+        Box::pin(async move {
+            let v = t
+                .get(HOT)
+                .await?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            t.put(HOT, &(v + 1).to_le_bytes())?;
+            Ok(v)
+        })
+    })
+    .await
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -73,6 +96,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = DbConfig::new(&dir);
     if args.workload == Workload::Commit2pc {
         cfg.split_keys = vec![b"\x02m".to_vec()];
+    }
+    if args.hot {
+        cfg.hot_keys = vec![HOT.to_vec()];
     }
     let db = Db::open(cfg).await?;
     if args.workload == Workload::Get {
@@ -105,6 +131,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let res = match workload {
                     Workload::Commit1pc => commit(&db, c, i, b"\x02a", b"\x02b").await,
                     Workload::Commit2pc => commit(&db, c, i, b"\x02a", b"\x02z").await,
+                    Workload::Hotrmw => hot_rmw(&db).await,
                     Workload::Get => {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
