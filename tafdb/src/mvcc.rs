@@ -304,10 +304,14 @@ impl MvccStore {
     pub fn install(&self, key: &[u8], ts: u64, index: u64, mutation: Mutation) {
         let mut new_key = false;
         {
-            let mut chain = self.chains.entry(key.to_vec()).or_insert_with(|| {
-                new_key = true;
-                Chain::default()
-            });
+            // Look up before allocating: hot keys (a shared counter) already have a chain.
+            let mut chain = match self.chains.get_mut(key) {
+                Some(c) => c,
+                None => self.chains.entry(key.to_vec()).or_insert_with(|| {
+                    new_key = true;
+                    Chain::default()
+                }),
+            };
             let pos = chain
                 .versions
                 .iter()

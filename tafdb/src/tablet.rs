@@ -17,7 +17,7 @@
 //! waits for it to be applied: otherwise a commit that took its timestamp before the reader
 //! could become visible after the reader looked, breaking the snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -86,7 +86,12 @@ struct Pending {
     ordered: Mutex<BTreeMap<Key, u32>>,
     /// Keys with commits in flight, their commit timestamps and whether each replaces the
     /// value, for readers and for stable-read validation.
-    point: DashMap<Key, Vec<(u64, bool)>>,
+    ///
+    /// A hot key (a directory's attribute record that every create bumps by delta) has
+    /// hundreds of commits in flight at once. They are registered and released in about the
+    /// same order, so this is a queue: a release finds its mark at the front, and the mark
+    /// being stamped with its timestamp is the last one pushed.
+    point: DashMap<Key, VecDeque<(u64, bool)>>,
 }
 
 impl Pending {
@@ -105,8 +110,10 @@ impl Pending {
             }
             let mut empty = false;
             if let Some(mut v) = self.point.get_mut(k) {
-                if let Some(p) = v.iter().position(|t| t.0 == *ts && t.1 == *base) {
-                    v.swap_remove(p);
+                if v.front().is_some_and(|t| t.0 == *ts && t.1 == *base) {
+                    v.pop_front();
+                } else if let Some(p) = v.iter().position(|t| t.0 == *ts && t.1 == *base) {
+                    v.remove(p);
                 }
                 empty = v.is_empty();
             }
@@ -117,8 +124,21 @@ impl Pending {
     }
 
     fn register(&self, ordered: &mut BTreeMap<Key, u32>, key: &[u8], ts: u64, base: bool) {
-        *ordered.entry(key.to_vec()).or_insert(0) += 1;
-        self.point.entry(key.to_vec()).or_default().push((ts, base));
+        // Hot keys are usually registered already: look up before allocating a key.
+        match ordered.get_mut(key) {
+            Some(c) => *c += 1,
+            None => {
+                ordered.insert(key.to_vec(), 1);
+            }
+        }
+        match self.point.get_mut(key) {
+            Some(mut v) => v.push_back((ts, base)),
+            None => self
+                .point
+                .entry(key.to_vec())
+                .or_default()
+                .push_back((ts, base)),
+        }
     }
 
     /// Whether a put or delete of `key` is in flight.
@@ -128,7 +148,7 @@ impl Pending {
 
     fn set_ts(&self, key: &[u8], ts: u64) {
         if let Some(mut v) = self.point.get_mut(key) {
-            if let Some(p) = v.iter().position(|t| t.0 == ASSIGNING) {
+            if let Some(p) = v.iter().rposition(|t| t.0 == ASSIGNING) {
                 v[p].0 = ts;
             }
         }
