@@ -1,0 +1,316 @@
+//! `LogBlob`s: append-only blobs made of chunks, with versions and single-writer leases.
+//!
+//! A blob is a sequence of chunks (its `seq` 0, 1, 2, ...). An append goes to the last chunk;
+//! when it is full the chunk is sealed and the next one created. Every append bumps the blob's
+//! version, and the version travels inside the record (the first 8 bytes of its payload), so a
+//! reopened store knows each blob's version from its last record. A reader may demand at least a
+//! version and gets [`Error::Stale`] from a store that is behind. One writer at a time holds a
+//! blob's [`Lease`]; a second writer gets [`Error::LeaseHeld`] until it expires. Leases live in
+//! memory: a restart ends them all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::frame;
+
+/// Where a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The chunk's index in the blob.
+    pub chunk: u32,
+    /// The record's offset in the chunk.
+    pub offset: u64,
+}
+
+/// The right to append to a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The blob.
+    pub blob: u64,
+    /// The holder's name.
+    pub holder: String,
+    /// A token that changes with every grant.
+    pub token: u64,
+}
+
+struct Granted {
+    lease: Lease,
+    expires: Instant,
+}
+
+struct BlobState {
+    /// seq -> chunk id.
+    chunks: BTreeMap<u32, u64>,
+    version: u64,
+    lease: Option<Granted>,
+}
+
+/// The `LogBlob`s of one disk.
+pub struct LogStore {
+    disk: Arc<Disk>,
+    blobs: Mutex<HashMap<u64, BlobState>>,
+    tokens: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("blobs", &self.blobs.lock().len())
+            .finish()
+    }
+}
+
+fn split_version(payload: &[u8]) -> Result<(u64, &[u8])> {
+    if payload.len() < 8 {
+        return Err(Error::Corrupt("a blob record without its version".into()));
+    }
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&payload[..8]);
+    Ok((u64::from_le_bytes(v), &payload[8..]))
+}
+
+impl LogStore {
+    /// The blobs on `disk`, rebuilt from its chunks.
+    pub fn open(disk: Arc<Disk>) -> Result<LogStore> {
+        let mut blobs: HashMap<u64, BlobState> = HashMap::new();
+        for c in disk.opened() {
+            blobs
+                .entry(c.entry.blob)
+                .or_insert_with(|| BlobState {
+                    chunks: BTreeMap::new(),
+                    version: 0,
+                    lease: None,
+                })
+                .chunks
+                .insert(c.entry.seq, c.entry.id);
+        }
+        // A blob's version is the version of its newest record.
+        for b in blobs.values_mut() {
+            for (_, id) in b.chunks.iter().rev() {
+                let info = disk.opened().iter().find(|c| c.entry.id == *id);
+                if let Some(off) = info.and_then(|i| i.records.last()) {
+                    let p = disk.read(*id, *off)?;
+                    b.version = split_version(&p)?.0;
+                    break;
+                }
+            }
+        }
+        Ok(LogStore {
+            disk,
+            blobs: Mutex::new(blobs),
+            tokens: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
+    }
+
+    /// Creates blob `id` (its first chunk).
+    pub fn create(&self, id: u64) -> Result<()> {
+        let mut blobs = self.blobs.lock();
+        if blobs.contains_key(&id) {
+            return Err(Error::InvalidArgument(format!("blob {id} exists")));
+        }
+        let chunk = self.disk.create_chunk(id, 0)?;
+        blobs.insert(
+            id,
+            BlobState {
+                chunks: BTreeMap::from([(0, chunk)]),
+                version: 0,
+                lease: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Every blob id.
+    pub fn blobs(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.blobs.lock().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The blob's version (the number of appends it has seen).
+    pub fn version(&self, blob: u64) -> Result<u64> {
+        let blobs = self.blobs.lock();
+        Ok(blobs
+            .get(&blob)
+            .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
+            .version)
+    }
+
+    /// Grants `holder` the blob's write lease for `ttl`, or renews it. Another holder's unexpired
+    /// lease is an [`Error::LeaseHeld`].
+    pub fn lease(&self, blob: u64, holder: &str, ttl: Duration) -> Result<Lease> {
+        let mut blobs = self.blobs.lock();
+        let b = blobs
+            .get_mut(&blob)
+            .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?;
+        let now = Instant::now();
+        if let Some(g) = &b.lease {
+            if g.lease.holder != holder && g.expires > now {
+                return Err(Error::LeaseHeld {
+                    blob,
+                    holder: g.lease.holder.clone(),
+                    remaining_ms: (g.expires - now).as_millis() as u64,
+                });
+            }
+        }
+        let lease = match &b.lease {
+            Some(g) if g.lease.holder == holder && g.expires > now => g.lease.clone(),
+            _ => Lease {
+                blob,
+                holder: holder.to_string(),
+                token: self
+                    .tokens
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            },
+        };
+        b.lease = Some(Granted {
+            lease: lease.clone(),
+            expires: now + ttl,
+        });
+        Ok(lease)
+    }
+
+    fn check_lease(b: &BlobState, lease: &Lease) -> Result<()> {
+        match &b.lease {
+            Some(g) if g.lease == *lease && g.expires > Instant::now() => Ok(()),
+            _ => Err(Error::NoLease(lease.blob)),
+        }
+    }
+
+    /// Appends `data` under `lease`; returns its position and the blob's new version once it
+    /// is durable. Concurrent appends of one writer are committed together, in call order.
+    pub fn append(&self, lease: &Lease, data: &[u8]) -> Result<(Position, u64)> {
+        let mut payload = Vec::with_capacity(8 + data.len());
+        let (submitted, chunk_seq, version) = {
+            let mut blobs = self.blobs.lock();
+            let b = blobs
+                .get_mut(&lease.blob)
+                .ok_or_else(|| Error::NotFound(format!("blob {}", lease.blob)))?;
+            Self::check_lease(b, lease)?;
+            let need = (8 + data.len()) as u64;
+            if need > self.disk.config().chunk_capacity() - frame::HEADER as u64 {
+                return Err(Error::InvalidArgument(format!(
+                    "a record of {} bytes does not fit a chunk",
+                    data.len()
+                )));
+            }
+            let (mut seq, mut chunk) = b
+                .chunks
+                .iter()
+                .next_back()
+                .map(|(s, c)| (*s, *c))
+                .ok_or_else(|| Error::Corrupt(format!("blob {} has no chunk", lease.blob)))?;
+            if self.disk.room(chunk)? < need {
+                self.disk.seal(chunk)?;
+                seq += 1;
+                chunk = self.disk.create_chunk(lease.blob, seq)?;
+                b.chunks.insert(seq, chunk);
+            }
+            b.version += 1;
+            payload.extend_from_slice(&b.version.to_le_bytes());
+            payload.extend_from_slice(data);
+            (self.disk.submit(chunk, payload)?, seq, b.version)
+        };
+        let offset = submitted.wait()?;
+        Ok((
+            Position {
+                chunk: chunk_seq,
+                offset,
+            },
+            version,
+        ))
+    }
+
+    /// Reads the record at `pos`, demanding the blob be at least at `min_version`.
+    pub fn read(&self, blob: u64, pos: Position, min_version: u64) -> Result<(u64, Vec<u8>)> {
+        let chunk = {
+            let blobs = self.blobs.lock();
+            let b = blobs
+                .get(&blob)
+                .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?;
+            if b.version < min_version {
+                return Err(Error::Stale {
+                    blob,
+                    have: b.version,
+                    want: min_version,
+                });
+            }
+            *b.chunks
+                .get(&pos.chunk)
+                .ok_or_else(|| Error::NotFound(format!("chunk {} of blob {blob}", pos.chunk)))?
+        };
+        let p = self.disk.read(chunk, pos.offset)?;
+        let (v, data) = split_version(&p)?;
+        Ok((v, data.to_vec()))
+    }
+
+    /// Every durable record of the blob in order, with its version. A damaged record is an
+    /// error, not a gap.
+    pub fn records(&self, blob: u64) -> Result<Vec<(Position, u64, Vec<u8>)>> {
+        let chunks: Vec<(u32, u64)> = {
+            let blobs = self.blobs.lock();
+            let b = blobs
+                .get(&blob)
+                .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?;
+            b.chunks.iter().map(|(s, c)| (*s, *c)).collect()
+        };
+        let mut out = Vec::new();
+        for (seq, chunk) in chunks {
+            let bytes = self.disk.read_all(chunk)?;
+            let scan = frame::scan(&bytes);
+            if let Some(c) = scan.corrupt.first() {
+                return Err(Error::Checksum(format!(
+                    "record at {c} of chunk {seq} of blob {blob}"
+                )));
+            }
+            for r in scan.records {
+                let p = frame::payload(&bytes[r.offset as usize..]).map_err(Error::Checksum)?;
+                let (v, data) = split_version(p)?;
+                out.push((
+                    Position {
+                        chunk: seq,
+                        offset: r.offset,
+                    },
+                    v,
+                    data.to_vec(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reclaims the prefix of the blob before `pos`, a chunk at a time: every chunk before
+    /// `pos.chunk` is deleted (the chunk holding `pos` stays whole).
+    pub fn reclaim(&self, lease: &Lease, pos: Position) -> Result<usize> {
+        let victims: Vec<(u32, u64)> = {
+            let blobs = self.blobs.lock();
+            let b = blobs
+                .get(&lease.blob)
+                .ok_or_else(|| Error::NotFound(format!("blob {}", lease.blob)))?;
+            Self::check_lease(b, lease)?;
+            // The blob's last chunk always stays: appends go there.
+            let last = b.chunks.keys().next_back().copied().unwrap_or(0);
+            b.chunks
+                .range(..pos.chunk.min(last))
+                .map(|(s, c)| (*s, *c))
+                .collect()
+        };
+        for (seq, chunk) in &victims {
+            self.disk.delete(*chunk)?;
+            if let Some(b) = self.blobs.lock().get_mut(&lease.blob) {
+                b.chunks.remove(seq);
+            }
+        }
+        Ok(victims.len())
+    }
+}

@@ -1,0 +1,821 @@
+//! The chunk server's disk engine: chunks in one preallocated file with MStore's allocation
+//! tables, and group commit.
+//!
+//! ```text
+//! [0, 4096)                 superblock: magic, format, block size, block count, slot count, CRC
+//! [4096, +slots*128)        chunk table: per slot two 64-byte copies of the chunk's entry
+//! [.., +blocks*4)           block table: per block the next block of its chunk (END, FREE)
+//! [data, +blocks*bs)        data blocks, aligned to the block size
+//! ```
+//!
+//! A chunk is a chain of blocks in the block table (MStore keeps a chunk's blocks as an
+//! adjacency list in write order) holding framed records ([`crate::frame`]) back to back as
+//! one logical byte stream. The chunk table only records where a chunk starts; where it ends is
+//! whatever the record chain says, so a crash between a data write and a table write loses
+//! nothing that was acknowledged. A chunk-table entry is written alternately to its two copies
+//! with a generation number, so a torn entry write leaves the older copy.
+//!
+//! Appends go through one writer thread: it takes every queued append, frames them, writes all
+//! of them (adjacent pieces merged into one `pwrite`), issues one `fdatasync`, and only then
+//! acknowledges them all. After an I/O failure the engine refuses everything until reopened,
+//! because the kernel may have dropped the unsynced pages.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::frame::{self, Link, HEADER};
+
+const MAGIC: &[u8; 8] = b"MSTORE01";
+const SUPER: u64 = 4096;
+const SLOT: u64 = 128;
+const COPY: usize = 64;
+const FREE: u32 = u32::MAX;
+const END: u32 = u32::MAX - 1;
+
+/// The shape of a store, fixed when it is formatted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Block size in bytes (a multiple of 4096).
+    pub block_size: u32,
+    /// Data blocks.
+    pub blocks: u32,
+    /// Chunk table slots (the most chunks at once).
+    pub chunk_slots: u32,
+    /// Blocks per chunk at most (64 MiB chunks with 1 MiB blocks).
+    pub chunk_blocks: u32,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            block_size: 1 << 20,
+            blocks: 1024,
+            chunk_slots: 1024,
+            chunk_blocks: 64,
+        }
+    }
+}
+
+impl DiskConfig {
+    fn block_table(&self) -> u64 {
+        SUPER + u64::from(self.chunk_slots) * SLOT
+    }
+
+    fn data(&self) -> u64 {
+        let end = self.block_table() + u64::from(self.blocks) * 4;
+        let bs = u64::from(self.block_size);
+        end.div_ceil(bs) * bs
+    }
+
+    /// The file size.
+    pub fn file_size(&self) -> u64 {
+        self.data() + u64::from(self.blocks) * u64::from(self.block_size)
+    }
+
+    /// The most bytes one chunk holds.
+    pub fn chunk_capacity(&self) -> u64 {
+        u64::from(self.chunk_blocks) * u64::from(self.block_size)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.block_size < 4096 || self.block_size % 4096 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "block size {} is not a multiple of 4096",
+                self.block_size
+            )));
+        }
+        if self.blocks == 0 || self.blocks >= END || self.chunk_slots == 0 || self.chunk_blocks == 0
+        {
+            return Err(Error::InvalidArgument(format!("unusable shape {self:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// A chunk's table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkEntry {
+    /// The chunk id (0: the slot is free).
+    pub id: u64,
+    /// The blob it belongs to.
+    pub blob: u64,
+    /// Its index within the blob.
+    pub seq: u32,
+    /// Sealed: no more appends.
+    pub sealed: bool,
+    /// Its first block.
+    pub first_block: u32,
+    /// The copy generation (the newer valid copy wins).
+    pub gen: u64,
+}
+
+impl ChunkEntry {
+    fn encode(&self) -> [u8; COPY] {
+        let mut b = [0u8; COPY];
+        b[0..8].copy_from_slice(&self.id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.blob.to_le_bytes());
+        b[16..20].copy_from_slice(&self.seq.to_le_bytes());
+        b[20] = u8::from(self.sealed);
+        b[24..28].copy_from_slice(&self.first_block.to_le_bytes());
+        b[28..36].copy_from_slice(&self.gen.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<ChunkEntry> {
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(x)
+        };
+        if b.len() < COPY || b.iter().all(|&x| x == 0) || crc32c::crc32c(&b[..60]) != u32_at(60) {
+            return None;
+        }
+        Some(ChunkEntry {
+            id: u64_at(0),
+            blob: u64_at(8),
+            seq: u32_at(16),
+            sealed: b[20] == 1,
+            first_block: u32_at(24),
+            gen: u64_at(28),
+        })
+    }
+}
+
+/// A chunk as the blob layer sees it after opening.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Its table entry.
+    pub entry: ChunkEntry,
+    /// Its durable length (end of the last complete record).
+    pub len: u64,
+    /// Offsets of records found damaged when the store was opened.
+    pub corrupt: Vec<u64>,
+    /// Offsets of its complete records.
+    pub records: Vec<u64>,
+}
+
+struct ChunkState {
+    slot: u32,
+    entry: ChunkEntry,
+    blocks: Vec<u32>,
+    /// End of the records framed so far (some may not be durable yet).
+    end: u64,
+    /// End of the durable records: reads stop here.
+    durable: u64,
+    /// End of the space promised to submitted appends (`end` catches up when the writer
+    /// frames them): what `room` and `submit` check, so concurrent appends never overfill.
+    reserved: u64,
+    link: Option<Link>,
+}
+
+struct State {
+    chunks: HashMap<u64, ChunkState>,
+    free_blocks: Vec<u32>,
+    free_slots: Vec<u32>,
+    next_id: u64,
+}
+
+struct AppendReq {
+    chunk: u64,
+    payload: Vec<u8>,
+    reply: mpsc::SyncSender<Result<u64>>,
+}
+
+/// One disk engine (one chunk server's disk).
+pub struct Disk {
+    file: Arc<File>,
+    cfg: DiskConfig,
+    state: Arc<Mutex<State>>,
+    failed: Arc<AtomicBool>,
+    tx: Mutex<Option<mpsc::Sender<AppendReq>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    opened: Vec<ChunkInfo>,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk").field("cfg", &self.cfg).finish()
+    }
+}
+
+fn superblock(cfg: &DiskConfig) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    b[0..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&cfg.block_size.to_le_bytes());
+    b[16..20].copy_from_slice(&cfg.blocks.to_le_bytes());
+    b[20..24].copy_from_slice(&cfg.chunk_slots.to_le_bytes());
+    b[24..28].copy_from_slice(&cfg.chunk_blocks.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn read_superblock(b: &[u8]) -> Result<DiskConfig> {
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if &b[0..8] != MAGIC {
+        return Err(Error::Corrupt("no MStore superblock (bad magic)".into()));
+    }
+    if crc32c::crc32c(&b[..28]) != u32_at(28) {
+        return Err(Error::Corrupt("the superblock fails its checksum".into()));
+    }
+    if u32_at(8) != 1 {
+        return Err(Error::Corrupt(format!("unknown format {}", u32_at(8))));
+    }
+    let cfg = DiskConfig {
+        block_size: u32_at(12),
+        blocks: u32_at(16),
+        chunk_slots: u32_at(20),
+        chunk_blocks: u32_at(24),
+    };
+    cfg.check()?;
+    Ok(cfg)
+}
+
+impl Disk {
+    /// Opens the store at `path`, formatting it with `cfg` if it does not exist yet (an
+    /// existing store keeps the shape it was formatted with). Recovery walks every chunk's
+    /// record chain.
+    pub fn open(path: &Path, cfg: DiskConfig) -> Result<Disk> {
+        let fresh = !path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let cfg = if fresh {
+            cfg.check()?;
+            // The tables must start zeroed; the data area may hold anything (records are
+            // recognised by their chain, not by the space being clean).
+            file.set_len(cfg.file_size())?;
+            let table = vec![0xFFu8; cfg.blocks as usize * 4];
+            file.write_all_at(&table, cfg.block_table())?;
+            file.write_all_at(&superblock(&cfg), 0)?;
+            file.sync_all()?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            cfg
+        } else {
+            let mut sb = vec![0u8; 4096];
+            file.read_exact_at(&mut sb, 0)?;
+            read_superblock(&sb)?
+        };
+        if file.metadata()?.len() < cfg.file_size() {
+            return Err(Error::Corrupt(format!(
+                "the store file is {} bytes, its shape needs {}",
+                file.metadata()?.len(),
+                cfg.file_size()
+            )));
+        }
+        let (state, opened) = Self::recover(&file, &cfg)?;
+        let file = Arc::new(file);
+        let state = Arc::new(Mutex::new(state));
+        let failed = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let (file, state, failed) = (file.clone(), state.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("chunk-writer".into())
+                .spawn(move || writer_loop(&file, &cfg, &state, &failed, &rx))?
+        };
+        Ok(Disk {
+            file,
+            cfg,
+            state,
+            failed,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            opened,
+        })
+    }
+
+    fn recover(file: &File, cfg: &DiskConfig) -> Result<(State, Vec<ChunkInfo>)> {
+        let mut table = vec![0u8; cfg.chunk_slots as usize * SLOT as usize];
+        file.read_exact_at(&mut table, SUPER)?;
+        let mut blocks_raw = vec![0u8; cfg.blocks as usize * 4];
+        file.read_exact_at(&mut blocks_raw, cfg.block_table())?;
+        let next: Vec<u32> = blocks_raw
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut used = vec![false; cfg.blocks as usize];
+        let mut chunks = HashMap::new();
+        let mut free_slots = Vec::new();
+        let mut opened = Vec::new();
+        let mut next_id = 1;
+        for slot in 0..cfg.chunk_slots {
+            let at = slot as usize * SLOT as usize;
+            let a = ChunkEntry::decode(&table[at..at + COPY]);
+            let b = ChunkEntry::decode(&table[at + COPY..at + 2 * COPY]);
+            let entry = match (a, b) {
+                (Some(a), Some(b)) => Some(if a.gen >= b.gen { a } else { b }),
+                (x, y) => x.or(y),
+            };
+            let Some(entry) = entry.filter(|e| e.id != 0) else {
+                free_slots.push(slot);
+                continue;
+            };
+            // Follow the block chain.
+            let mut blocks = Vec::new();
+            let mut b = entry.first_block;
+            while b < cfg.blocks && blocks.len() < cfg.chunk_blocks as usize {
+                if used[b as usize] {
+                    return Err(Error::Corrupt(format!("block {b} belongs to two chunks")));
+                }
+                used[b as usize] = true;
+                blocks.push(b);
+                b = next[b as usize];
+                if b == END || b == FREE {
+                    break;
+                }
+            }
+            if blocks.is_empty() {
+                return Err(Error::Corrupt(format!(
+                    "chunk {} has no first block",
+                    entry.id
+                )));
+            }
+            let mut bytes = vec![0u8; blocks.len() * cfg.block_size as usize];
+            for (i, blk) in blocks.iter().enumerate() {
+                let off = cfg.data() + u64::from(*blk) * u64::from(cfg.block_size);
+                let piece =
+                    &mut bytes[i * cfg.block_size as usize..(i + 1) * cfg.block_size as usize];
+                file.read_exact_at(piece, off)?;
+            }
+            let scan = frame::scan(&bytes);
+            if scan.torn {
+                tracing::info!(chunk = entry.id, end = scan.end, "dropped a torn tail");
+            }
+            let link = scan.last;
+            next_id = next_id.max(entry.id + 1);
+            opened.push(ChunkInfo {
+                entry,
+                len: scan.end,
+                corrupt: scan.corrupt.clone(),
+                records: scan.records.iter().map(|r| r.offset).collect(),
+            });
+            chunks.insert(
+                entry.id,
+                ChunkState {
+                    slot,
+                    entry,
+                    blocks,
+                    end: scan.end,
+                    durable: scan.end,
+                    reserved: scan.end,
+                    link,
+                },
+            );
+        }
+        let free_blocks = (0..cfg.blocks)
+            .rev()
+            .filter(|b| !used[*b as usize])
+            .collect();
+        free_slots.reverse();
+        Ok((
+            State {
+                chunks,
+                free_blocks,
+                free_slots,
+                next_id,
+            },
+            opened,
+        ))
+    }
+
+    /// The shape of the store.
+    pub fn config(&self) -> DiskConfig {
+        self.cfg
+    }
+
+    /// The chunks found when the store was opened.
+    pub fn opened(&self) -> &[ChunkInfo] {
+        &self.opened
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Io(std::io::Error::other(
+                "an earlier write or sync failed; reopen the store",
+            )));
+        }
+        Ok(())
+    }
+
+    fn write_entry(&self, slot: u32, entry: &ChunkEntry) -> Result<()> {
+        // Alternate copies by generation, so a torn write leaves the other one intact.
+        let copy = (entry.gen % 2) * COPY as u64;
+        self.file
+            .write_all_at(&entry.encode(), SUPER + u64::from(slot) * SLOT + copy)?;
+        Ok(())
+    }
+
+    /// Creates chunk number `seq` of `blob`, durably. Returns its id.
+    pub fn create_chunk(&self, blob: u64, seq: u32) -> Result<u64> {
+        self.check_failed()?;
+        let mut st = self.state.lock();
+        let slot = st
+            .free_slots
+            .pop()
+            .ok_or_else(|| Error::NoSpace("no free chunk slot".into()))?;
+        let Some(block) = st.free_blocks.pop() else {
+            st.free_slots.push(slot);
+            return Err(Error::NoSpace("no free block".into()));
+        };
+        let id = st.next_id;
+        st.next_id += 1;
+        let entry = ChunkEntry {
+            id,
+            blob,
+            seq,
+            sealed: false,
+            first_block: block,
+            gen: 1,
+        };
+        let io = (|| -> Result<()> {
+            self.file.write_all_at(
+                &END.to_le_bytes(),
+                self.cfg.block_table() + u64::from(block) * 4,
+            )?;
+            self.write_entry(slot, &entry)?;
+            self.file.sync_data()?;
+            Ok(())
+        })();
+        if let Err(e) = io {
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        st.chunks.insert(
+            id,
+            ChunkState {
+                slot,
+                entry,
+                blocks: vec![block],
+                end: 0,
+                durable: 0,
+                reserved: 0,
+                link: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Seals a chunk: no more appends.
+    pub fn seal(&self, chunk: u64) -> Result<()> {
+        self.update_entry(chunk, |e| e.sealed = true)
+    }
+
+    fn update_entry(&self, chunk: u64, f: impl FnOnce(&mut ChunkEntry)) -> Result<()> {
+        self.check_failed()?;
+        let mut st = self.state.lock();
+        let c = st
+            .chunks
+            .get_mut(&chunk)
+            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        let mut e = c.entry;
+        f(&mut e);
+        e.gen += 1;
+        let slot = c.slot;
+        let io = self
+            .write_entry(slot, &e)
+            .and_then(|()| Ok(self.file.sync_data()?));
+        if let Err(err) = io {
+            self.failed.store(true, Ordering::Release);
+            return Err(err);
+        }
+        c.entry = e;
+        Ok(())
+    }
+
+    /// Deletes a chunk and frees its blocks.
+    pub fn delete(&self, chunk: u64) -> Result<()> {
+        self.check_failed()?;
+        let mut st = self.state.lock();
+        let c = st
+            .chunks
+            .get(&chunk)
+            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        let (slot, blocks) = (c.slot, c.blocks.clone());
+        let io = (|| -> Result<()> {
+            // Clearing both copies frees the slot; the blocks are free once no chunk reaches
+            // them, whatever their table entries say.
+            self.file
+                .write_all_at(&[0u8; SLOT as usize], SUPER + u64::from(slot) * SLOT)?;
+            self.file.sync_data()?;
+            Ok(())
+        })();
+        if let Err(e) = io {
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        st.chunks.remove(&chunk);
+        st.free_slots.push(slot);
+        st.free_blocks.extend(blocks);
+        Ok(())
+    }
+
+    /// Appends a framed record to `chunk` and returns its offset once it is durable. Many
+    /// concurrent appends share one write and one `fdatasync`.
+    pub fn append(&self, chunk: u64, payload: Vec<u8>) -> Result<u64> {
+        self.submit(chunk, payload)?.wait()
+    }
+
+    /// Queues an append and returns at once; records of one chunk land in submission order.
+    pub fn submit(&self, chunk: u64, payload: Vec<u8>) -> Result<Submitted> {
+        self.check_failed()?;
+        if payload.len() > frame::MAX_PAYLOAD {
+            return Err(Error::InvalidArgument(format!(
+                "record of {} bytes",
+                payload.len()
+            )));
+        }
+        {
+            let mut st = self.state.lock();
+            let c = st
+                .chunks
+                .get_mut(&chunk)
+                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            if c.entry.sealed {
+                return Err(Error::InvalidArgument(format!("chunk {chunk} is sealed")));
+            }
+            let need = c.reserved + (HEADER + payload.len()) as u64;
+            if need > self.cfg.chunk_capacity() {
+                return Err(Error::NoSpace(format!("chunk {chunk} is full")));
+            }
+            c.reserved = need;
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        let tx = self.tx.lock();
+        let tx = tx.as_ref().ok_or(Error::Shutdown)?;
+        tx.send(AppendReq {
+            chunk,
+            payload,
+            reply,
+        })
+        .map_err(|_| Error::Shutdown)?;
+        Ok(Submitted(rx))
+    }
+
+    /// The durable bytes of `chunk`, for a scan of its records.
+    pub fn read_all(&self, chunk: u64) -> Result<Vec<u8>> {
+        let (blocks, durable) = {
+            let st = self.state.lock();
+            let c = st
+                .chunks
+                .get(&chunk)
+                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            (c.blocks.clone(), c.durable)
+        };
+        let mut buf = vec![0u8; durable as usize];
+        self.read_logical(&blocks, 0, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// The room left in `chunk` for one record's payload.
+    pub fn room(&self, chunk: u64) -> Result<u64> {
+        let st = self.state.lock();
+        let c = st
+            .chunks
+            .get(&chunk)
+            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        Ok(self
+            .cfg
+            .chunk_capacity()
+            .saturating_sub(c.reserved + HEADER as u64))
+    }
+
+    /// The durable length of `chunk`.
+    pub fn len(&self, chunk: u64) -> Result<u64> {
+        let st = self.state.lock();
+        let c = st
+            .chunks
+            .get(&chunk)
+            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        Ok(c.durable)
+    }
+
+    fn read_logical(&self, blocks: &[u32], off: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = u64::from(self.cfg.block_size);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let idx = (pos / bs) as usize;
+            let Some(blk) = blocks.get(idx) else {
+                return Err(Error::NotFound(format!("offset {pos} is past the chunk")));
+            };
+            let within = pos % bs;
+            let n = ((bs - within) as usize).min(buf.len() - done);
+            self.file.read_exact_at(
+                &mut buf[done..done + n],
+                self.cfg.data() + u64::from(*blk) * bs + within,
+            )?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads the record at `offset` of `chunk`, checking its header and CRC. A damaged
+    /// record is a [`Error::Checksum`], never data.
+    pub fn read(&self, chunk: u64, offset: u64) -> Result<Vec<u8>> {
+        let (blocks, durable) = {
+            let st = self.state.lock();
+            let c = st
+                .chunks
+                .get(&chunk)
+                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            (c.blocks.clone(), c.durable)
+        };
+        if offset + HEADER as u64 > durable {
+            return Err(Error::NotFound(format!(
+                "no record at {offset} of chunk {chunk} (length {durable})"
+            )));
+        }
+        let mut head = [0u8; HEADER];
+        self.read_logical(&blocks, offset, &mut head)?;
+        let h = frame::Header::decode(&head).ok_or_else(|| {
+            Error::Checksum(format!("record header at {offset} of chunk {chunk}"))
+        })?;
+        let end = offset + HEADER as u64 + u64::from(h.curr_size);
+        if end > durable {
+            return Err(Error::Checksum(format!(
+                "record at {offset} of chunk {chunk} runs past its end"
+            )));
+        }
+        let mut data = vec![0u8; h.curr_size as usize];
+        self.read_logical(&blocks, offset + HEADER as u64, &mut data)?;
+        if crc32c::crc32c(&data) != h.curr_crc {
+            return Err(Error::Checksum(format!(
+                "record at {offset} of chunk {chunk} fails its CRC32C"
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Stops the writer thread (pending appends finish first).
+    pub fn close(&self) {
+        self.tx.lock().take();
+        if let Some(w) = self.writer.lock().take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// An append on its way to the disk.
+pub struct Submitted(mpsc::Receiver<Result<u64>>);
+
+impl Submitted {
+    /// Waits until the record is durable; returns its offset.
+    pub fn wait(self) -> Result<u64> {
+        self.0.recv().map_err(|_| Error::Shutdown)?
+    }
+}
+
+/// One planned write: file offset and bytes.
+type Piece = (u64, Vec<u8>);
+
+fn plan_append(
+    cfg: &DiskConfig,
+    st: &mut State,
+    req: &AppendReq,
+    pieces: &mut Vec<Piece>,
+) -> Result<(u64, u64)> {
+    let c = st
+        .chunks
+        .get_mut(&req.chunk)
+        .ok_or_else(|| Error::NotFound(format!("chunk {}", req.chunk)))?;
+    // A seal refuses new submissions; appends submitted before it still land.
+    let bs = u64::from(cfg.block_size);
+    let need = c.end + (HEADER + req.payload.len()) as u64;
+    if need > cfg.chunk_capacity() {
+        return Err(Error::NoSpace(format!("chunk {} is full", req.chunk)));
+    }
+    let blocks_needed = need.div_ceil(bs) as usize;
+    let mut new_blocks = Vec::new();
+    while c.blocks.len() + new_blocks.len() < blocks_needed {
+        match st.free_blocks.pop() {
+            Some(b) => new_blocks.push(b),
+            None => {
+                st.free_blocks.append(&mut new_blocks);
+                return Err(Error::NoSpace("no free block".into()));
+            }
+        }
+    }
+    let Some(c) = st.chunks.get_mut(&req.chunk) else {
+        return Err(Error::NotFound(format!("chunk {}", req.chunk)));
+    };
+    for b in new_blocks {
+        let last = *c.blocks.last().unwrap_or(&b);
+        pieces.push((
+            cfg.block_table() + u64::from(last) * 4,
+            b.to_le_bytes().to_vec(),
+        ));
+        pieces.push((
+            cfg.block_table() + u64::from(b) * 4,
+            END.to_le_bytes().to_vec(),
+        ));
+        c.blocks.push(b);
+    }
+    let (bytes, link) = frame::encode(c.link, &req.payload);
+    let offset = c.end;
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let pos = offset + done as u64;
+        let blk = c.blocks[(pos / bs) as usize];
+        let within = pos % bs;
+        let n = ((bs - within) as usize).min(bytes.len() - done);
+        pieces.push((
+            cfg.data() + u64::from(blk) * bs + within,
+            bytes[done..done + n].to_vec(),
+        ));
+        done += n;
+    }
+    c.end = need;
+    c.link = Some(link);
+    Ok((offset, need))
+}
+
+fn writer_loop(
+    file: &File,
+    cfg: &DiskConfig,
+    state: &Mutex<State>,
+    failed: &AtomicBool,
+    rx: &mpsc::Receiver<AppendReq>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut st = state.lock();
+            for req in &batch {
+                outcomes.push(plan_append(cfg, &mut st, req, &mut pieces));
+            }
+        }
+        // Merge adjacent pieces so a batch is as few writes as possible.
+        pieces.sort_by_key(|p| p.0);
+        let mut merged: Vec<Piece> = Vec::new();
+        for (off, bytes) in pieces {
+            match merged.last_mut() {
+                Some((o, b)) if *o + b.len() as u64 == off => b.extend_from_slice(&bytes),
+                _ => merged.push((off, bytes)),
+            }
+        }
+        let io = if failed.load(Ordering::Acquire) {
+            Err(std::io::Error::other(
+                "an earlier write or sync failed; reopen the store",
+            ))
+        } else {
+            merged
+                .iter()
+                .try_for_each(|(off, b)| file.write_all_at(b, *off))
+                .and_then(|()| file.sync_data())
+        };
+        match io {
+            Ok(()) => {
+                let mut st = state.lock();
+                for (req, out) in batch.iter().zip(&outcomes) {
+                    if let (Ok((_, end)), Some(c)) = (out, st.chunks.get_mut(&req.chunk)) {
+                        c.durable = c.durable.max(*end);
+                    }
+                }
+            }
+            Err(e) => {
+                failed.store(true, Ordering::Release);
+                let msg = e.to_string();
+                for (req, _) in batch.into_iter().zip(outcomes) {
+                    let _ = req
+                        .reply
+                        .send(Err(Error::Io(std::io::Error::other(msg.clone()))));
+                }
+                continue;
+            }
+        }
+        for (req, out) in batch.into_iter().zip(outcomes) {
+            let _ = req.reply.send(out.map(|(off, _)| off));
+        }
+    }
+}
