@@ -1,4 +1,5 @@
-//! `LogBlob`s: append-only blobs made of chunks, with versions and single-writer leases.
+//! Blobs made of chunks: `LogBlob`s (append-only) and `ExtentBlob`s (random writes), with
+//! versions and single-writer leases.
 //!
 //! A blob is a sequence of chunks (its `seq` 0, 1, 2, ...). An append goes to the last chunk;
 //! when it is full the chunk is sealed and the next one created. Every append bumps the blob's
@@ -7,6 +8,12 @@
 //! version and gets [`Error::Stale`] from a store that is behind. One writer at a time holds a
 //! blob's [`Lease`]; a second writer gets [`Error::LeaseHeld`] until it expires. Leases live in
 //! memory: a restart ends them all.
+//!
+//! An `ExtentBlob` is log-structured on the same chunks: `write_at(offset, data)` appends a
+//! record `[version][offset][data]`, and an in-memory extent index maps every byte range to the
+//! newest record covering it (rebuilt by replaying the records when the store opens). Reads
+//! assemble the range from the records; holes read as zeros. Overwritten bytes stay in their
+//! chunks until a compaction (not built yet) rewrites the live extents.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -43,14 +50,104 @@ struct Granted {
     expires: Instant,
 }
 
+/// Blob kinds, as recorded in the chunk table.
+pub const LOG: u8 = 0;
+/// An `ExtentBlob`.
+pub const EXTENT: u8 = 1;
+
+/// A byte range of an `ExtentBlob` and the record that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    len: u64,
+    version: u64,
+    chunk: u32,
+    record: u64,
+    /// Where the range's first byte is in the record's payload.
+    data: u64,
+}
+
+impl Piece {
+    fn advance(mut self, by: u64) -> Piece {
+        self.len -= by;
+        self.data += by;
+        self
+    }
+}
+
 struct BlobState {
+    kind: u8,
     /// seq -> chunk id.
     chunks: BTreeMap<u32, u64>,
     version: u64,
     lease: Option<Granted>,
+    /// ExtentBlobs: start offset -> piece.
+    index: BTreeMap<u64, Piece>,
+    /// ExtentBlobs: one past the highest byte written.
+    size: u64,
 }
 
-/// The `LogBlob`s of one disk.
+impl BlobState {
+    fn new(kind: u8) -> BlobState {
+        BlobState {
+            kind,
+            chunks: BTreeMap::new(),
+            version: 0,
+            lease: None,
+            index: BTreeMap::new(),
+            size: 0,
+        }
+    }
+
+    /// Records that `[start, start + new.len)` now lives in `new`, except where a newer
+    /// version already covers it (writes may complete out of order).
+    fn insert(&mut self, start: u64, new: Piece) {
+        let end = start + new.len;
+        self.size = self.size.max(end);
+        let overlapping: Vec<(u64, Piece)> = self
+            .index
+            .range(..end)
+            .rev()
+            .take_while(|(s, p)| *s + p.len > start)
+            .map(|(s, p)| (*s, *p))
+            .collect();
+        let mut newer: Vec<(u64, u64)> = Vec::new();
+        for (s, p) in overlapping {
+            if p.version > new.version {
+                newer.push((s.max(start), (s + p.len).min(end)));
+                continue;
+            }
+            self.index.remove(&s);
+            if s < start {
+                self.index.insert(
+                    s,
+                    Piece {
+                        len: start - s,
+                        ..p
+                    },
+                );
+            }
+            if s + p.len > end {
+                self.index.insert(end, p.advance(end - s));
+            }
+        }
+        newer.sort_unstable();
+        let mut at = start;
+        for (ns, ne) in newer.into_iter().chain(std::iter::once((end, end))) {
+            if ns > at {
+                self.index.insert(
+                    at,
+                    Piece {
+                        len: ns - at,
+                        ..new.advance(at - start)
+                    },
+                );
+            }
+            at = at.max(ne);
+        }
+    }
+}
+
+/// The blobs of one disk.
 pub struct LogStore {
     disk: Arc<Disk>,
     blobs: Mutex<HashMap<u64, BlobState>>,
@@ -81,11 +178,7 @@ impl LogStore {
         for c in disk.opened() {
             blobs
                 .entry(c.entry.blob)
-                .or_insert_with(|| BlobState {
-                    chunks: BTreeMap::new(),
-                    version: 0,
-                    lease: None,
-                })
+                .or_insert_with(|| BlobState::new(c.entry.kind))
                 .chunks
                 .insert(c.entry.seq, c.entry.id);
         }
@@ -100,11 +193,38 @@ impl LogStore {
                 }
             }
         }
-        Ok(LogStore {
+        let store = LogStore {
             disk,
             blobs: Mutex::new(blobs),
             tokens: std::sync::atomic::AtomicU64::new(1),
-        })
+        };
+        // ExtentBlobs: replay every record into the index, in order.
+        let extents: Vec<u64> = store
+            .blobs
+            .lock()
+            .iter()
+            .filter(|(_, b)| b.kind == EXTENT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in extents {
+            let recs = store.records(id)?;
+            let mut blobs = store.blobs.lock();
+            let Some(b) = blobs.get_mut(&id) else {
+                continue;
+            };
+            for (pos, version, data) in recs {
+                let (off, rest) = split_version(&data)?;
+                let piece = Piece {
+                    len: rest.len() as u64,
+                    version,
+                    chunk: pos.chunk,
+                    record: pos.offset,
+                    data: 16,
+                };
+                b.insert(off, piece);
+            }
+        }
+        Ok(store)
     }
 
     /// The disk.
@@ -112,21 +232,25 @@ impl LogStore {
         &self.disk
     }
 
-    /// Creates blob `id` (its first chunk).
+    /// Creates `LogBlob` `id` (its first chunk).
     pub fn create(&self, id: u64) -> Result<()> {
+        self.create_kind(id, LOG)
+    }
+
+    /// Creates `ExtentBlob` `id`.
+    pub fn create_extent(&self, id: u64) -> Result<()> {
+        self.create_kind(id, EXTENT)
+    }
+
+    fn create_kind(&self, id: u64, kind: u8) -> Result<()> {
         let mut blobs = self.blobs.lock();
         if blobs.contains_key(&id) {
             return Err(Error::InvalidArgument(format!("blob {id} exists")));
         }
-        let chunk = self.disk.create_chunk(id, 0)?;
-        blobs.insert(
-            id,
-            BlobState {
-                chunks: BTreeMap::from([(0, chunk)]),
-                version: 0,
-                lease: None,
-            },
-        );
+        let chunk = self.disk.create_chunk(id, 0, kind)?;
+        let mut b = BlobState::new(kind);
+        b.chunks.insert(0, chunk);
+        blobs.insert(id, b);
         Ok(())
     }
 
@@ -187,17 +311,60 @@ impl LogStore {
         }
     }
 
-    /// Appends `data` under `lease`; returns its position and the blob's new version once it
-    /// is durable. Concurrent appends of one writer are committed together, in call order.
+    /// Appends `data` to a `LogBlob` under `lease`; returns its position and the blob's new
+    /// version once it is durable. Concurrent appends of one writer are committed together, in
+    /// call order.
     pub fn append(&self, lease: &Lease, data: &[u8]) -> Result<(Position, u64)> {
-        let mut payload = Vec::with_capacity(8 + data.len());
+        self.append_record(lease, LOG, &[], data)
+    }
+
+    /// Writes `data` at `offset` of an `ExtentBlob` under `lease`; returns the new version once
+    /// it is durable.
+    pub fn write_at(&self, lease: &Lease, offset: u64, data: &[u8]) -> Result<u64> {
+        if offset.checked_add(data.len() as u64).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "write at {offset} overflows"
+            )));
+        }
+        let (pos, version) = self.append_record(lease, EXTENT, &offset.to_le_bytes(), data)?;
+        let mut blobs = self.blobs.lock();
+        if let Some(b) = blobs.get_mut(&lease.blob) {
+            b.insert(
+                offset,
+                Piece {
+                    len: data.len() as u64,
+                    version,
+                    chunk: pos.chunk,
+                    record: pos.offset,
+                    data: 16,
+                },
+            );
+        }
+        Ok(version)
+    }
+
+    fn append_record(
+        &self,
+        lease: &Lease,
+        kind: u8,
+        prefix: &[u8],
+        data: &[u8],
+    ) -> Result<(Position, u64)> {
+        let mut payload = Vec::with_capacity(8 + prefix.len() + data.len());
         let (submitted, chunk_seq, version) = {
             let mut blobs = self.blobs.lock();
             let b = blobs
                 .get_mut(&lease.blob)
                 .ok_or_else(|| Error::NotFound(format!("blob {}", lease.blob)))?;
             Self::check_lease(b, lease)?;
-            let need = (8 + data.len()) as u64;
+            if b.kind != kind {
+                return Err(Error::InvalidArgument(format!(
+                    "blob {} is a{} blob",
+                    lease.blob,
+                    if b.kind == LOG { " log" } else { "n extent" }
+                )));
+            }
+            let need = (8 + prefix.len() + data.len()) as u64;
             if need > self.disk.config().chunk_capacity() - frame::HEADER as u64 {
                 return Err(Error::InvalidArgument(format!(
                     "a record of {} bytes does not fit a chunk",
@@ -213,11 +380,12 @@ impl LogStore {
             if self.disk.room(chunk)? < need {
                 self.disk.seal(chunk)?;
                 seq += 1;
-                chunk = self.disk.create_chunk(lease.blob, seq)?;
+                chunk = self.disk.create_chunk(lease.blob, seq, kind)?;
                 b.chunks.insert(seq, chunk);
             }
             b.version += 1;
             payload.extend_from_slice(&b.version.to_le_bytes());
+            payload.extend_from_slice(prefix);
             payload.extend_from_slice(data);
             (self.disk.submit(chunk, payload)?, seq, b.version)
         };
@@ -229,6 +397,60 @@ impl LogStore {
             },
             version,
         ))
+    }
+
+    /// Reads `len` bytes at `offset` of an `ExtentBlob` (holes and bytes past its end read as
+    /// zeros), demanding the blob be at least at `min_version`.
+    pub fn read_at(&self, blob: u64, offset: u64, len: usize, min_version: u64) -> Result<Vec<u8>> {
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or_else(|| Error::InvalidArgument("read range overflows".into()))?;
+        let pieces: Vec<(u64, Piece, u64)> = {
+            let blobs = self.blobs.lock();
+            let b = blobs
+                .get(&blob)
+                .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?;
+            if b.kind != EXTENT {
+                return Err(Error::InvalidArgument(format!(
+                    "blob {blob} is not an extent blob"
+                )));
+            }
+            if b.version < min_version {
+                return Err(Error::Stale {
+                    blob,
+                    have: b.version,
+                    want: min_version,
+                });
+            }
+            b.index
+                .range(..end)
+                .rev()
+                .take_while(|(s, p)| *s + p.len > offset)
+                .map(|(s, p)| (*s, *p, *b.chunks.get(&p.chunk).unwrap_or(&0)))
+                .collect()
+        };
+        let mut out = vec![0u8; len];
+        for (s, p, chunk) in pieces {
+            let payload = self.disk.read(chunk, p.record)?;
+            let from = s.max(offset);
+            let to = (s + p.len).min(end);
+            let src = (p.data + (from - s)) as usize;
+            let n = (to - from) as usize;
+            let bytes = payload.get(src..src + n).ok_or_else(|| {
+                Error::Corrupt(format!("extent of blob {blob} points past its record"))
+            })?;
+            out[(from - offset) as usize..(from - offset) as usize + n].copy_from_slice(bytes);
+        }
+        Ok(out)
+    }
+
+    /// An `ExtentBlob`'s size: one past the highest byte written.
+    pub fn size(&self, blob: u64) -> Result<u64> {
+        let blobs = self.blobs.lock();
+        Ok(blobs
+            .get(&blob)
+            .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
+            .size)
     }
 
     /// Reads the record at `pos`, demanding the blob be at least at `min_version`.

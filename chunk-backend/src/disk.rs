@@ -110,6 +110,9 @@ pub struct ChunkEntry {
     pub seq: u32,
     /// Sealed: no more appends.
     pub sealed: bool,
+    /// The blob's kind (0: LogBlob, 1: ExtentBlob), so a reopened store knows it even before
+    /// the blob's first record.
+    pub kind: u8,
     /// Its first block.
     pub first_block: u32,
     /// The copy generation (the newer valid copy wins).
@@ -123,6 +126,7 @@ impl ChunkEntry {
         b[8..16].copy_from_slice(&self.blob.to_le_bytes());
         b[16..20].copy_from_slice(&self.seq.to_le_bytes());
         b[20] = u8::from(self.sealed);
+        b[21] = self.kind;
         b[24..28].copy_from_slice(&self.first_block.to_le_bytes());
         b[28..36].copy_from_slice(&self.gen.to_le_bytes());
         let crc = crc32c::crc32c(&b[..60]);
@@ -145,6 +149,7 @@ impl ChunkEntry {
             blob: u64_at(8),
             seq: u32_at(16),
             sealed: b[20] == 1,
+            kind: b[21],
             first_block: u32_at(24),
             gen: u64_at(28),
         })
@@ -422,8 +427,8 @@ impl Disk {
         Ok(())
     }
 
-    /// Creates chunk number `seq` of `blob`, durably. Returns its id.
-    pub fn create_chunk(&self, blob: u64, seq: u32) -> Result<u64> {
+    /// Creates chunk number `seq` of `blob` (of blob kind `kind`), durably. Returns its id.
+    pub fn create_chunk(&self, blob: u64, seq: u32, kind: u8) -> Result<u64> {
         self.check_failed()?;
         let mut st = self.state.lock();
         let slot = st
@@ -441,6 +446,7 @@ impl Disk {
             blob,
             seq,
             sealed: false,
+            kind,
             first_block: block,
             gen: 1,
         };

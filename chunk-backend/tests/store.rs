@@ -360,3 +360,79 @@ fn kill_9_during_concurrent_appends_keeps_every_acknowledged_record() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    /// Random writes, reads and reopens of an ExtentBlob against a byte vector.
+    #[test]
+    fn extent_blobs_match_a_byte_vector(ops in prop::collection::vec(prop_oneof![
+        6 => (0u64..12_000, prop::collection::vec(any::<u8>(), 0..2_000)).prop_map(|(o, d)| (0u8, o, d, 0usize)),
+        3 => (0u64..14_000, 0usize..3_000).prop_map(|(o, l)| (1u8, o, vec![], l)),
+        1 => Just((2u8, 0, vec![], 0)),
+    ], 1..60)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let mut s = open(&path);
+        s.create_extent(9).expect("create");
+        let mut model: Vec<u8> = Vec::new();
+        for (kind, off, data, len) in ops {
+            match kind {
+                0 => {
+                    let lease = s.lease(9, "w", Duration::from_secs(60)).expect("lease");
+                    s.write_at(&lease, off, &data).expect("write_at");
+                    let end = off as usize + data.len();
+                    if model.len() < end && !data.is_empty() {
+                        model.resize(end, 0);
+                    }
+                    model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+                }
+                1 => {
+                    let got = s.read_at(9, off, len, 0).expect("read_at");
+                    let mut want = vec![0u8; len];
+                    for (i, w) in want.iter_mut().enumerate() {
+                        *w = model.get(off as usize + i).copied().unwrap_or(0);
+                    }
+                    prop_assert_eq!(got, want);
+                }
+                _ => {
+                    drop(s);
+                    s = open(&path);
+                }
+            }
+        }
+        prop_assert_eq!(s.size(9).expect("size"), model.len() as u64);
+        prop_assert_eq!(s.read_at(9, 0, model.len(), 0).expect("read all"), model);
+    }
+}
+
+#[test]
+fn blob_kinds_do_not_mix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir.path().join("store"));
+    s.create(1).expect("log");
+    s.create_extent(2).expect("extent");
+    let l1 = s.lease(1, "w", Duration::from_secs(9)).expect("lease");
+    let l2 = s.lease(2, "w", Duration::from_secs(9)).expect("lease");
+    assert!(matches!(
+        s.write_at(&l1, 0, b"x"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.append(&l2, b"x"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.read_at(1, 0, 1, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(s.create(2), Err(Error::InvalidArgument(_))));
+    // A write that would overflow the address space is refused.
+    assert!(matches!(
+        s.write_at(&l2, u64::MAX, b"xy"),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Holes read as zeros; a stale demand is refused.
+    s.write_at(&l2, 10_000, b"end").expect("write");
+    assert_eq!(s.read_at(2, 9_998, 5, 0).expect("read"), b"\0\0end");
+    assert!(matches!(s.read_at(2, 0, 1, 5), Err(Error::Stale { .. })));
+}

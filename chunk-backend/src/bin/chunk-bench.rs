@@ -41,7 +41,11 @@ struct Outcome {
     p99_us: u64,
 }
 
-fn run_side(clients: u64, records: u64, op: Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>) -> Result<Outcome, String> {
+fn run_side(
+    clients: u64,
+    records: u64,
+    op: Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>,
+) -> Result<Outcome, String> {
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -91,29 +95,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The LogBlob side: one store, one blob, chunks of 64 MiB, enough blocks for the run.
     let bytes = a.records * (a.size as u64 + 64);
     let blocks = (bytes / (1 << 20) + 130) as u32;
-    let cfg = DiskConfig { block_size: 1 << 20, blocks, chunk_slots: blocks / 64 + 8, chunk_blocks: 64 };
+    let cfg = DiskConfig {
+        block_size: 1 << 20,
+        blocks,
+        chunk_slots: blocks / 64 + 8,
+        chunk_blocks: 64,
+    };
     let store_path = dir.join("chunks.dat");
     let _ = std::fs::remove_file(&store_path);
-    eprintln!("preparing a {} MiB store in {}", cfg.file_size() >> 20, dir.display());
+    eprintln!(
+        "preparing a {} MiB store in {}",
+        cfg.file_size() >> 20,
+        dir.display()
+    );
     let store = Arc::new(LogStore::open(Arc::new(Disk::open(&store_path, cfg)?))?);
     store.create(1)?;
     let lease = store.lease(1, "bench", Duration::from_secs(3600))?;
     let blob = {
         let (store, record) = (store.clone(), record.clone());
-        run_side(a.clients, a.records, Arc::new(move |_| store.append(&lease, &record).map(|_| ()).map_err(|e| e.to_string())))?
+        run_side(
+            a.clients,
+            a.records,
+            Arc::new(move |_| {
+                store
+                    .append(&lease, &record)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }),
+        )?
     };
-    eprintln!("logblob: {:.0} appends/s, p50 {} us, p99 {} us", blob.ops_per_sec, blob.p50_us, blob.p99_us);
+    eprintln!(
+        "logblob: {:.0} appends/s, p50 {} us, p99 {} us",
+        blob.ops_per_sec, blob.p50_us, blob.p99_us
+    );
     // The ext4 side: one file, every record a write followed by its own fdatasync.
     let file_path = dir.join("baseline.log");
     let _ = std::fs::remove_file(&file_path);
-    let file = Arc::new(OpenOptions::new().create(true).append(true).open(&file_path)?);
+    let file = Arc::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file_path)?,
+    );
     let ext4 = {
         let (file, record) = (file.clone(), record.clone());
-        run_side(a.clients, a.records, Arc::new(move |_| {
-            (&*file).write_all(&record).and_then(|()| file.sync_data()).map_err(|e| e.to_string())
-        }))?
+        run_side(
+            a.clients,
+            a.records,
+            Arc::new(move |_| {
+                (&*file)
+                    .write_all(&record)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| e.to_string())
+            }),
+        )?
     };
-    eprintln!("ext4 write+fdatasync: {:.0} appends/s, p50 {} us, p99 {} us", ext4.ops_per_sec, ext4.p50_us, ext4.p99_us);
+    eprintln!(
+        "ext4 write+fdatasync: {:.0} appends/s, p50 {} us, p99 {} us",
+        ext4.ops_per_sec, ext4.p50_us, ext4.p99_us
+    );
     drop(store);
     let _ = std::fs::remove_file(&store_path);
     let _ = std::fs::remove_file(&file_path);
@@ -131,7 +171,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The file system type of `dir`'s mount (from /proc/mounts), for the record.
 fn fs_type(dir: &Path) -> String {
-    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return "unknown".into() };
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     mounts
         .lines()
