@@ -101,6 +101,10 @@ impl BlobState {
     /// Records that `[start, start + new.len)` now lives in `new`, except where a newer
     /// version already covers it (writes may complete out of order).
     fn insert(&mut self, start: u64, new: Piece) {
+        // An empty write changes nothing, as a zero-byte pwrite does not extend a file.
+        if new.len == 0 {
+            return;
+        }
         let end = start + new.len;
         self.size = self.size.max(end);
         let overlapping: Vec<(u64, Piece)> = self

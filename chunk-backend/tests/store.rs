@@ -384,7 +384,9 @@ proptest! {
                     if model.len() < end && !data.is_empty() {
                         model.resize(end, 0);
                     }
-                    model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+                    if !data.is_empty() {
+                        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+                    }
                 }
                 1 => {
                     let got = s.read_at(9, off, len, 0).expect("read_at");
