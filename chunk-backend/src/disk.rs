@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::frame::{self, Link, HEADER};
+use crate::uring::Io;
 
 const MAGIC: &[u8; 8] = b"MSTORE01";
 const SUPER: u64 = 4096;
@@ -205,6 +206,7 @@ pub struct Disk {
     tx: Mutex<Option<mpsc::Sender<AppendReq>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     opened: Vec<ChunkInfo>,
+    io_name: &'static str,
 }
 
 impl std::fmt::Debug for Disk {
@@ -289,11 +291,13 @@ impl Disk {
         let state = Arc::new(Mutex::new(state));
         let failed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
+        let io = Io::new();
+        let io_name = io.name();
         let writer = {
             let (file, state, failed) = (file.clone(), state.clone(), failed.clone());
             std::thread::Builder::new()
                 .name("chunk-writer".into())
-                .spawn(move || writer_loop(&file, &cfg, &state, &failed, &rx))?
+                .spawn(move || writer_loop(&file, &cfg, &state, &failed, &rx, io))?
         };
         Ok(Disk {
             file,
@@ -303,6 +307,7 @@ impl Disk {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             opened,
+            io_name,
         })
     }
 
@@ -398,6 +403,11 @@ impl Disk {
             },
             opened,
         ))
+    }
+
+    /// The write path in use: `io_uring` or `pwrite`.
+    pub fn io_backend(&self) -> &'static str {
+        self.io_name
     }
 
     /// The shape of the store.
@@ -764,6 +774,7 @@ fn writer_loop(
     state: &Mutex<State>,
     failed: &AtomicBool,
     rx: &mpsc::Receiver<AppendReq>,
+    mut ring: Io,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -795,10 +806,7 @@ fn writer_loop(
                 "an earlier write or sync failed; reopen the store",
             ))
         } else {
-            merged
-                .iter()
-                .try_for_each(|(off, b)| file.write_all_at(b, *off))
-                .and_then(|()| file.sync_data())
+            ring.write_and_sync(file, &merged)
         };
         match io {
             Ok(()) => {

@@ -3,11 +3,15 @@
 //! What it is: [`frame`] (MStore's record header: `prev_size, curr_size, prev_crc, curr_crc,
 //! flags, self_cksum`, CRC32C, and the recovery scan that keeps exactly the complete records),
 //! [`disk::Disk`] (a chunk server's disk engine: one file with a superblock, a chunk table and
-//! a block table, group-committed appends), and [`blob`] (`LogBlob`s made of chunks, with
-//! versions and single-writer leases).
+//! a block table, group-committed appends), and [`blob`] (`LogBlob`s and `ExtentBlob`s made of
+//! chunks, with versions and single-writer leases).
 //!
-//! What it is not (yet): `ExtentBlob` random writes, io_uring, chunk servers over gRPC and
-//! three-replica star writes are the next steps of its issue.
+//! Writes go through `pwrite` + `fdatasync`, or io_uring with `CHUNK_BACKEND_URING=1`
+//! ([`uring`] explains why `pwrite` is the default). `ExtentBlob`s are
+//! log-structured on the same chunks.
+//!
+//! What it is not (yet): chunk servers over gRPC, the master, and three-replica star writes
+//! are the next steps of its issue.
 //!
 //! Key types: [`disk::Disk`], [`disk::DiskConfig`], [`blob::LogStore`], [`blob::Position`],
 //! [`Error`].
@@ -17,5 +21,6 @@ pub mod crashload;
 pub mod disk;
 pub mod error;
 pub mod frame;
+pub mod uring;
 
 pub use error::{Error, Result};

@@ -161,8 +161,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_dir(&dir);
     }
     let fs = fs_type(&dir);
+    let io = if std::env::var_os("CHUNK_BACKEND_URING").is_some_and(|v| v == "1") {
+        "io_uring"
+    } else {
+        "pwrite"
+    };
     println!(
-        "{{\"clients\":{},\"records\":{},\"size\":{},\"fs\":\"{fs}\",\"logblob_ops_per_sec\":{:.0},\"logblob_p50_us\":{},\"logblob_p99_us\":{},\"ext4_ops_per_sec\":{:.0},\"ext4_p50_us\":{},\"ext4_p99_us\":{},\"throughput_ratio\":{:.2}}}",
+        "{{\"clients\":{},\"records\":{},\"size\":{},\"fs\":\"{fs}\",\"io\":\"{io}\",\"logblob_ops_per_sec\":{:.0},\"logblob_p50_us\":{},\"logblob_p99_us\":{},\"ext4_ops_per_sec\":{:.0},\"ext4_p50_us\":{},\"ext4_p99_us\":{},\"throughput_ratio\":{:.2}}}",
         a.clients, a.records, a.size, blob.ops_per_sec, blob.p50_us, blob.p99_us, ext4.ops_per_sec, ext4.p50_us, ext4.p99_us,
         blob.ops_per_sec / ext4.ops_per_sec
     );
