@@ -118,6 +118,9 @@ pub struct ChunkEntry {
     pub first_block: u32,
     /// The copy generation (the newer valid copy wins).
     pub gen: u64,
+    /// Where a seal cut the chunk (records past it are not part of it), if it was sealed at a
+    /// length.
+    pub sealed_len: Option<u64>,
 }
 
 impl ChunkEntry {
@@ -130,6 +133,9 @@ impl ChunkEntry {
         b[21] = self.kind;
         b[24..28].copy_from_slice(&self.first_block.to_le_bytes());
         b[28..36].copy_from_slice(&self.gen.to_le_bytes());
+        // Stored plus one, so that zeroed bytes mean "no seal length".
+        let sl = self.sealed_len.map_or(0, |l| l + 1);
+        b[36..44].copy_from_slice(&sl.to_le_bytes());
         let crc = crc32c::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -153,6 +159,7 @@ impl ChunkEntry {
             kind: b[21],
             first_block: u32_at(24),
             gen: u64_at(28),
+            sealed_len: u64_at(36).checked_sub(1),
         })
     }
 }
@@ -364,7 +371,15 @@ impl Disk {
                     &mut bytes[i * cfg.block_size as usize..(i + 1) * cfg.block_size as usize];
                 file.read_exact_at(piece, off)?;
             }
-            let scan = frame::scan(&bytes);
+            let mut scan = frame::scan(&bytes);
+            if let Some(cut) = entry.sealed_len {
+                // Records past a seal length were never acknowledged by every replica.
+                scan.records
+                    .retain(|r| r.offset + HEADER as u64 + u64::from(r.size) <= cut);
+                scan.corrupt.retain(|c| *c < cut);
+                scan.end = scan.end.min(cut);
+                scan.last = scan.records.last().map(|r| r.link);
+            }
             if scan.torn {
                 tracing::info!(chunk = entry.id, end = scan.end, "dropped a torn tail");
             }
@@ -439,8 +454,26 @@ impl Disk {
 
     /// Creates chunk number `seq` of `blob` (of blob kind `kind`), durably. Returns its id.
     pub fn create_chunk(&self, blob: u64, seq: u32, kind: u8) -> Result<u64> {
+        self.create_chunk_as(None, blob, seq, kind)
+    }
+
+    /// Creates a chunk under an id chosen elsewhere (a master assigns ids to replicated
+    /// chunks, so every replica of a chunk has the same id).
+    pub fn create_chunk_with_id(&self, id: u64, blob: u64, seq: u32, kind: u8) -> Result<u64> {
+        if id == 0 {
+            return Err(Error::InvalidArgument("chunk id 0 is reserved".into()));
+        }
+        self.create_chunk_as(Some(id), blob, seq, kind)
+    }
+
+    fn create_chunk_as(&self, want: Option<u64>, blob: u64, seq: u32, kind: u8) -> Result<u64> {
         self.check_failed()?;
         let mut st = self.state.lock();
+        if let Some(id) = want {
+            if st.chunks.contains_key(&id) {
+                return Err(Error::InvalidArgument(format!("chunk {id} exists")));
+            }
+        }
         let slot = st
             .free_slots
             .pop()
@@ -449,8 +482,8 @@ impl Disk {
             st.free_slots.push(slot);
             return Err(Error::NoSpace("no free block".into()));
         };
-        let id = st.next_id;
-        st.next_id += 1;
+        let id = want.unwrap_or(st.next_id);
+        st.next_id = st.next_id.max(id + 1);
         let entry = ChunkEntry {
             id,
             blob,
@@ -459,6 +492,7 @@ impl Disk {
             kind,
             first_block: block,
             gen: 1,
+            sealed_len: None,
         };
         let io = (|| -> Result<()> {
             self.file.write_all_at(
@@ -491,6 +525,53 @@ impl Disk {
     /// Seals a chunk: no more appends.
     pub fn seal(&self, chunk: u64) -> Result<()> {
         self.update_entry(chunk, |e| e.sealed = true)
+    }
+
+    /// Seals a chunk at `len`, which must be the end of one of its durable records (or 0):
+    /// records past it, and appends still queued, are no longer part of the chunk. A
+    /// replicated writer seals every replica at the length all of them acknowledged.
+    pub fn seal_at(&self, chunk: u64, len: u64) -> Result<()> {
+        let bytes = self.read_all(chunk)?;
+        let scan = frame::scan(&bytes);
+        let ends: Vec<(u64, Link)> = scan
+            .records
+            .iter()
+            .map(|r| (r.offset + HEADER as u64 + u64::from(r.size), r.link))
+            .collect();
+        let link = if len == 0 {
+            None
+        } else {
+            match ends.iter().find(|(e, _)| *e == len) {
+                Some((_, l)) => Some(*l),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{len} is not a record boundary of chunk {chunk} (durable length {})",
+                        bytes.len()
+                    )))
+                }
+            }
+        };
+        self.update_entry(chunk, |e| {
+            e.sealed = true;
+            e.sealed_len = Some(len);
+        })?;
+        let mut st = self.state.lock();
+        if let Some(c) = st.chunks.get_mut(&chunk) {
+            c.end = c.end.min(len);
+            c.durable = c.durable.min(len);
+            c.reserved = c.reserved.min(len);
+            c.link = link;
+        }
+        Ok(())
+    }
+
+    /// Every chunk now: entry and durable length.
+    pub fn chunks(&self) -> Vec<(ChunkEntry, u64)> {
+        let st = self.state.lock();
+        let mut v: Vec<(ChunkEntry, u64)> =
+            st.chunks.values().map(|c| (c.entry, c.durable)).collect();
+        v.sort_by_key(|(e, _)| e.id);
+        v
     }
 
     fn update_entry(&self, chunk: u64, f: impl FnOnce(&mut ChunkEntry)) -> Result<()> {
@@ -717,7 +798,14 @@ fn plan_append(
         .chunks
         .get_mut(&req.chunk)
         .ok_or_else(|| Error::NotFound(format!("chunk {}", req.chunk)))?;
-    // A seal refuses new submissions; appends submitted before it still land.
+    // A seal refuses new submissions; appends submitted before it still land, unless the seal
+    // fixed a length.
+    if c.entry.sealed_len.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "chunk {} is sealed at a length",
+            req.chunk
+        )));
+    }
     let bs = u64::from(cfg.block_size);
     let need = c.end + (HEADER + req.payload.len()) as u64;
     if need > cfg.chunk_capacity() {
@@ -814,6 +902,9 @@ fn writer_loop(
                 for (req, out) in batch.iter().zip(&outcomes) {
                     if let (Ok((_, end)), Some(c)) = (out, st.chunks.get_mut(&req.chunk)) {
                         c.durable = c.durable.max(*end);
+                        if let Some(cut) = c.entry.sealed_len {
+                            c.durable = c.durable.min(cut);
+                        }
                     }
                 }
             }

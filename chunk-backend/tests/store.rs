@@ -438,3 +438,47 @@ fn blob_kinds_do_not_mix() {
     assert_eq!(s.read_at(2, 9_998, 5, 0).expect("read"), b"\0\0end");
     assert!(matches!(s.read_at(2, 0, 1, 5), Err(Error::Stale { .. })));
 }
+
+#[test]
+fn sealing_at_a_length_cuts_the_chunk_durably() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let (chunk, ends) = {
+        let disk = Disk::open(&path, small()).expect("open");
+        let c = disk.create_chunk_with_id(42, 7, 0, 0).expect("create");
+        assert_eq!(c, 42);
+        assert!(
+            disk.create_chunk_with_id(42, 7, 0, 0).is_err(),
+            "ids are unique"
+        );
+        let mut ends = Vec::new();
+        for i in 0..5u8 {
+            let off = disk.append(c, vec![i; 100]).expect("append");
+            ends.push(off + 24 + 100);
+        }
+        assert!(matches!(
+            disk.seal_at(c, ends[2] - 1),
+            Err(Error::InvalidArgument(_))
+        ));
+        disk.seal_at(c, ends[2])
+            .expect("seal at the end of the third record");
+        assert!(
+            disk.append(c, vec![9; 10]).is_err(),
+            "a sealed chunk takes no appends"
+        );
+        assert!(matches!(disk.read(c, ends[2]), Err(Error::NotFound(_))));
+        assert_eq!(disk.read(c, ends[1]).expect("kept"), vec![2u8; 100]);
+        (c, ends)
+    };
+    let disk = Disk::open(&path, small()).expect("reopen");
+    assert_eq!(disk.len(chunk).expect("len"), ends[2]);
+    assert!(matches!(disk.read(chunk, ends[2]), Err(Error::NotFound(_))));
+    let info = &disk.opened()[0];
+    assert_eq!(
+        (info.entry.sealed_len, info.records.len()),
+        (Some(ends[2]), 3)
+    );
+    // Sealing an empty chunk at 0 works too.
+    let e = disk.create_chunk_with_id(43, 7, 1, 0).expect("create");
+    disk.seal_at(e, 0).expect("seal at 0");
+}
