@@ -50,4 +50,7 @@ pub enum Error {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     Shutdown,
+    /// A chunk server or the master failed or refused.
+    #[error("remote: {0}")]
+    Remote(String),
 }

@@ -10,8 +10,8 @@
 //! ([`uring`] explains why `pwrite` is the default). `ExtentBlob`s are
 //! log-structured on the same chunks.
 //!
-//! What it is not (yet): chunk servers over gRPC, the master, and three-replica star writes
-//! are the next steps of its issue.
+//! [`replica`] puts chunk servers and a master behind gRPC and writes each record to three
+//! servers at once, sealing and moving on when one fails.
 //!
 //! Key types: [`disk::Disk`], [`disk::DiskConfig`], [`blob::LogStore`], [`blob::Position`],
 //! [`Error`].
@@ -21,6 +21,7 @@ pub mod crashload;
 pub mod disk;
 pub mod error;
 pub mod frame;
+pub mod replica;
 pub mod uring;
 
 pub use error::{Error, Result};

@@ -1,0 +1,253 @@
+//! The master: registered chunk servers, chunk ids, and the placement of every blob's chunks.
+//!
+//! Its state is small and changes rarely (a new chunk per 64 MiB written, a seal per failure),
+//! so it is kept in memory and rewritten whole to `master.state` on every change: written to a
+//! temporary file, `fsync`ed, renamed over the old one, and the directory `fsync`ed. The file is
+//! text, one fact per line:
+//!
+//! ```text
+//! next 17
+//! server 127.0.0.1:7001
+//! chunk BLOB CHUNK SEQ SEALED_LEN|- ADDR,ADDR,ADDR
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use super::proto::{self, master_server::MasterServer, Placement};
+
+/// Replicas per chunk.
+pub const REPLICAS: usize = 3;
+
+#[derive(Default)]
+struct State {
+    next: u64,
+    servers: Vec<String>,
+    blobs: BTreeMap<u64, BTreeMap<u32, Placement>>,
+}
+
+impl State {
+    fn encode(&self) -> String {
+        let mut s = format!("next {}\n", self.next);
+        for a in &self.servers {
+            s.push_str(&format!("server {a}\n"));
+        }
+        for (blob, chunks) in &self.blobs {
+            for p in chunks.values() {
+                let sealed = p.sealed_len.map_or("-".to_string(), |l| l.to_string());
+                s.push_str(&format!(
+                    "chunk {blob} {} {} {sealed} {}\n",
+                    p.chunk,
+                    p.seq,
+                    p.servers.join(",")
+                ));
+            }
+        }
+        s
+    }
+
+    fn decode(text: &str) -> Result<State, String> {
+        let mut st = State {
+            next: 1,
+            ..State::default()
+        };
+        for (n, line) in text.lines().enumerate() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let bad = || format!("master.state line {}: {line:?}", n + 1);
+            match f.as_slice() {
+                ["next", v] => st.next = v.parse().map_err(|_| bad())?,
+                ["server", a] => st.servers.push((*a).to_string()),
+                ["chunk", blob, chunk, seq, sealed, servers] => {
+                    let p = Placement {
+                        chunk: chunk.parse().map_err(|_| bad())?,
+                        seq: seq.parse().map_err(|_| bad())?,
+                        servers: servers
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                        sealed_len: if *sealed == "-" {
+                            None
+                        } else {
+                            Some(sealed.parse().map_err(|_| bad())?)
+                        },
+                    };
+                    st.blobs
+                        .entry(blob.parse().map_err(|_| bad())?)
+                        .or_default()
+                        .insert(p.seq, p);
+                }
+                [] => {}
+                _ => return Err(bad()),
+            }
+        }
+        Ok(st)
+    }
+}
+
+/// The master's state and its file.
+pub struct Master {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Master {
+    /// Opens (or starts) the master whose state lives in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<Master> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("master.state");
+        let state = match std::fs::read_to_string(&path) {
+            Ok(text) => State::decode(&text).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+                next: 1,
+                ..State::default()
+            },
+            Err(e) => return Err(e),
+        };
+        Ok(Master {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn persist(&self, st: &State) -> Result<(), Status> {
+        let write = || -> std::io::Result<()> {
+            let tmp = self.path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(st.encode().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| Status::internal(format!("persisting the master state: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::master_server::Master for Arc<Master> {
+    async fn register(
+        &self,
+        r: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let addr = r.into_inner().addr;
+        if addr.is_empty() || addr.contains(char::is_whitespace) || addr.contains(',') {
+            return Err(Status::invalid_argument(format!("server address {addr:?}")));
+        }
+        let mut st = self.state.lock();
+        if !st.servers.contains(&addr) {
+            st.servers.push(addr);
+            self.persist(&st)?;
+        }
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn servers(
+        &self,
+        _r: Request<proto::Empty>,
+    ) -> Result<Response<proto::ServersReply>, Status> {
+        Ok(Response::new(proto::ServersReply {
+            servers: self.state.lock().servers.clone(),
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        r: Request<proto::AllocateRequest>,
+    ) -> Result<Response<Placement>, Status> {
+        let r = r.into_inner();
+        let mut st = self.state.lock();
+        if let Some(p) = st.blobs.get(&r.blob).and_then(|c| c.get(&r.seq)) {
+            if p.sealed_len.is_some() {
+                return Err(Status::already_exists(format!(
+                    "chunk {} of blob {} is sealed",
+                    r.seq, r.blob
+                )));
+            }
+        }
+        let healthy: Vec<String> = st
+            .servers
+            .iter()
+            .filter(|s| !r.exclude.contains(s))
+            .cloned()
+            .collect();
+        if healthy.len() < REPLICAS {
+            return Err(Status::failed_precondition(format!(
+                "{} healthy chunk servers, {REPLICAS} needed",
+                healthy.len()
+            )));
+        }
+        // Rotate through the servers so chunks spread out.
+        let chunk = st.next;
+        st.next += 1;
+        let start = (chunk as usize) % healthy.len();
+        let servers: Vec<String> = (0..REPLICAS)
+            .map(|i| healthy[(start + i) % healthy.len()].clone())
+            .collect();
+        let p = Placement {
+            chunk,
+            seq: r.seq,
+            servers,
+            sealed_len: None,
+        };
+        st.blobs.entry(r.blob).or_default().insert(r.seq, p.clone());
+        self.persist(&st)?;
+        Ok(Response::new(p))
+    }
+
+    async fn seal_chunk(
+        &self,
+        r: Request<proto::SealChunkRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        let mut st = self.state.lock();
+        let p = st
+            .blobs
+            .get_mut(&r.blob)
+            .and_then(|c| c.values_mut().find(|p| p.chunk == r.chunk))
+            .ok_or_else(|| Status::not_found(format!("chunk {} of blob {}", r.chunk, r.blob)))?;
+        p.sealed_len = Some(r.length);
+        if !r.servers.is_empty() {
+            p.servers = r.servers;
+        }
+        self.persist(&st)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn blob(
+        &self,
+        r: Request<proto::BlobRequest>,
+    ) -> Result<Response<proto::BlobReply>, Status> {
+        let blob = r.into_inner().blob;
+        let st = self.state.lock();
+        let chunks = st
+            .blobs
+            .get(&blob)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        Ok(Response::new(proto::BlobReply { chunks }))
+    }
+}
+
+/// Serves the master in `dir` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    dir: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let master = Arc::new(Master::open(dir)?);
+    tonic::transport::Server::builder()
+        .add_service(MasterServer::new(master))
+        .serve_with_incoming_shutdown(super::nodelay(listener), shutdown)
+        .await?;
+    Ok(())
+}

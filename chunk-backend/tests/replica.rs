@@ -1,0 +1,164 @@
+//! Star writes across real chunk-server processes: one of three is killed mid-stream, the
+//! writer seals and moves on, readers see every acknowledged record exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chunk_backend::replica::client::ReplicatedLog;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port {port} did not open"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+struct Cluster {
+    master: String,
+    procs: Vec<(String, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn cluster(servers: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mport = free_port();
+    let master = format!("127.0.0.1:{mport}");
+    let m = Command::new(env!("CARGO_BIN_EXE_chunk-master"))
+        .args(["--data"])
+        .arg(dir.path().join("master"))
+        .args(["--listen", &master])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn master");
+    wait_port(mport);
+    let mut procs = vec![(master.clone(), m)];
+    for i in 0..servers {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let c = Command::new(env!("CARGO_BIN_EXE_chunk-server"))
+            .args(["--data"])
+            .arg(dir.path().join(format!("server-{i}")))
+            .args(["--listen", &addr, "--master", &master])
+            .args([
+                "--blocks",
+                "256",
+                "--block-size",
+                "65536",
+                "--chunk-blocks",
+                "4",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chunk server");
+        wait_port(port);
+        procs.push((addr, c));
+    }
+    // Registration happens right after the port opens; give it a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    Cluster {
+        master,
+        procs,
+        _dir: dir,
+    }
+}
+
+fn record(i: u64) -> Vec<u8> {
+    let mut v = format!("record-{i}-").into_bytes();
+    v.resize(100 + (i as usize * 131) % 5000, b'a' + (i % 26) as u8);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_does_not_lose_or_duplicate_records() {
+    let mut c = cluster(4);
+    let log = ReplicatedLog::open(&c.master, 1).await.expect("open");
+    let mut acked = Vec::new();
+    let mut victim_addr = None;
+    let mut victim_chunk = None;
+    for i in 0..120u64 {
+        let (pos, v) = log.append(&record(i)).await.expect("append");
+        acked.push((pos, v, i));
+        if i == 50 {
+            // Kill a server holding the current chunk.
+            let placements = log.placements().await.expect("placements");
+            let last = placements.last().expect("a chunk");
+            let current = last.servers[0].clone();
+            victim_chunk = Some(last.chunk);
+            victim_addr = Some(current.clone());
+            let (_, victim) = c
+                .procs
+                .iter_mut()
+                .find(|(a, _)| *a == current)
+                .expect("victim");
+            victim.kill().expect("kill -9");
+            victim.wait().expect("wait");
+        }
+    }
+    log.close().await.expect("close");
+    // The victim's chunk was sealed at the last length all replicas acknowledged, and the
+    // writer went on with a new chunk on three healthy servers.
+    let placements = log.placements().await.expect("placements");
+    assert!(placements.len() >= 2, "{placements:?}");
+    assert!(placements.iter().all(|p| p.sealed_len.is_some()));
+    let victim = victim_addr.expect("a victim");
+    let hit = placements
+        .iter()
+        .find(|p| Some(p.chunk) == victim_chunk)
+        .expect("the victim's chunk");
+    assert_eq!(hit.servers.len(), 2, "sealed on the two survivors: {hit:?}");
+    assert!(!hit.servers.contains(&victim));
+    let after: Vec<_> = placements.iter().filter(|p| p.seq > hit.seq).collect();
+    assert!(!after.is_empty(), "the writer moved on to a new chunk");
+    assert!(
+        after
+            .iter()
+            .all(|p| p.servers.len() == 3 && !p.servers.contains(&victim)),
+        "{after:?}"
+    );
+    // A fresh reader sees every acknowledged record exactly once, in order, byte for byte.
+    let reader = ReplicatedLog::open(&c.master, 1).await.expect("reader");
+    let recs = reader.records().await.expect("records");
+    assert_eq!(recs.len(), acked.len());
+    for ((pos, v, data), (apos, av, i)) in recs.iter().zip(&acked) {
+        assert_eq!((pos, v), (apos, av));
+        assert_eq!(data, &record(*i));
+    }
+    // A new writer continues the version sequence.
+    let w = ReplicatedLog::open(&c.master, 1).await.expect("writer");
+    assert_eq!(
+        w.append(b"after").await.expect("append").1,
+        acked.len() as u64 + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fewer_than_three_servers_is_a_clear_error() {
+    let c = cluster(2);
+    let log = ReplicatedLog::open(&c.master, 9).await.expect("open");
+    let e = log
+        .append(b"x")
+        .await
+        .expect_err("two servers cannot hold three replicas");
+    assert!(e.to_string().contains("3 needed"), "{e}");
+}
