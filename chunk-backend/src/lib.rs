@@ -17,6 +17,7 @@
 //! [`Error`].
 
 pub mod blob;
+pub mod conformance;
 pub mod crashload;
 pub mod disk;
 pub mod error;

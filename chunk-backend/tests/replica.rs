@@ -162,3 +162,10 @@ async fn fewer_than_three_servers_is_a_clear_error() {
         .expect_err("two servers cannot hold three replicas");
     assert!(e.to_string().contains("3 needed"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_replicated() {
+    let c = cluster(3);
+    let store = chunk_backend::conformance::Replicated::new(&c.master);
+    chunk_backend::conformance::run(&store).await;
+}

@@ -482,3 +482,21 @@ fn sealing_at_a_length_cuts_the_chunk_durably() {
     let e = disk.create_chunk_with_id(43, 7, 1, 0).expect("create");
     disk.seal_at(e, 0).expect("seal at 0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_local() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = DiskConfig {
+        block_size: 64 << 10,
+        blocks: 512,
+        chunk_slots: 64,
+        chunk_blocks: 4,
+    };
+    let store = Arc::new(
+        LogStore::open(Arc::new(
+            Disk::open(&dir.path().join("s"), cfg).expect("disk"),
+        ))
+        .expect("store"),
+    );
+    chunk_backend::conformance::run(&chunk_backend::conformance::Local::new(store)).await;
+}

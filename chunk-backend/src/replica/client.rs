@@ -291,22 +291,28 @@ impl ReplicatedLog {
                 };
                 set.spawn(async move {
                     let r = match conn {
-                        Ok(mut c) => c.append(req).await.map(|r| r.into_inner()).ok(),
-                        Err(_) => None,
+                        Ok(mut c) => c
+                            .append(req)
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(|s| s.code()),
+                        Err(_) => Err(tonic::Code::Unavailable),
                     };
                     (addr, r)
                 });
             }
             let mut ends = Vec::new();
             let mut failed = Vec::new();
+            let mut full = 0;
             while let Some(r) = set.join_next().await {
                 match r {
-                    Ok((_, Some(reply))) if reply.offsets == [expected] => ends.push(reply.end),
+                    Ok((_, Ok(reply))) if reply.offsets == [expected] => ends.push(reply.end),
+                    Ok((_, Err(tonic::Code::ResourceExhausted))) => full += 1,
                     Ok((addr, _)) => failed.push(addr),
                     Err(e) => return Err(Error::Remote(format!("an append task failed: {e}"))),
                 }
             }
-            if failed.is_empty() && ends.windows(2).all(|x| x[0] == x[1]) {
+            if failed.is_empty() && full == 0 && ends.windows(2).all(|x| x[0] == x[1]) {
                 let end = ends
                     .first()
                     .copied()
@@ -322,6 +328,17 @@ impl ReplicatedLog {
                     },
                     version,
                 ));
+            }
+            if failed.is_empty() && ends.is_empty() {
+                // Every replica is full: seal the chunk where it ends and go on to the next.
+                if expected == 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "a record of {} bytes does not fit an empty chunk",
+                        data.len()
+                    )));
+                }
+                self.seal_open(&mut w, &[]).await?;
+                continue;
             }
             tracing::warn!(
                 blob = self.blob,
