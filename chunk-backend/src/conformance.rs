@@ -19,13 +19,16 @@ use crate::replica::client::ReplicatedLog;
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// A blob's records: position, version, data.
+pub type Records = Vec<(Position, u64, Vec<u8>)>;
+
 /// What a `LogBlob` store offers, whatever is underneath.
 pub trait LogBlobStore: Send + Sync {
     /// Appends to `blob` (created on first use); returns the record's position and version
     /// once it is durable.
     fn append<'a>(&'a self, blob: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(Position, u64)>>;
     /// Every durable record of `blob`, in order, with its version.
-    fn records(&self, blob: u64) -> BoxFuture<'_, Result<Vec<(Position, u64, Vec<u8>)>>>;
+    fn records(&self, blob: u64) -> BoxFuture<'_, Result<Records>>;
 }
 
 /// The local store behind the interface: one writer (this adapter) holding every blob's lease.
@@ -70,7 +73,7 @@ impl LogBlobStore for Local {
         })
     }
 
-    fn records(&self, blob: u64) -> BoxFuture<'_, Result<Vec<(Position, u64, Vec<u8>)>>> {
+    fn records(&self, blob: u64) -> BoxFuture<'_, Result<Records>> {
         Box::pin(async move { self.store.records(blob) })
     }
 }
@@ -106,7 +109,7 @@ impl LogBlobStore for Replicated {
         Box::pin(async move { self.log(blob).await?.append(data).await })
     }
 
-    fn records(&self, blob: u64) -> BoxFuture<'_, Result<Vec<(Position, u64, Vec<u8>)>>> {
+    fn records(&self, blob: u64) -> BoxFuture<'_, Result<Records>> {
         Box::pin(async move { self.log(blob).await?.records().await })
     }
 }
@@ -115,7 +118,7 @@ impl LogBlobStore for Replicated {
 pub async fn run(store: &dyn LogBlobStore) {
     let sizes = [0usize, 1, 7, 100, 4096, 10_000, 3, 65_000, 12];
     let blobs = [101u64, 102, 103];
-    let mut written: HashMap<u64, Vec<(Position, u64, Vec<u8>)>> = HashMap::new();
+    let mut written: HashMap<u64, Records> = HashMap::new();
     for round in 0..4 {
         for (bi, blob) in blobs.iter().enumerate() {
             for (si, size) in sizes.iter().enumerate() {
