@@ -300,3 +300,42 @@ async fn a_chunk_server_killed_mid_append_keeps_the_acknowledged_prefix() {
     }
     assert!(total > 20, "the load made progress: {total}");
 }
+
+/// One writer per blob: a second writer is refused while the first holds the lease; once it
+/// expires, the second takes over, sealing the blob's last chunk, which fences the first off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replicated_writer_at_a_time() {
+    let c = cluster(3);
+    let a = ReplicatedLog::open_as(&c.master, 5, "a", Duration::from_millis(600))
+        .await
+        .expect("a");
+    a.append(b"from a").await.expect("a appends");
+    let b = ReplicatedLog::open_as(&c.master, 5, "b", Duration::from_secs(10))
+        .await
+        .expect("b");
+    let e = b.append(b"from b").await.expect_err("a holds the lease");
+    assert!(e.to_string().contains("leased to a"), "{e}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let b = ReplicatedLog::open_as(&c.master, 5, "b", Duration::from_secs(10))
+        .await
+        .expect("b again");
+    let (_, v) = b
+        .append(b"from b")
+        .await
+        .expect("b takes over after expiry");
+    assert_eq!(v, 2);
+    // a's chunk was sealed by b: a can no longer write, even to its old chunk.
+    assert!(
+        a.append(b"late a").await.is_err(),
+        "the old writer is fenced off"
+    );
+    let reader = ReplicatedLog::open(&c.master, 5).await.expect("reader");
+    let recs: Vec<Vec<u8>> = reader
+        .records()
+        .await
+        .expect("records")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(recs, vec![b"from a".to_vec(), b"from b".to_vec()]);
+}

@@ -53,6 +53,10 @@ pub struct ReplicatedLog {
     blob: u64,
     writer: tokio::sync::Mutex<Writer>,
     conns: Mutex<HashMap<String, ChunkServerClient<Channel>>>,
+    holder: String,
+    ttl: Duration,
+    /// The write lease: token and when to renew it.
+    lease: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for ReplicatedLog {
@@ -65,9 +69,21 @@ impl std::fmt::Debug for ReplicatedLog {
 
 impl ReplicatedLog {
     /// Opens blob `blob` through the master at `master` (a new blob is created by its first
-    /// append). A writer continuing an existing blob first seals its last chunk at the length
-    /// every replica has.
+    /// append), writing (if it writes) under a lease named after this process with a 10 s
+    /// lifetime, renewed as it appends. A writer continuing an existing blob first seals its
+    /// last chunk at the length every replica has, which also fences off a previous writer.
     pub async fn open(master: &str, blob: u64) -> Result<ReplicatedLog> {
+        let holder = format!("pid{}-{:p}", std::process::id(), &blob);
+        Self::open_as(master, blob, &holder, Duration::from_secs(10)).await
+    }
+
+    /// Like [`ReplicatedLog::open`], with the lease holder's name and lifetime given.
+    pub async fn open_as(
+        master: &str,
+        blob: u64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<ReplicatedLog> {
         let channel = endpoint(master)?
             .connect()
             .await
@@ -96,12 +112,41 @@ impl ReplicatedLog {
                 tail,
             }),
             conns: Mutex::new(HashMap::new()),
+            holder: holder.to_string(),
+            ttl,
+            lease: Mutex::new(None),
         };
         if !chunks.is_empty() {
             let last = log.records().await?;
             log.writer.lock().await.version = last.last().map_or(0, |r| r.1);
         }
         Ok(log)
+    }
+
+    /// The write lease's token, taken or renewed when half its lifetime has passed. Another
+    /// holder's unexpired lease is an error.
+    async fn token(&self) -> Result<u64> {
+        if let Some((token, renew)) = *self.lease.lock() {
+            if std::time::Instant::now() < renew {
+                return Ok(token);
+            }
+        }
+        let mut m = self.master.clone();
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let token = m
+            .lease(proto::LeaseRequest {
+                blob: self.blob,
+                holder: self.holder.clone(),
+                ttl_ms,
+            })
+            .await
+            .map_err(|s| remote("write lease", &s))?
+            .into_inner()
+            .token;
+        *self.lease.lock() = Some((token, std::time::Instant::now() + self.ttl / 2));
+        Ok(token)
     }
 
     fn conn(&self, addr: &str) -> Result<ChunkServerClient<Channel>> {
@@ -182,7 +227,9 @@ impl ReplicatedLog {
             )));
         }
         let mut m = self.master.clone();
+        let token = self.token().await?;
         m.seal_chunk(proto::SealChunkRequest {
+            token,
             blob: self.blob,
             chunk: open.placement.chunk,
             length: open.end,
@@ -218,6 +265,7 @@ impl ReplicatedLog {
             let mut m = self.master.clone();
             let p = m
                 .allocate(proto::AllocateRequest {
+                    token: self.token().await?,
                     blob: self.blob,
                     seq: w.next_seq,
                     exclude: w.dead.clone(),
@@ -269,6 +317,7 @@ impl ReplicatedLog {
     /// durable. A failed replica makes the writer seal the chunk and continue on a new one.
     pub async fn append(&self, data: &[u8]) -> Result<(Position, u64)> {
         let mut w = self.writer.lock().await;
+        self.token().await?;
         let version = w.version + 1;
         let mut payload = Vec::with_capacity(8 + data.len());
         payload.extend_from_slice(&version.to_le_bytes());

@@ -92,10 +92,20 @@ impl State {
     }
 }
 
+struct Granted {
+    holder: String,
+    token: u64,
+    expires: std::time::Instant,
+}
+
 /// The master's state and its file.
 pub struct Master {
     path: PathBuf,
     state: Mutex<State>,
+    /// Write leases, by blob. Kept in memory: after a master restart any writer may take a
+    /// blob again, and the new writer's seal of the blob's last chunk fences the old one off.
+    leases: Mutex<std::collections::HashMap<u64, Granted>>,
+    tokens: std::sync::atomic::AtomicU64,
 }
 
 impl Master {
@@ -114,7 +124,23 @@ impl Master {
         Ok(Master {
             path,
             state: Mutex::new(state),
+            leases: Mutex::new(std::collections::HashMap::new()),
+            tokens: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    fn check_lease(&self, blob: u64, token: u64) -> Result<(), Status> {
+        let leases = self.leases.lock();
+        match leases.get(&blob) {
+            Some(g) if g.token == token && g.expires > std::time::Instant::now() => Ok(()),
+            Some(g) => Err(Status::permission_denied(format!(
+                "blob {blob} is leased to {} (token {}); this writer's lease is gone",
+                g.holder, g.token
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "blob {blob} has no write lease"
+            ))),
+        }
     }
 
     fn persist(&self, st: &State) -> Result<(), Status> {
@@ -165,6 +191,7 @@ impl proto::master_server::Master for Arc<Master> {
         r: Request<proto::AllocateRequest>,
     ) -> Result<Response<Placement>, Status> {
         let r = r.into_inner();
+        self.check_lease(r.blob, r.token)?;
         let mut st = self.state.lock();
         if let Some(p) = st.blobs.get(&r.blob).and_then(|c| c.get(&r.seq)) {
             if p.sealed_len.is_some() {
@@ -209,6 +236,7 @@ impl proto::master_server::Master for Arc<Master> {
         r: Request<proto::SealChunkRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
         let r = r.into_inner();
+        self.check_lease(r.blob, r.token)?;
         let mut st = self.state.lock();
         let p = st
             .blobs
@@ -221,6 +249,44 @@ impl proto::master_server::Master for Arc<Master> {
         }
         self.persist(&st)?;
         Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn lease(
+        &self,
+        r: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseReply>, Status> {
+        let r = r.into_inner();
+        if r.holder.is_empty() || r.ttl_ms == 0 || r.ttl_ms > 3_600_000 {
+            return Err(Status::invalid_argument(
+                "a lease needs a holder and a ttl of 1 ms..1 h",
+            ));
+        }
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock();
+        let token = match leases.get(&r.blob) {
+            Some(g) if g.expires > now && g.holder != r.holder => {
+                return Err(Status::failed_precondition(format!(
+                    "blob {} is leased to {} for another {} ms",
+                    r.blob,
+                    g.holder,
+                    (g.expires - now).as_millis()
+                )))
+            }
+            Some(g) if g.expires > now => g.token,
+            _ => self
+                .tokens
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        let expires = now + std::time::Duration::from_millis(r.ttl_ms);
+        leases.insert(
+            r.blob,
+            Granted {
+                holder: r.holder,
+                token,
+                expires,
+            },
+        );
+        Ok(Response::new(proto::LeaseReply { token }))
     }
 
     async fn blob(
