@@ -40,6 +40,28 @@ const COPY: usize = 64;
 const FREE: u32 = u32::MAX;
 const END: u32 = u32::MAX - 1;
 
+/// Reserves `len` bytes of disk for `file`, so that a full disk shows up when the store is
+/// formatted rather than in the middle of an append. Falls back to a sparse file where the file
+/// system cannot reserve space.
+#[allow(unsafe_code)]
+fn preallocate(file: &File, len: u64) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let Ok(off_len) = libc::off_t::try_from(len) else {
+        return Err(Error::InvalidArgument(format!("a store of {len} bytes")));
+    };
+    // SAFETY: the descriptor belongs to `file`, which is open for writing and outlives the call;
+    // posix_fallocate reads no memory of ours.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            file.set_len(len)?;
+            Ok(())
+        }
+        e => Err(Error::Io(std::io::Error::from_raw_os_error(e))),
+    }
+}
+
 /// The shape of a store, fixed when it is formatted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -272,7 +294,7 @@ impl Disk {
             cfg.check()?;
             // The tables must start zeroed; the data area may hold anything (records are
             // recognised by their chain, not by the space being clean).
-            file.set_len(cfg.file_size())?;
+            preallocate(&file, cfg.file_size())?;
             let table = vec![0xFFu8; cfg.blocks as usize * 4];
             file.write_all_at(&table, cfg.block_table())?;
             file.write_all_at(&superblock(&cfg), 0)?;
