@@ -14,7 +14,7 @@
 //! servers at once, sealing and moving on when one fails.
 //!
 //! Key types: [`disk::Disk`], [`disk::DiskConfig`], [`blob::LogStore`], [`blob::Position`],
-//! [`Error`].
+//! [`replica::client::ReplicatedLog`], [`conformance::LogBlobStore`], [`Error`].
 
 pub mod blob;
 pub mod conformance;
