@@ -96,18 +96,26 @@ struct Pending {
 
 impl Pending {
     fn release(&self, items: &[Mark]) {
-        if items.is_empty() {
-            return;
-        }
-        let mut ordered = self.ordered.lock();
-        for (k, ts, base) in items {
-            let gone = ordered.get_mut(k).is_some_and(|c| {
-                *c -= 1;
-                *c == 0
-            });
-            if gone {
-                ordered.remove(k);
+        self.release_many(std::iter::once(items));
+    }
+
+    /// Releases the marks of many commits at once: one pass under the sequencer mutex for the
+    /// ordered counts, then the per-key queues (which readers and validators may see a moment
+    /// longer, which only makes them wait or retry, never miss a commit).
+    fn release_many<'a>(&self, batches: impl Iterator<Item = &'a [Mark]> + Clone) {
+        {
+            let mut ordered = self.ordered.lock();
+            for (k, _, _) in batches.clone().flatten() {
+                let gone = ordered.get_mut(k).is_some_and(|c| {
+                    *c -= 1;
+                    *c == 0
+                });
+                if gone {
+                    ordered.remove(k);
+                }
             }
+        }
+        for (k, ts, base) in batches.flatten() {
             let mut empty = false;
             if let Some(mut v) = self.point.get_mut(k) {
                 if v.front().is_some_and(|t| t.0 == *ts && t.1 == *base) {
@@ -739,14 +747,14 @@ async fn run_proposer(
             };
             match outcome {
                 Ok(results) => {
-                    for ((items, reply), res) in waiters.into_iter().zip(results) {
-                        pending.release(&items);
+                    pending.release_many(waiters.iter().map(|(items, _)| items.as_slice()));
+                    for ((_, reply), res) in waiters.into_iter().zip(results) {
                         let _ = reply.send(Ok(res));
                     }
                 }
                 Err(msg) => {
-                    for (items, reply) in waiters {
-                        pending.release(&items);
+                    pending.release_many(waiters.iter().map(|(items, _)| items.as_slice()));
+                    for (_, reply) in waiters {
                         let _ = reply.send(Err(Error::Raft(msg.clone())));
                     }
                 }
