@@ -39,7 +39,9 @@ fn main() -> ExitCode {
     }
     let args = mdtest::options::Args::parse();
     let command = argv.join(" ");
+    // The embedded backend hosts a tablet in this process (see `tafdb::runtime_threads`).
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tafdb::runtime_threads())
         .enable_all()
         .max_blocking_threads((args.tasks as usize).max(1) + 8)
         .build()

@@ -36,3 +36,14 @@ pub use error::{Error, Result};
 pub use keys::{Key, KeyRange, Value};
 pub use mvcc::{DeltaOp, Mutation};
 pub use txn::Txn;
+
+/// How many tokio worker threads a process hosting tablets should run: four per core, at
+/// least eight. The commit path holds short `parking_lot` critical sections (the tablet's
+/// sequencer, map shards); a worker that parks on one is a core that runs nothing until the
+/// holder is scheduled again, so with one worker per core a 2-core machine left ~35% of its CPU
+/// idle under 1,024 committing clients. More workers than cores keep the cores busy: in six
+/// back-to-back pairs of `commit1pc` runs, 8 workers beat 2 in five, by 15-25% at the median.
+pub fn runtime_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores * 4).max(8)
+}

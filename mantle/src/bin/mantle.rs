@@ -138,7 +138,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The server hosts a tablet: more workers than cores (see `tafdb::runtime_threads`).
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tafdb::runtime_threads())
         .enable_all()
         .build()
     {

@@ -50,7 +50,7 @@ struct Args {
     /// Put the `hotrmw` counter in the hot-key lock queue.
     #[arg(long)]
     hot: bool,
-    /// Runtime worker threads (default: the number of cores).
+    /// Runtime worker threads (default: `tafdb::runtime_threads()`, four per core).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -78,9 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("--clients and --seconds must be at least 1".into());
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(t) = args.threads {
-        rt.worker_threads(t.max(1));
-    }
+    rt.worker_threads(args.threads.unwrap_or_else(tafdb::runtime_threads).max(1));
     rt.enable_all().build()?.block_on(run(args))
 }
 
