@@ -312,6 +312,17 @@ pub async fn check(db: &Db, progress: &(dyn Fn(&str) + Sync)) -> tafdb::Result<R
                 seen.len()
             ));
         }
+        for id in &seen {
+            if let Some(a) = attrs.get(id) {
+                if a.ns != *root {
+                    problems.push(format!(
+                        "inode {id} is in namespace {:?} but records namespace root {}",
+                        show(name),
+                        a.ns
+                    ));
+                }
+            }
+        }
         reached.extend(seen);
     }
     for id in attrs.keys() {

@@ -248,7 +248,7 @@ pub async fn locate(txn: &mut Txn, ns: &Ns, loc: &Loc, cred: &Cred) -> OpResult<
         }
         Loc::Entry { parent, name } => {
             name::check_name(name)?;
-            let dir = dir_by_id(txn, *parent).await?;
+            let dir = dir_by_id(txn, ns, *parent).await?;
             top_search(dir, cred)?;
             Ok(Located {
                 dir,
@@ -263,8 +263,12 @@ fn top_search(dir: Dir, cred: &Cred) -> OpResult<()> {
 }
 
 /// Directory `id` by its inode record, read stably.
-pub async fn dir_by_id(txn: &mut Txn, id: u64) -> OpResult<Dir> {
+pub async fn dir_by_id(txn: &mut Txn, ns: &Ns, id: u64) -> OpResult<Dir> {
     match attr_stable(txn, id).await? {
+        // An inode of another namespace is as good as absent: ids must not cross namespaces.
+        Some(a) if a.ns != ns.root.id => {
+            fail(Errno::ENOENT, format!("directory {id} does not exist"))
+        }
         Some(a) if a.kind().is_dir() => Ok(Dir::from(&a)),
         Some(_) => fail(Errno::ENOTDIR, format!("inode {id} is not a directory")),
         None => fail(Errno::ENOENT, format!("directory {id} does not exist")),
@@ -287,6 +291,9 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
     match obj {
         Obj::Inode(id) => {
             let a = must_attr(txn, *id).await?;
+            if a.ns != ns.root.id {
+                return fail(Errno::ENOENT, format!("inode {id} does not exist"));
+            }
             Ok(Target {
                 id: *id,
                 kind: a.kind(),

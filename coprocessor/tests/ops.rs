@@ -453,3 +453,56 @@ async fn fsck_reports_broken_invariants() {
     assert!(text.contains(&format!("inode {}", file.id)), "{text}");
     assert!(text.contains("entry count"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inode_ids_do_not_cross_namespaces() {
+    let f = fixture().await;
+    let r = root();
+    let other = f
+        .svc
+        .call(&coprocessor::ops::ns_create::NsCreate {
+            name: b"other".to_vec(),
+            cred: r.clone(),
+            mode: 0o755,
+        })
+        .await
+        .expect("ns");
+    let secret = f
+        .svc
+        .call(&coprocessor::ops::mknod::Mknod {
+            ns: b"other".to_vec(),
+            cred: r.clone(),
+            at: Loc::Path(b"/secret".to_vec()),
+            mode: 0o600,
+            rdev: 0,
+        })
+        .await
+        .expect("create in other");
+    // From namespace "t", neither the file nor the other root is reachable by id.
+    let stat = |id| coprocessor::ops::stat::Stat {
+        ns: NS.to_vec(),
+        cred: r.clone(),
+        obj: Obj::Inode(id),
+    };
+    assert_eq!(errno(f.svc.call(&stat(secret.id)).await), Errno::ENOENT);
+    let sneak = coprocessor::ops::mknod::Mknod {
+        ns: NS.to_vec(),
+        cred: r.clone(),
+        at: Loc::Entry {
+            parent: other.root,
+            name: b"planted".to_vec(),
+        },
+        mode: 0o644,
+        rdev: 0,
+    };
+    assert_eq!(errno(f.svc.call(&sneak).await), Errno::ENOENT);
+    // In its own namespace the id works.
+    let own = coprocessor::ops::stat::Stat {
+        ns: b"other".to_vec(),
+        cred: r.clone(),
+        obj: Obj::Inode(secret.id),
+    };
+    assert_eq!(f.svc.call(&own).await.expect("stat").id, secret.id);
+    let report = f.fsck().await;
+    assert!(report.is_clean(), "{report}");
+}

@@ -163,6 +163,8 @@ impl TryFrom<proto::Attr> for Attr {
             ctime: a.ctime_ns,
             rdev: a.rdev,
             parent: a.parent,
+            // The wire form does not carry the namespace: the caller knows which one it asked.
+            ns: 0,
             target: a.target,
         })
     }

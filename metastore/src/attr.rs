@@ -15,8 +15,9 @@
 //!     68     4  uid       put
 //!     72     4  gid       put
 //!     76     4  rdev      put
-//!     80     1  format    put (1)
-//!     81     -  a symlink's target; a directory's own name (empty for a root)
+//!     80     1  format    put (2)
+//!     81     8  ns        put (never changes: the root id of the inode's namespace)
+//!     89     -  a symlink's target; a directory's own name (empty for a root)
 //! ```
 //!
 //! The fields at offsets 0-31 are the ones concurrent operations in one directory touch: they
@@ -28,8 +29,8 @@ use tafdb::DeltaOp;
 use crate::DecodeError;
 
 /// Size of the fixed head.
-pub const HEAD: usize = 81;
-const FORMAT: u8 = 1;
+pub const HEAD: usize = 89;
+const FORMAT: u8 = 2;
 
 /// Type bits of `mode` (as `S_IFMT`).
 pub const S_IFMT: u32 = 0o170_000;
@@ -128,6 +129,9 @@ pub struct Attr {
     pub rdev: u32,
     /// A directory's parent (the root's is itself); 0 for other inodes.
     pub parent: u64,
+    /// The root directory id of the namespace the inode belongs to, so that a request by inode
+    /// id can be held to its namespace.
+    pub ns: u64,
     /// A symlink's target; a directory's own name (empty for a namespace root), so that a
     /// directory reached by id can find its Index entry `(parent, name)`.
     pub target: Vec<u8>,
@@ -160,6 +164,7 @@ impl Attr {
         v.extend_from_slice(&self.gid.to_le_bytes());
         v.extend_from_slice(&self.rdev.to_le_bytes());
         v.push(FORMAT);
+        v.extend_from_slice(&self.ns.to_le_bytes());
         v.extend_from_slice(&self.target);
         v
     }
@@ -208,6 +213,7 @@ impl Attr {
             uid: u32_at(68),
             gid: u32_at(72),
             rdev: u32_at(76),
+            ns: u64_at(81),
             target: v[HEAD..].to_vec(),
         })
     }
@@ -263,6 +269,7 @@ mod tests {
             ctime: 3,
             rdev: 0,
             parent: 0,
+            ns: 16,
             target: b"a/b".to_vec(),
         }
     }
@@ -301,7 +308,7 @@ mod tests {
         fn round_trip(id: u64, perm in 0u32..0o7777, uid: u32, gid: u32, nlink: u64,
                       size: u64, t: (u64, u64, u64), target in proptest::collection::vec(any::<u8>(), 0..64)) {
             let a = Attr { id, mode: FileType::Regular.bits() | perm, uid, gid, nlink, entries: 0,
-                size, atime: t.0, mtime: t.1, ctime: t.2, rdev: 0, parent: 0, target };
+                size, atime: t.0, mtime: t.1, ctime: t.2, rdev: 0, parent: 0, ns: id ^ 1, target };
             prop_assert_eq!(Attr::decode(&a.encode()).expect("decode"), a);
         }
     }

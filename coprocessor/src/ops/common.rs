@@ -143,6 +143,7 @@ pub async fn create(
         ctime: now,
         rdev: new.rdev,
         parent: if is_dir { loc.dir.id } else { 0 },
+        ns: ns.root.id,
         target: if is_dir { loc.name.clone() } else { new.target },
     };
     txn.put(&keys::attr_key(id), &a.encode())?;

@@ -51,6 +51,7 @@ impl Op for NsCreate {
                 ctime: now,
                 rdev: 0,
                 parent: id,
+                ns: id,
                 target: Vec::new(),
             };
             txn.put(&keys::namespace_key(&self.name), &id.to_le_bytes())?;
