@@ -156,6 +156,8 @@ pub struct LogStore {
     disk: Arc<Disk>,
     blobs: Mutex<HashMap<u64, BlobState>>,
     tokens: std::sync::atomic::AtomicU64,
+    /// Extent blobs whose records could not be replayed, with why.
+    damaged: Mutex<HashMap<u64, String>>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -201,6 +203,7 @@ impl LogStore {
             disk,
             blobs: Mutex::new(blobs),
             tokens: std::sync::atomic::AtomicU64::new(1),
+            damaged: Mutex::new(HashMap::new()),
         };
         // ExtentBlobs: replay every record into the index, in order.
         let extents: Vec<u64> = store
@@ -211,7 +214,16 @@ impl LogStore {
             .map(|(id, _)| *id)
             .collect();
         for id in extents {
-            let recs = store.records(id)?;
+            // One damaged blob must not keep the whole store from opening: its reads report
+            // the damage.
+            let recs = match store.records(id) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(blob = id, error = %e, "extent blob is damaged");
+                    store.damaged.lock().insert(id, e.to_string());
+                    continue;
+                }
+            };
             let mut blobs = store.blobs.lock();
             let Some(b) = blobs.get_mut(&id) else {
                 continue;
@@ -325,6 +337,12 @@ impl LogStore {
     /// Writes `data` at `offset` of an `ExtentBlob` under `lease`; returns the new version once
     /// it is durable.
     pub fn write_at(&self, lease: &Lease, offset: u64, data: &[u8]) -> Result<u64> {
+        if let Some(why) = self.damaged.lock().get(&lease.blob) {
+            return Err(Error::Checksum(format!(
+                "blob {} is damaged: {why}",
+                lease.blob
+            )));
+        }
         if offset.checked_add(data.len() as u64).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "write at {offset} overflows"
@@ -381,17 +399,24 @@ impl LogStore {
                 .next_back()
                 .map(|(s, c)| (*s, *c))
                 .ok_or_else(|| Error::Corrupt(format!("blob {} has no chunk", lease.blob)))?;
-            if self.disk.room(chunk)? < need {
-                self.disk.seal(chunk)?;
+            // A sealed last chunk (a crash between sealing it and creating the next one) is
+            // rolled over like a full one.
+            if self.disk.room(chunk)? < need || self.disk.is_sealed(chunk)? {
+                if !self.disk.is_sealed(chunk)? {
+                    self.disk.seal(chunk)?;
+                }
                 seq += 1;
                 chunk = self.disk.create_chunk(lease.blob, seq, kind)?;
                 b.chunks.insert(seq, chunk);
             }
-            b.version += 1;
-            payload.extend_from_slice(&b.version.to_le_bytes());
+            let version = b.version + 1;
+            payload.extend_from_slice(&version.to_le_bytes());
             payload.extend_from_slice(prefix);
             payload.extend_from_slice(data);
-            (self.disk.submit(chunk, payload)?, seq, b.version)
+            // The version counts only once the record is queued.
+            let submitted = self.disk.submit(chunk, payload)?;
+            b.version = version;
+            (submitted, seq, version)
         };
         let offset = submitted.wait()?;
         Ok((
@@ -406,6 +431,9 @@ impl LogStore {
     /// Reads `len` bytes at `offset` of an `ExtentBlob` (holes and bytes past its end read as
     /// zeros), demanding the blob be at least at `min_version`.
     pub fn read_at(&self, blob: u64, offset: u64, len: usize, min_version: u64) -> Result<Vec<u8>> {
+        if let Some(why) = self.damaged.lock().get(&blob) {
+            return Err(Error::Checksum(format!("blob {blob} is damaged: {why}")));
+        }
         let end = offset
             .checked_add(len as u64)
             .ok_or_else(|| Error::InvalidArgument("read range overflows".into()))?;
@@ -524,6 +552,13 @@ impl LogStore {
                 .get(&lease.blob)
                 .ok_or_else(|| Error::NotFound(format!("blob {}", lease.blob)))?;
             Self::check_lease(b, lease)?;
+            if b.kind != LOG {
+                // Extents in early chunks may still be live until a compaction moves them.
+                return Err(Error::InvalidArgument(format!(
+                    "blob {} is an extent blob; only log blobs reclaim prefixes",
+                    lease.blob
+                )));
+            }
             // The blob's last chunk always stays: appends go there.
             let last = b.chunks.keys().next_back().copied().unwrap_or(0);
             b.chunks

@@ -517,6 +517,12 @@ impl Disk {
             sealed_len: None,
         };
         let io = (|| -> Result<()> {
+            // The block may hold a deleted chunk's records, whose first one would pass for
+            // this chunk's first record: clear that header before the chunk exists.
+            self.file.write_all_at(
+                &[0u8; HEADER],
+                self.cfg.data() + u64::from(block) * u64::from(self.cfg.block_size),
+            )?;
             self.file.write_all_at(
                 &END.to_le_bytes(),
                 self.cfg.block_table() + u64::from(block) * 4,
@@ -621,17 +627,46 @@ impl Disk {
     /// Deletes a chunk and frees its blocks.
     pub fn delete(&self, chunk: u64) -> Result<()> {
         self.check_failed()?;
-        let mut st = self.state.lock();
-        let c = st
-            .chunks
-            .get(&chunk)
-            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        // Appends submitted before the chunk was sealed may still be in the writer's hands;
+        // their pieces must not land in blocks already given to another chunk.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut st = loop {
+            let st = self.state.lock();
+            let c = st
+                .chunks
+                .get(&chunk)
+                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            if !c.entry.sealed {
+                return Err(Error::InvalidArgument(format!(
+                    "chunk {chunk} must be sealed before it is deleted"
+                )));
+            }
+            if c.reserved <= c.durable {
+                break st;
+            }
+            drop(st);
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "appends to chunk {chunk} are still in flight"
+                ))));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let Some(c) = st.chunks.get(&chunk) else {
+            return Err(Error::NotFound(format!("chunk {chunk}")));
+        };
         let (slot, blocks) = (c.slot, c.blocks.clone());
         let io = (|| -> Result<()> {
-            // Clearing both copies frees the slot; the blocks are free once no chunk reaches
-            // them, whatever their table entries say.
+            // Clearing both copies frees the slot. The freed blocks' table entries become FREE,
+            // so a stale link can never lead a later chain into a block another chunk owns.
             self.file
                 .write_all_at(&[0u8; SLOT as usize], SUPER + u64::from(slot) * SLOT)?;
+            for b in &blocks {
+                self.file.write_all_at(
+                    &FREE.to_le_bytes(),
+                    self.cfg.block_table() + u64::from(*b) * 4,
+                )?;
+            }
             self.file.sync_data()?;
             Ok(())
         })();
@@ -643,6 +678,39 @@ impl Disk {
         st.free_slots.push(slot);
         st.free_blocks.extend(blocks);
         Ok(())
+    }
+
+    /// Whether `chunk` is sealed.
+    pub fn is_sealed(&self, chunk: u64) -> Result<bool> {
+        let st = self.state.lock();
+        let c = st
+            .chunks
+            .get(&chunk)
+            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        Ok(c.entry.sealed)
+    }
+
+    /// Waits (up to 10 s) until every append submitted to `chunk` has been written or failed.
+    pub fn drain(&self, chunk: u64) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            {
+                let st = self.state.lock();
+                let c = st
+                    .chunks
+                    .get(&chunk)
+                    .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+                if c.reserved <= c.durable || self.failed.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "appends to chunk {chunk} are still in flight"
+                ))));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Appends a framed record to `chunk` and returns its offset once it is durable. Many
@@ -849,13 +917,16 @@ fn plan_append(
     };
     for b in new_blocks {
         let last = *c.blocks.last().unwrap_or(&b);
-        pieces.push((
-            cfg.block_table() + u64::from(last) * 4,
-            b.to_le_bytes().to_vec(),
-        ));
+        // The END mark goes first (a crash that keeps only the link leaves FREE there, which
+        // ends the chain too); a later batch's link to the next block replaces it. Pieces at
+        // one offset are deduplicated by the writer, last one wins.
         pieces.push((
             cfg.block_table() + u64::from(b) * 4,
             END.to_le_bytes().to_vec(),
+        ));
+        pieces.push((
+            cfg.block_table() + u64::from(last) * 4,
+            b.to_le_bytes().to_vec(),
         ));
         c.blocks.push(b);
     }
@@ -902,10 +973,19 @@ fn writer_loop(
                 outcomes.push(plan_append(cfg, &mut st, req, &mut pieces));
             }
         }
-        // Merge adjacent pieces so a batch is as few writes as possible.
-        pieces.sort_by_key(|p| p.0);
+        // Several pieces may address one block-table entry (END, then a link to the next
+        // block): only the last counts, so no write order can resurrect an earlier one. The
+        // rest stay in the order they were planned (a chunk's bytes in logical order, so that a
+        // process killed mid-write leaves a prefix), merged where they are adjacent.
+        let mut last_at: HashMap<u64, usize> = HashMap::new();
+        for (i, (off, _)) in pieces.iter().enumerate() {
+            last_at.insert(*off, i);
+        }
         let mut merged: Vec<Piece> = Vec::new();
-        for (off, bytes) in pieces {
+        for (i, (off, bytes)) in pieces.into_iter().enumerate() {
+            if last_at.get(&off) != Some(&i) {
+                continue;
+            }
             match merged.last_mut() {
                 Some((o, b)) if *o + b.len() as u64 == off => b.extend_from_slice(&bytes),
                 _ => merged.push((off, bytes)),
@@ -941,7 +1021,27 @@ fn writer_loop(
                 continue;
             }
         }
+        let cut: HashMap<u64, u64> = {
+            let st = state.lock();
+            batch
+                .iter()
+                .filter_map(|r| {
+                    st.chunks
+                        .get(&r.chunk)
+                        .and_then(|c| c.entry.sealed_len)
+                        .map(|l| (r.chunk, l))
+                })
+                .collect()
+        };
         for (req, out) in batch.into_iter().zip(outcomes) {
+            // A record past a seal length is not part of the chunk: never acknowledge it.
+            let out = match (out, cut.get(&req.chunk)) {
+                (Ok((_, end)), Some(l)) if end > *l => Err(Error::InvalidArgument(format!(
+                    "chunk {} was sealed at {l} before this record became durable",
+                    req.chunk
+                ))),
+                (o, _) => o,
+            };
             let _ = req.reply.send(out.map(|(off, _)| off));
         }
     }
