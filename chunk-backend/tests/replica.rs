@@ -339,3 +339,100 @@ async fn one_replicated_writer_at_a_time() {
         .collect();
     assert_eq!(recs, vec![b"from a".to_vec(), b"from b".to_vec()]);
 }
+
+/// The master never replaces a placement, and lease tokens from before a restart are dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_never_overwrites_and_forgets_old_tokens() {
+    use chunk_backend::replica::proto::{
+        master_client::MasterClient, AllocateRequest, LeaseRequest, SealChunkRequest,
+    };
+    let mut c = cluster(3);
+    let url = format!("http://{}", c.master);
+    let mut m = MasterClient::connect(url.clone()).await.expect("master");
+    let token = m
+        .lease(LeaseRequest {
+            blob: 7,
+            holder: "w".into(),
+            ttl_ms: 60_000,
+        })
+        .await
+        .expect("lease")
+        .into_inner()
+        .token;
+    let alloc = |seq| AllocateRequest {
+        blob: 7,
+        seq,
+        exclude: vec![],
+        token,
+    };
+    let p0 = m.allocate(alloc(0)).await.expect("seq 0").into_inner();
+    let again = m.allocate(alloc(0)).await.expect_err("seq 0 is placed");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again}");
+    let early = m.allocate(alloc(1)).await.expect_err("seq 0 is not sealed");
+    assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early}");
+    m.seal_chunk(SealChunkRequest {
+        blob: 7,
+        chunk: p0.chunk,
+        length: 0,
+        servers: vec![],
+        token,
+    })
+    .await
+    .expect("seal");
+    m.allocate(alloc(1)).await.expect("seq 1 after the seal");
+    // Restart the master on the same state: the old token is refused.
+    let (addr, master) = &mut c.procs[0];
+    master.kill().expect("kill");
+    master.wait().expect("wait");
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port");
+    let respawned = Command::new(env!("CARGO_BIN_EXE_chunk-master"))
+        .args(["--data"])
+        .arg(c._dir.path().join("master"))
+        .args(["--listen", addr.as_str()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("respawn");
+    c.procs[0].1 = respawned;
+    wait_port(port);
+    let mut m = MasterClient::connect(url).await.expect("master again");
+    let stale = m
+        .seal_chunk(SealChunkRequest {
+            blob: 7,
+            chunk: p0.chunk,
+            length: 0,
+            servers: vec![],
+            token,
+        })
+        .await;
+    assert_eq!(
+        stale.expect_err("a token from before the restart").code(),
+        tonic::Code::PermissionDenied
+    );
+    let fresh = m
+        .lease(LeaseRequest {
+            blob: 7,
+            holder: "w".into(),
+            ttl_ms: 60_000,
+        })
+        .await
+        .expect("lease")
+        .into_inner()
+        .token;
+    assert_ne!(fresh, token);
+    let placed = m
+        .blob(chunk_backend::replica::proto::BlobRequest { blob: 7 })
+        .await
+        .expect("blob")
+        .into_inner()
+        .chunks;
+    assert_eq!(
+        placed.len(),
+        2,
+        "placements survive the restart: {placed:?}"
+    );
+}

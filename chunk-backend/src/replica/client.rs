@@ -44,6 +44,8 @@ struct Writer {
     /// The blob's last chunk when the writer opened an existing blob, to be sealed before the
     /// first append.
     tail: Option<Placement>,
+    /// The lease token the state above was read under.
+    loaded_with: Option<u64>,
 }
 
 /// A replicated LogBlob. One writer at a time (the caller's responsibility, as with leases);
@@ -110,6 +112,7 @@ impl ReplicatedLog {
                 next_seq,
                 dead: Vec::new(),
                 tail,
+                loaded_with: None,
             }),
             conns: Mutex::new(HashMap::new()),
             holder: holder.to_string(),
@@ -175,7 +178,13 @@ impl ReplicatedLog {
     }
 
     /// Seals `p` on the replicas of `servers` at `len`; returns the ones that did it.
-    async fn seal_replicas(&self, p: &Placement, servers: &[String], len: u64) -> Vec<String> {
+    async fn seal_replicas(
+        &self,
+        p: &Placement,
+        servers: &[String],
+        len: u64,
+        freeze: bool,
+    ) -> Vec<String> {
         let mut set = tokio::task::JoinSet::new();
         for addr in servers {
             let (addr, conn) = (addr.clone(), self.conn(addr));
@@ -183,7 +192,11 @@ impl ReplicatedLog {
             set.spawn(async move {
                 let ok = match conn {
                     Ok(mut c) => c
-                        .seal(proto::SealRequest { chunk, length: len })
+                        .seal(proto::SealRequest {
+                            chunk,
+                            length: len,
+                            freeze,
+                        })
                         .await
                         .is_ok(),
                     Err(_) => false,
@@ -215,7 +228,7 @@ impl ReplicatedLog {
             .cloned()
             .collect();
         let sealed = self
-            .seal_replicas(&open.placement, &survivors, open.end)
+            .seal_replicas(&open.placement, &survivors, open.end, false)
             .await;
         w.dead.extend(failed.iter().cloned());
         w.dead
@@ -243,8 +256,11 @@ impl ReplicatedLog {
     /// Places the blob's next chunk on three healthy servers and creates its replicas.
     async fn open_next(&self, w: &mut Writer) -> Result<()> {
         if let Some(tail) = w.tail.take() {
-            // A previous writer's last chunk: every acknowledged record is on every replica, so
-            // the shortest replica still holds them all.
+            // A previous writer's last chunk. Freeze every replica first (no more appends, the
+            // ones in flight finished), so no record can be acknowledged after the lengths are
+            // read. Every acknowledged record is then on every replica, and the shortest
+            // replica holds them all.
+            self.seal_replicas(&tail, &tail.servers, 0, true).await;
             let mut lens = Vec::new();
             for addr in &tail.servers {
                 if let Ok(mut c) = self.conn(addr) {
@@ -297,15 +313,20 @@ impl ReplicatedLog {
                     Err(e) => return Err(Error::Remote(format!("a create task failed: {e}"))),
                 }
             }
+            w.next_seq = p.seq + 1;
             if bad.is_empty() {
-                w.next_seq = p.seq + 1;
                 w.open = Some(Open {
                     placement: p,
                     end: 0,
                 });
                 return Ok(());
             }
-            w.dead.extend(bad);
+            // Placements are never replaced: this one is sealed empty and the blob moves on.
+            w.open = Some(Open {
+                placement: p,
+                end: 0,
+            });
+            self.seal_open(w, &bad).await?;
         }
         Err(Error::Remote(format!(
             "could not place chunk {} of blob {}",
@@ -317,7 +338,21 @@ impl ReplicatedLog {
     /// durable. A failed replica makes the writer seal the chunk and continue on a new one.
     pub async fn append(&self, data: &[u8]) -> Result<(Position, u64)> {
         let mut w = self.writer.lock().await;
-        self.token().await?;
+        let token = self.token().await?;
+        if w.loaded_with != Some(token) {
+            // The blob may have changed before this lease was granted (another writer): read
+            // its placements and version again, and treat its last chunk as a tail to seal.
+            let chunks = self.placements().await?;
+            w.next_seq = chunks.iter().map(|p| p.seq + 1).max().unwrap_or(0);
+            w.tail = chunks
+                .iter()
+                .max_by_key(|p| p.seq)
+                .filter(|p| p.sealed_len.is_none())
+                .cloned();
+            w.open = None;
+            w.version = self.records().await?.last().map_or(0, |r| r.1);
+            w.loaded_with = Some(token);
+        }
         let version = w.version + 1;
         let mut payload = Vec::with_capacity(8 + data.len());
         payload.extend_from_slice(&version.to_le_bytes());

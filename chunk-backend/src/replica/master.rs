@@ -28,6 +28,8 @@ pub const REPLICAS: usize = 3;
 
 #[derive(Default)]
 struct State {
+    /// Bumped at every start, so that lease tokens never repeat across restarts.
+    epoch: u64,
     next: u64,
     servers: Vec<String>,
     blobs: BTreeMap<u64, BTreeMap<u32, Placement>>,
@@ -35,7 +37,7 @@ struct State {
 
 impl State {
     fn encode(&self) -> String {
-        let mut s = format!("next {}\n", self.next);
+        let mut s = format!("epoch {}\nnext {}\n", self.epoch, self.next);
         for a in &self.servers {
             s.push_str(&format!("server {a}\n"));
         }
@@ -63,6 +65,7 @@ impl State {
             let bad = || format!("master.state line {}: {line:?}", n + 1);
             match f.as_slice() {
                 ["next", v] => st.next = v.parse().map_err(|_| bad())?,
+                ["epoch", v] => st.epoch = v.parse().map_err(|_| bad())?,
                 ["server", a] => st.servers.push((*a).to_string()),
                 ["chunk", blob, chunk, seq, sealed, servers] => {
                     let p = Placement {
@@ -113,7 +116,7 @@ impl Master {
     pub fn open(dir: &Path) -> std::io::Result<Master> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("master.state");
-        let state = match std::fs::read_to_string(&path) {
+        let mut state = match std::fs::read_to_string(&path) {
             Ok(text) => State::decode(&text).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
                 next: 1,
@@ -121,12 +124,17 @@ impl Master {
             },
             Err(e) => return Err(e),
         };
-        Ok(Master {
+        state.epoch += 1;
+        let master = Master {
             path,
+            tokens: std::sync::atomic::AtomicU64::new(state.epoch << 32 | 1),
             state: Mutex::new(state),
             leases: Mutex::new(std::collections::HashMap::new()),
-            tokens: std::sync::atomic::AtomicU64::new(1),
-        })
+        };
+        master
+            .persist(&master.state.lock())
+            .map_err(|s| std::io::Error::other(s.message().to_string()))?;
+        Ok(master)
     }
 
     fn check_lease(&self, blob: u64, token: u64) -> Result<(), Status> {
@@ -193,11 +201,21 @@ impl proto::master_server::Master for Arc<Master> {
         let r = r.into_inner();
         self.check_lease(r.blob, r.token)?;
         let mut st = self.state.lock();
-        if let Some(p) = st.blobs.get(&r.blob).and_then(|c| c.get(&r.seq)) {
-            if p.sealed_len.is_some() {
-                return Err(Status::already_exists(format!(
-                    "chunk {} of blob {} is sealed",
-                    r.seq, r.blob
+        let chunks = st.blobs.get(&r.blob);
+        let next = chunks
+            .and_then(|c| c.keys().next_back())
+            .map_or(0, |s| s + 1);
+        if r.seq != next {
+            return Err(Status::failed_precondition(format!(
+                "blob {} places chunk {next} next, not {}",
+                r.blob, r.seq
+            )));
+        }
+        if let Some(prev) = chunks.and_then(|c| c.values().next_back()) {
+            if prev.sealed_len.is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "chunk {} of blob {} is not sealed yet",
+                    prev.seq, r.blob
                 )));
             }
         }

@@ -89,7 +89,17 @@ impl proto::chunk_server_server::ChunkServer for Service {
     async fn seal(&self, r: Request<proto::SealRequest>) -> Result<Response<proto::Empty>, Status> {
         let r = r.into_inner();
         let disk = self.disk.clone();
-        blocking(move || disk.seal_at(r.chunk, r.length)).await?;
+        blocking(move || {
+            if r.freeze {
+                if !disk.is_sealed(r.chunk)? {
+                    disk.seal(r.chunk)?;
+                }
+                disk.drain(r.chunk)
+            } else {
+                disk.seal_at(r.chunk, r.length)
+            }
+        })
+        .await?;
         Ok(Response::new(proto::Empty {}))
     }
 
