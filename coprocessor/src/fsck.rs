@@ -71,12 +71,15 @@ fn show(n: &[u8]) -> String {
 /// Checks every namespace in `db`. `progress` hears about each phase.
 pub async fn check(db: &Db, progress: &(dyn Fn(&str) + Sync)) -> tafdb::Result<Report> {
     let mut r = Report::default();
+    // Every read is at one snapshot, so that operations committing meanwhile (fsck runs on a
+    // live server) cannot make a consistent namespace look broken.
+    let ts = db.tso().next()?;
     progress("reading the namespace registry");
-    let registry = db.dump(&keys::namespace_range()).await?;
+    let registry = db.dump_at(&keys::namespace_range(), ts).await?;
     progress("reading the Index table");
-    let index = db.dump(&indexnode::index_table()).await?;
+    let index = db.dump_at(&indexnode::index_table(), ts).await?;
     progress("reading the Meta table");
-    let meta = db.dump(&keys::meta_table()).await?;
+    let meta = db.dump_at(&keys::meta_table(), ts).await?;
     progress("checking");
     let mut problems = Vec::new();
     let mut roots: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
@@ -292,10 +295,13 @@ pub async fn check(db: &Db, progress: &(dyn Fn(&str) + Sync)) -> tafdb::Result<R
             }
         }
         let stat = db
-            .dump(&KeyRange::new(
-                keys::nsstat_key(*root),
-                Some([keys::nsstat_key(*root), vec![0]].concat()),
-            ))
+            .dump_at(
+                &KeyRange::new(
+                    keys::nsstat_key(*root),
+                    Some([keys::nsstat_key(*root), vec![0]].concat()),
+                ),
+                ts,
+            )
             .await?;
         let field = |o: usize| {
             stat.first()

@@ -327,6 +327,9 @@ impl Model {
             return Err(Errno::ENOENT);
         };
         let did = self.node(ddir).children.get(&dname).copied();
+        if did.is_some() && flags == 1 {
+            return Err(Errno::EEXIST);
+        }
         if sdir == ddir && sname == dname {
             return Ok(());
         }
@@ -341,9 +344,6 @@ impl Model {
             return Err(Errno::ENOENT);
         }
         if let Some(did) = did {
-            if flags == 1 {
-                return Err(Errno::EEXIST);
-            }
             if !self.sticky_ok(ddir, self.node(did).uid, c) {
                 return Err(Errno::EPERM);
             }

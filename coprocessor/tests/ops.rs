@@ -506,3 +506,106 @@ async fn inode_ids_do_not_cross_namespaces() {
     let report = f.fsck().await;
     assert!(report.is_clean(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posix_details_of_rename_and_setattr() {
+    let f = fixture().await;
+    let (r, al) = (root(), alice());
+    f.mkdir(&r, "/p", 0o777).await.expect("mkdir");
+    f.mkdir(&r, "/q", 0o777).await.expect("mkdir");
+    f.create(&al, "/p/f").await.expect("alice's file");
+    f.mkdir(&r, "/q/d", 0o755).await.expect("root's directory");
+    // Exchanging moves root's directory to another parent: alice needs write on it.
+    assert_eq!(
+        errno(f.rename(&al, "/p/f", "/q/d", RENAME_EXCHANGE).await),
+        Errno::EACCES
+    );
+    // NOREPLACE refuses an existing name even when it is the same entry.
+    assert_eq!(
+        errno(f.rename(&r, "/p/f", "/p/f", RENAME_NOREPLACE).await),
+        Errno::EEXIST
+    );
+    let set = |cred: &indexnode::Cred, path: &str| SetAttr {
+        ns: NS.to_vec(),
+        cred: cred.clone(),
+        obj: Some(o(path)),
+        ..Default::default()
+    };
+    // A non-owner may not "chown" even to the current owner.
+    let bob = indexnode::Cred {
+        uid: 2000,
+        gid: 2000,
+        groups: vec![],
+    };
+    let same_owner = SetAttr {
+        uid: Some(1000),
+        ..set(&bob, "/p/f")
+    };
+    assert_eq!(errno(f.svc.call(&same_owner).await), Errno::EPERM);
+    // A request that changes nothing writes nothing.
+    let before = f.stat(&r, "/p/f", false).await.expect("stat");
+    let after = f.svc.call(&set(&bob, "/p/f")).await.expect("empty setattr");
+    assert_eq!(after.ctime, before.ctime);
+    // An unprivileged truncate drops setuid; a chown drops setuid and, with group execute,
+    // setgid.
+    f.svc
+        .call(&SetAttr {
+            mode: Some(0o6775),
+            ..set(&al, "/p/f")
+        })
+        .await
+        .expect("chmod");
+    let t = f
+        .svc
+        .call(&SetAttr {
+            size: Some(10),
+            ..set(&al, "/p/f")
+        })
+        .await
+        .expect("truncate");
+    assert_eq!(
+        t.perm() & 0o6000,
+        0,
+        "setuid and (group-exec) setgid dropped: {:o}",
+        t.perm()
+    );
+    f.svc
+        .call(&SetAttr {
+            mode: Some(0o6755),
+            ..set(&r, "/p/f")
+        })
+        .await
+        .expect("chmod");
+    let c = f
+        .svc
+        .call(&SetAttr {
+            gid: Some(1000),
+            ..set(&r, "/p/f")
+        })
+        .await
+        .expect("chgrp");
+    assert_eq!(c.perm() & 0o6000, 0, "{:o}", c.perm());
+    f.svc
+        .call(&SetAttr {
+            mode: Some(0o2644),
+            ..set(&r, "/p/f")
+        })
+        .await
+        .expect("chmod");
+    let c = f
+        .svc
+        .call(&SetAttr {
+            gid: Some(1000),
+            ..set(&r, "/p/f")
+        })
+        .await
+        .expect("chgrp");
+    assert_eq!(
+        c.perm() & 0o2000,
+        0o2000,
+        "setgid without group execute stays: {:o}",
+        c.perm()
+    );
+    let report = f.fsck().await;
+    assert!(report.is_clean(), "{report}");
+}

@@ -249,7 +249,12 @@ impl Db {
     /// tables included), in key order. It visits whole engines: for checkers such as `fsck`,
     /// not for queries. Commits in flight at the snapshot are waited for.
     pub async fn dump(&self, range: &KeyRange) -> Result<Vec<(Key, Value)>> {
-        let ts = self.tso.next()?;
+        self.dump_at(range, self.tso.next()?).await
+    }
+
+    /// [`Db::dump`] at snapshot `ts` (take it from [`Db::tso`]), so that several dumps see one
+    /// state. Fails with `SnapshotTooOld` once `ts` leaves the MVCC window.
+    pub async fn dump_at(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         let mut out = Vec::new();
         for t in self.tablets_for_range(range) {
             if let Some(piece) = range.intersect(t.range()) {

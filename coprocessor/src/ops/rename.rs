@@ -122,6 +122,10 @@ impl Op for Rename {
                 );
             };
             let dd = dentry(txn, to.dir.id, &to.name).await?;
+            if dd.is_some() && self.flags & RENAME_NOREPLACE != 0 {
+                // Even onto itself or another link of the same inode: the name exists.
+                return fail(Errno::EEXIST, format!("{:?} exists", show(&to.name)));
+            }
             if from.dir.id == to.dir.id && from.name == to.name {
                 return Ok(());
             }
@@ -163,6 +167,15 @@ impl Op for Rename {
                 let Some(da) = da else {
                     return fail(Errno::ENOENT, "exchange with a missing entry");
                 };
+                if da.kind().is_dir()
+                    && moves_parent
+                    && !self.cred.may(da.mode, da.uid, da.gid, MAY_WRITE)
+                {
+                    return fail(
+                        Errno::EACCES,
+                        "moving a directory to another parent needs write permission on it",
+                    );
+                }
                 exchange_entries(txn, &from, &to, &sa, &da, moves_parent, now).await?;
                 return Ok(());
             }

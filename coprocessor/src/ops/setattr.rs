@@ -68,6 +68,16 @@ impl Op for SetAttr {
             };
             let t = object(txn, &ns, &obj, &self.cred).await?;
             let old = must_attr(txn, t.id).await?;
+            let nothing = self.mode.is_none()
+                && self.uid.is_none()
+                && self.gid.is_none()
+                && self.size.is_none()
+                && self.atime.is_none()
+                && self.mtime.is_none();
+            if nothing {
+                // A request that changes nothing writes nothing (and bumps no ctime).
+                return Ok(old);
+            }
             let mut a = old.clone();
             let cred = &self.cred;
             let now = now_ns();
@@ -88,18 +98,28 @@ impl Op for SetAttr {
                 let uid = self.uid.unwrap_or(a.uid);
                 let gid = self.gid.unwrap_or(a.gid);
                 if !cred.is_root() {
+                    // As Linux's chown_ok/chgrp_ok: even an unchanged owner or group may only be
+                    // given by the owner.
+                    if cred.uid != a.uid {
+                        return fail(Errno::EPERM, "only the owner may chown or chgrp");
+                    }
                     if uid != a.uid {
                         return fail(Errno::EPERM, "only root may change the owner");
                     }
-                    if gid != a.gid && (cred.uid != a.uid || !cred.in_group(gid)) {
+                    if gid != a.gid && !cred.in_group(gid) {
                         return fail(
                             Errno::EPERM,
-                            "only the owner may change the group, to one of theirs",
+                            "the owner may only change the group to one of theirs",
                         );
                     }
                 }
-                if (uid != a.uid || gid != a.gid) && !a.kind().is_dir() {
-                    a.mode &= !(S_ISUID | S_ISGID);
+                if !a.kind().is_dir() {
+                    // chown(2): setuid goes; setgid goes only with group execute (without it,
+                    // setgid marks mandatory locking and stays).
+                    a.mode &= !S_ISUID;
+                    if a.mode & 0o010 != 0 {
+                        a.mode &= !S_ISGID;
+                    }
                 }
                 a.uid = uid;
                 a.gid = gid;
@@ -119,6 +139,14 @@ impl Op for SetAttr {
                 usage(txn, &ns, 0, size as i64 - a.size as i64)?;
                 a.size = size;
                 a.mtime = now;
+                if !cred.is_root() {
+                    // A write by an unprivileged caller drops setuid (and setgid with group
+                    // execute), as Linux does.
+                    a.mode &= !S_ISUID;
+                    if a.mode & 0o010 != 0 {
+                        a.mode &= !S_ISGID;
+                    }
+                }
             }
             for (set, field) in [(self.atime, 0), (self.mtime, 1)] {
                 let Some(set) = set else { continue };
