@@ -629,29 +629,13 @@ impl Disk {
         self.check_failed()?;
         // Appends submitted before the chunk was sealed may still be in the writer's hands;
         // their pieces must not land in blocks already given to another chunk.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut st = loop {
-            let st = self.state.lock();
-            let c = st
-                .chunks
-                .get(&chunk)
-                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
-            if !c.entry.sealed {
-                return Err(Error::InvalidArgument(format!(
-                    "chunk {chunk} must be sealed before it is deleted"
-                )));
-            }
-            if c.reserved <= c.durable {
-                break st;
-            }
-            drop(st);
-            if std::time::Instant::now() > deadline {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "appends to chunk {chunk} are still in flight"
-                ))));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
+        if !self.is_sealed(chunk)? {
+            return Err(Error::InvalidArgument(format!(
+                "chunk {chunk} must be sealed before it is deleted"
+            )));
+        }
+        self.drain(chunk)?;
+        let mut st = self.state.lock();
         let Some(c) = st.chunks.get(&chunk) else {
             return Err(Error::NotFound(format!("chunk {chunk}")));
         };
@@ -970,7 +954,18 @@ fn writer_loop(
         {
             let mut st = state.lock();
             for req in &batch {
-                outcomes.push(plan_append(cfg, &mut st, req, &mut pieces));
+                let out = plan_append(cfg, &mut st, req, &mut pieces);
+                if out.is_err() {
+                    // The space promised at submit time will not be used: give it back, or
+                    // `room` would shrink and `drain` would wait for bytes that never come.
+                    if let Some(c) = st.chunks.get_mut(&req.chunk) {
+                        c.reserved = c
+                            .reserved
+                            .saturating_sub((HEADER + req.payload.len()) as u64)
+                            .max(c.end);
+                    }
+                }
+                outcomes.push(out);
             }
         }
         // Several pieces may address one block-table entry (END, then a link to the next
