@@ -143,6 +143,10 @@ pub struct ChunkEntry {
     /// Where a seal cut the chunk (records past it are not part of it), if it was sealed at a
     /// length.
     pub sealed_len: Option<u64>,
+    /// A length known durable: the chunk's length after the previous group commit that touched
+    /// it (written with the next one). Damage below it is corruption; damage above it may be a
+    /// batch a power loss cut short, which was never acknowledged, and is cut as a torn tail.
+    pub checkpoint: u64,
 }
 
 impl ChunkEntry {
@@ -158,6 +162,7 @@ impl ChunkEntry {
         // Stored plus one, so that zeroed bytes mean "no seal length".
         let sl = self.sealed_len.map_or(0, |l| l + 1);
         b[36..44].copy_from_slice(&sl.to_le_bytes());
+        b[44..52].copy_from_slice(&self.checkpoint.to_le_bytes());
         let crc = crc32c::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -182,6 +187,7 @@ impl ChunkEntry {
             first_block: u32_at(24),
             gen: u64_at(28),
             sealed_len: u64_at(36).checked_sub(1),
+            checkpoint: u64_at(44),
         })
     }
 }
@@ -393,15 +399,8 @@ impl Disk {
                     &mut bytes[i * cfg.block_size as usize..(i + 1) * cfg.block_size as usize];
                 file.read_exact_at(piece, off)?;
             }
-            let mut scan = frame::scan(&bytes);
-            if let Some(cut) = entry.sealed_len {
-                // Records past a seal length were never acknowledged by every replica.
-                scan.records
-                    .retain(|r| r.offset + HEADER as u64 + u64::from(r.size) <= cut);
-                scan.corrupt.retain(|c| *c < cut);
-                scan.end = scan.end.min(cut);
-                scan.last = scan.records.last().map(|r| r.link);
-            }
+            let mut entry = entry;
+            let scan = classify(frame::scan(&bytes), &bytes, &mut entry);
             if scan.torn {
                 tracing::info!(chunk = entry.id, end = scan.end, "dropped a torn tail");
             }
@@ -515,6 +514,7 @@ impl Disk {
             first_block: block,
             gen: 1,
             sealed_len: None,
+            checkpoint: 0,
         };
         let io = (|| -> Result<()> {
             // The block may hold a deleted chunk's records, whose first one would pass for
@@ -859,6 +859,61 @@ impl Submitted {
     }
 }
 
+/// Applies what the chunk's entry knows to a scan of its bytes: a seal length cuts records
+/// past it; damage at or above the durable checkpoint is a torn batch (cut there); damage below
+/// it is corruption, reported, and the chunk is sealed so that nothing overwrites it.
+fn classify(mut scan: frame::Scan, bytes: &[u8], entry: &mut ChunkEntry) -> frame::Scan {
+    let relink = |scan: &mut frame::Scan, cut: u64| {
+        scan.records
+            .retain(|r| r.offset + HEADER as u64 + u64::from(r.size) <= cut);
+        scan.corrupt.retain(|c| *c < cut);
+        scan.end = scan.end.min(cut);
+        // The next record follows the last one kept, damaged or not.
+        let last_ok = scan.records.last().map(|r| (r.offset, r.link));
+        let last_bad = scan.corrupt.last().and_then(|c| {
+            frame::Header::decode(bytes.get(*c as usize..)?).map(|h| {
+                (
+                    *c,
+                    Link {
+                        size: h.curr_size,
+                        crc: h.curr_crc,
+                    },
+                )
+            })
+        });
+        scan.last = match (last_ok, last_bad) {
+            (Some(a), Some(b)) => Some(if a.0 > b.0 { a.1 } else { b.1 }),
+            (a, b) => a.or(b).map(|x| x.1),
+        };
+    };
+    if let Some(cut) = entry.sealed_len {
+        // Records past a seal length were never acknowledged by every replica.
+        relink(&mut scan, cut);
+    }
+    let checkpoint = entry
+        .sealed_len
+        .map_or(entry.checkpoint, |l| l.min(entry.checkpoint));
+    if let Some(first) = scan.corrupt.iter().copied().find(|c| *c >= checkpoint) {
+        // Above the checkpoint a "damaged" record with valid ones after it is a batch a power
+        // loss persisted out of order: never acknowledged, cut like a torn tail.
+        relink(&mut scan, first);
+        scan.torn = true;
+    }
+    if scan.end < checkpoint {
+        // Bytes that were durable cannot be read: report it, and keep them from being
+        // overwritten by new appends.
+        tracing::error!(
+            chunk = entry.id,
+            end = scan.end,
+            checkpoint,
+            "durable records are damaged"
+        );
+        scan.corrupt.push(scan.end);
+        entry.sealed = true;
+    }
+    scan
+}
+
 /// One planned write: file offset and bytes.
 type Piece = (u64, Vec<u8>);
 
@@ -953,8 +1008,12 @@ fn writer_loop(
         let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut st = state.lock();
+            let mut touched: Vec<u64> = Vec::new();
             for req in &batch {
                 let out = plan_append(cfg, &mut st, req, &mut pieces);
+                if out.is_ok() && !touched.contains(&req.chunk) {
+                    touched.push(req.chunk);
+                }
                 if out.is_err() {
                     // The space promised at submit time will not be used: give it back, or
                     // `room` would shrink and `drain` would wait for bytes that never come.
@@ -966,6 +1025,21 @@ fn writer_loop(
                     }
                 }
                 outcomes.push(out);
+            }
+            // Record each touched chunk's durable length so far in its entry, in the same
+            // commit (the other copy than the newest, so a torn entry write leaves that one).
+            for id in touched {
+                if let Some(c) = st.chunks.get_mut(&id) {
+                    if c.durable > c.entry.checkpoint {
+                        c.entry.checkpoint = c.durable;
+                        c.entry.gen += 1;
+                        let copy = (c.entry.gen % 2) * COPY as u64;
+                        pieces.push((
+                            SUPER + u64::from(c.slot) * SLOT + copy,
+                            c.entry.encode().to_vec(),
+                        ));
+                    }
+                }
             }
         }
         // Several pieces may address one block-table entry (END, then a link to the next
@@ -1039,5 +1113,86 @@ fn writer_loop(
             };
             let _ = req.reply.send(out.map(|(off, _)| off));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> (Vec<u8>, Vec<u64>) {
+        let (mut out, mut offs, mut prev) = (Vec::new(), Vec::new(), None);
+        for i in 0..n {
+            offs.push(out.len() as u64);
+            let (b, l) = frame::encode(prev, &vec![i as u8 + 1; 50]);
+            out.extend_from_slice(&b);
+            prev = Some(l);
+        }
+        offs.push(out.len() as u64);
+        (out, offs)
+    }
+
+    fn entry(checkpoint: u64) -> ChunkEntry {
+        ChunkEntry {
+            id: 1,
+            blob: 1,
+            seq: 0,
+            sealed: false,
+            kind: 0,
+            first_block: 0,
+            gen: 1,
+            sealed_len: None,
+            checkpoint,
+        }
+    }
+
+    #[test]
+    fn damage_above_the_checkpoint_is_a_torn_batch() {
+        let (mut b, offs) = chain(4);
+        b[offs[2] as usize + HEADER + 3] ^= 1;
+        let mut e = entry(offs[2]);
+        let s = classify(frame::scan(&b), &b, &mut e);
+        assert_eq!(
+            s.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![offs[0], offs[1]]
+        );
+        assert_eq!(
+            (s.end, s.torn, s.corrupt.len(), e.sealed),
+            (offs[2], true, 0, false)
+        );
+        // The next record follows record 1.
+        assert_eq!(s.last, s.records.last().map(|r| r.link));
+    }
+
+    #[test]
+    fn damage_below_the_checkpoint_is_reported() {
+        let (mut b, offs) = chain(4);
+        b[offs[2] as usize + HEADER + 3] ^= 1;
+        let mut e = entry(offs[4]);
+        let s = classify(frame::scan(&b), &b, &mut e);
+        assert_eq!(s.corrupt, vec![offs[2]]);
+        assert_eq!(s.records.len(), 3);
+        assert_eq!(s.end, offs[4]);
+        // A header destroyed below the checkpoint: the chain cannot be followed past it.
+        let (mut b, offs) = chain(4);
+        b[offs[1] as usize + 2] ^= 0xFF;
+        let mut e = entry(offs[3]);
+        let s = classify(frame::scan(&b), &b, &mut e);
+        assert_eq!(s.end, offs[1]);
+        assert_eq!(s.corrupt, vec![offs[1]]);
+        assert!(e.sealed, "appends must not overwrite durable bytes");
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let e = ChunkEntry {
+            sealed_len: Some(77),
+            checkpoint: 123,
+            sealed: true,
+            kind: 1,
+            ..entry(0)
+        };
+        assert_eq!(ChunkEntry::decode(&e.encode()), Some(e));
+        assert_eq!(ChunkEntry::decode(&[0u8; COPY]), None);
     }
 }

@@ -566,3 +566,22 @@ fn reused_blocks_do_not_leak_old_records() {
         }
     }
 }
+
+#[test]
+fn the_durable_checkpoint_is_recorded_with_the_next_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let mut offsets = Vec::new();
+    {
+        let disk = Disk::open(&path, small()).expect("open");
+        let c = disk.create_chunk(1, 0, 0).expect("create");
+        for i in 0..10u8 {
+            offsets.push(disk.append(c, vec![i; 40]).expect("append"));
+        }
+    }
+    let disk = Disk::open(&path, small()).expect("reopen");
+    let info = &disk.opened()[0];
+    // Each append was its own commit: the last one carried the length before it.
+    assert_eq!(info.entry.checkpoint, offsets[9]);
+    assert_eq!(info.records.len(), 10);
+}
