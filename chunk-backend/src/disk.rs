@@ -1124,7 +1124,7 @@ mod tests {
         let (mut out, mut offs, mut prev) = (Vec::new(), Vec::new(), None);
         for i in 0..n {
             offs.push(out.len() as u64);
-            let (b, l) = frame::encode(prev, &vec![i as u8 + 1; 50]);
+            let (b, l) = frame::encode(prev, &[i as u8 + 1; 50]);
             out.extend_from_slice(&b);
             prev = Some(l);
         }
