@@ -226,6 +226,20 @@ struct State {
     next_id: u64,
 }
 
+impl State {
+    fn chunk(&self, id: u64) -> Result<&ChunkState> {
+        self.chunks
+            .get(&id)
+            .ok_or_else(|| Error::NotFound(format!("chunk {id}")))
+    }
+
+    fn chunk_mut(&mut self, id: u64) -> Result<&mut ChunkState> {
+        self.chunks
+            .get_mut(&id)
+            .ok_or_else(|| Error::NotFound(format!("chunk {id}")))
+    }
+}
+
 struct AppendReq {
     chunk: u64,
     payload: Vec<u8>,
@@ -605,10 +619,7 @@ impl Disk {
     fn update_entry(&self, chunk: u64, f: impl FnOnce(&mut ChunkEntry)) -> Result<()> {
         self.check_failed()?;
         let mut st = self.state.lock();
-        let c = st
-            .chunks
-            .get_mut(&chunk)
-            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        let c = st.chunk_mut(chunk)?;
         let mut e = c.entry;
         f(&mut e);
         e.gen += 1;
@@ -667,10 +678,7 @@ impl Disk {
     /// Whether `chunk` is sealed.
     pub fn is_sealed(&self, chunk: u64) -> Result<bool> {
         let st = self.state.lock();
-        let c = st
-            .chunks
-            .get(&chunk)
-            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        let c = st.chunk(chunk)?;
         Ok(c.entry.sealed)
     }
 
@@ -680,10 +688,7 @@ impl Disk {
         loop {
             {
                 let st = self.state.lock();
-                let c = st
-                    .chunks
-                    .get(&chunk)
-                    .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+                let c = st.chunk(chunk)?;
                 if c.reserved <= c.durable || self.failed.load(Ordering::Acquire) {
                     return Ok(());
                 }
@@ -714,10 +719,7 @@ impl Disk {
         }
         {
             let mut st = self.state.lock();
-            let c = st
-                .chunks
-                .get_mut(&chunk)
-                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            let c = st.chunk_mut(chunk)?;
             if c.entry.sealed {
                 return Err(Error::InvalidArgument(format!("chunk {chunk} is sealed")));
             }
@@ -743,10 +745,7 @@ impl Disk {
     pub fn read_all(&self, chunk: u64) -> Result<Vec<u8>> {
         let (blocks, durable) = {
             let st = self.state.lock();
-            let c = st
-                .chunks
-                .get(&chunk)
-                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            let c = st.chunk(chunk)?;
             (c.blocks.clone(), c.durable)
         };
         let mut buf = vec![0u8; durable as usize];
@@ -757,10 +756,7 @@ impl Disk {
     /// The room left in `chunk` for one record's payload.
     pub fn room(&self, chunk: u64) -> Result<u64> {
         let st = self.state.lock();
-        let c = st
-            .chunks
-            .get(&chunk)
-            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        let c = st.chunk(chunk)?;
         Ok(self
             .cfg
             .chunk_capacity()
@@ -770,10 +766,7 @@ impl Disk {
     /// The durable length of `chunk`.
     pub fn len(&self, chunk: u64) -> Result<u64> {
         let st = self.state.lock();
-        let c = st
-            .chunks
-            .get(&chunk)
-            .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+        let c = st.chunk(chunk)?;
         Ok(c.durable)
     }
 
@@ -802,10 +795,7 @@ impl Disk {
     pub fn read(&self, chunk: u64, offset: u64) -> Result<Vec<u8>> {
         let (blocks, durable) = {
             let st = self.state.lock();
-            let c = st
-                .chunks
-                .get(&chunk)
-                .ok_or_else(|| Error::NotFound(format!("chunk {chunk}")))?;
+            let c = st.chunk(chunk)?;
             (c.blocks.clone(), c.durable)
         };
         if offset + HEADER as u64 > durable {

@@ -25,6 +25,25 @@ fn wait_port(port: u16) {
     }
 }
 
+/// A chunk-server process with small test chunks.
+fn spawn_chunk_server(data: &std::path::Path, addr: &str, master: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_chunk-server"))
+        .args(["--data"])
+        .arg(data)
+        .args(["--listen", addr, "--master", master])
+        .args([
+            "--blocks",
+            "256",
+            "--block-size",
+            "65536",
+            "--chunk-blocks",
+            "4",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chunk server")
+}
+
 struct Cluster {
     master: String,
     procs: Vec<(String, Child)>,
@@ -56,21 +75,7 @@ fn cluster(servers: usize) -> Cluster {
     for i in 0..servers {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let c = Command::new(env!("CARGO_BIN_EXE_chunk-server"))
-            .args(["--data"])
-            .arg(dir.path().join(format!("server-{i}")))
-            .args(["--listen", &addr, "--master", &master])
-            .args([
-                "--blocks",
-                "256",
-                "--block-size",
-                "65536",
-                "--chunk-blocks",
-                "4",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chunk server");
+        let c = spawn_chunk_server(&dir.path().join(format!("server-{i}")), &addr, &master);
         wait_port(port);
         procs.push((addr, c));
     }
@@ -241,21 +246,7 @@ async fn a_chunk_server_killed_mid_append_keeps_the_acknowledged_prefix() {
         .expect("port")
         .parse()
         .expect("port");
-    let restarted = Command::new(env!("CARGO_BIN_EXE_chunk-server"))
-        .args(["--data"])
-        .arg(&data)
-        .args(["--listen", &addr, "--master", &c.master])
-        .args([
-            "--blocks",
-            "256",
-            "--block-size",
-            "65536",
-            "--chunk-blocks",
-            "4",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("restart");
+    let restarted = spawn_chunk_server(&data, &addr, &c.master);
     c.procs[1].1 = restarted;
     wait_port(port);
     let mut cl = ChunkServerClient::connect(url).await.expect("reconnect");

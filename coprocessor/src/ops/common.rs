@@ -239,3 +239,27 @@ pub async fn must_be_empty(txn: &mut Txn, id: u64, name: &[u8]) -> OpResult<()> 
     }
     Ok(())
 }
+
+/// Resolves the existing entry `at` that an operation will remove, checking write and search
+/// permission on its parent (`what` names the operation in the error).
+pub async fn existing_entry(
+    txn: &mut Txn,
+    ns: &Ns,
+    at: &crate::api::Loc,
+    cred: &Cred,
+    what: &str,
+) -> OpResult<(Located, Dentry)> {
+    let loc = crate::resolve::locate(txn, ns, at, cred).await?;
+    loc.dir.check(
+        cred,
+        indexnode::MAY_WRITE | indexnode::MAY_EXEC,
+        &format!("{what} in the parent"),
+    )?;
+    match crate::resolve::dentry(txn, loc.dir.id, &loc.name).await? {
+        Some(d) => Ok((loc, d)),
+        None => fail(
+            Errno::ENOENT,
+            format!("{:?} does not exist", String::from_utf8_lossy(&loc.name)),
+        ),
+    }
+}

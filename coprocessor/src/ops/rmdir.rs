@@ -1,6 +1,6 @@
 //! `rmdir`: removes an empty directory.
 
-use indexnode::{Cred, MAY_EXEC, MAY_WRITE};
+use indexnode::Cred;
 use metastore::keys;
 use serde::{Deserialize, Serialize};
 use tafdb::{BoxFuture, Txn};
@@ -8,8 +8,8 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::Loc;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
-use crate::ops::common::{check_sticky, drop_dir, touch_dir};
-use crate::resolve::{dentry, locate, must_attr, namespace};
+use crate::ops::common::{check_sticky, drop_dir, existing_entry, touch_dir};
+use crate::resolve::{must_attr, namespace};
 use crate::service::Op;
 
 /// Removes directory `at`, which must be empty.
@@ -30,15 +30,7 @@ impl Op for Rmdir {
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
             let ns = namespace(txn, &self.ns).await?;
-            let loc = locate(txn, &ns, &self.at, &self.cred).await?;
-            loc.dir
-                .check(&self.cred, MAY_WRITE | MAY_EXEC, "rmdir in the parent")?;
-            let Some(d) = dentry(txn, loc.dir.id, &loc.name).await? else {
-                return fail(
-                    Errno::ENOENT,
-                    format!("{:?} does not exist", String::from_utf8_lossy(&loc.name)),
-                );
-            };
+            let (loc, d) = existing_entry(txn, &ns, &self.at, &self.cred, "rmdir").await?;
             if !d.kind.is_dir() {
                 return fail(Errno::ENOTDIR, "rmdir of a non-directory");
             }

@@ -1,6 +1,6 @@
 //! `unlink`: removes a name of a non-directory; the inode goes with its last link.
 
-use indexnode::{Cred, MAY_EXEC, MAY_WRITE};
+use indexnode::Cred;
 use metastore::keys;
 use serde::{Deserialize, Serialize};
 use tafdb::{BoxFuture, Txn};
@@ -8,8 +8,8 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::Loc;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
-use crate::ops::common::{check_sticky, drop_link, touch_dir};
-use crate::resolve::{dentry, locate, must_attr, namespace};
+use crate::ops::common::{check_sticky, drop_link, existing_entry, touch_dir};
+use crate::resolve::{must_attr, namespace};
 use crate::service::Op;
 
 /// Removes entry `at`, which must not be a directory.
@@ -30,15 +30,7 @@ impl Op for Unlink {
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
             let ns = namespace(txn, &self.ns).await?;
-            let loc = locate(txn, &ns, &self.at, &self.cred).await?;
-            loc.dir
-                .check(&self.cred, MAY_WRITE | MAY_EXEC, "unlink in the parent")?;
-            let Some(d) = dentry(txn, loc.dir.id, &loc.name).await? else {
-                return fail(
-                    Errno::ENOENT,
-                    format!("{:?} does not exist", String::from_utf8_lossy(&loc.name)),
-                );
-            };
+            let (loc, d) = existing_entry(txn, &ns, &self.at, &self.cred, "unlink").await?;
             if d.kind.is_dir() {
                 return fail(Errno::EISDIR, "unlink of a directory (use rmdir)");
             }
