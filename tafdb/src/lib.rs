@@ -7,14 +7,16 @@
 //! for ordered tables). Transactions ([`Txn`]) are snapshot reads plus buffered writes with
 //! optimistic validation of read keys and scanned ranges, committed in one phase when they
 //! touch one tablet and in two phases (Percolator-style) otherwise. Delta records
-//! ([`mvcc::DeltaOp`]) let many transactions bump one counter without conflicting. Timestamps
-//! come from a persistent oracle ([`tso::Tso`]).
+//! ([`mvcc::DeltaOp`]) let many transactions bump one counter without conflicting; stable
+//! reads ([`Txn::get_stable`]) let a transaction depend on a record that others bump by delta.
+//! Configured hot keys take a pessimistic FIFO lock queue instead ([`lockq`]). Timestamps come
+//! from a persistent oracle ([`tso::Tso`]).
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
 //! crates build on [`Txn`] and register [`Coprocessor`]s.
 //!
 //! Key types: [`Db`] (open, begin, run_txn, coprocessors), [`Txn`], [`engine::Engine`],
-//! [`mvcc::MvccStore`], [`tablet::Tablet`], [`Error`].
+//! [`mvcc::MvccStore`], [`tablet::Tablet`], [`lockq::LockTable`], [`Error`].
 
 pub mod command;
 pub mod coprocessor;
