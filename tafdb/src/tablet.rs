@@ -654,7 +654,7 @@ impl Tablet {
         self.state.mvcc().get(key, ts)
     }
 
-    /// Every live entry of `range` at `ts`, for any engine (see [`MvccStore::dump`]). Waits for
+    /// Every live entry of `range` at `ts`, for any engine (see [`crate::mvcc::MvccStore::dump`]). Waits for
     /// commits in flight at `ts`; fails with `Locked` on an unresolved 2PC lock.
     pub async fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         let blocked = || {
