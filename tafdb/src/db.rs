@@ -13,7 +13,7 @@ use crate::coprocessor::{BoxFuture, Coprocessor};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyRange, Value};
 use crate::lockq::{LockSet, LockTable};
-use crate::tablet::{Tablet, TabletConfig};
+use crate::tablet::{PipelineRuntime, Tablet, TabletConfig};
 use crate::tso::{now_ms, Tso};
 use crate::txn::Txn;
 
@@ -101,6 +101,7 @@ impl Db {
         let tso = Arc::new(Tso::open(&config.dir.join("tso"))?);
         let mut bounds: Vec<Key> = vec![Vec::new()];
         bounds.extend(splits);
+        let pipeline = Arc::new(PipelineRuntime::new(config.tablet.pipeline_threads)?);
         let mut tablets = Vec::new();
         for (i, start) in bounds.iter().enumerate() {
             let end = bounds.get(i + 1).cloned();
@@ -109,7 +110,17 @@ impl Db {
                 end,
             };
             let dir = config.dir.join(format!("tablet-{i}"));
-            tablets.push(Tablet::open(i as u64, range, &dir, tso.clone(), &config.tablet).await?);
+            tablets.push(
+                Tablet::open(
+                    i as u64,
+                    range,
+                    &dir,
+                    tso.clone(),
+                    &config.tablet,
+                    &pipeline,
+                )
+                .await?,
+            );
         }
         Ok(Arc::new(Db {
             tablets,

@@ -12,12 +12,107 @@ pub type Key = Vec<u8>;
 /// Values are owned byte vectors.
 pub type Value = Vec<u8>;
 
+/// The hasher of TafDB's in-memory maps (foldhash, randomly seeded per process). SipHash, the
+/// standard default, cost a few percent of a commit in hashing alone.
+pub(crate) type FastHash = hashbrown::DefaultHashBuilder;
+
 /// The first byte of every internal key.
 pub const INTERNAL_PREFIX: u8 = 0xFF;
 /// Largest accepted key (bytes).
 pub const MAX_KEY_LEN: usize = 4096;
 /// Largest accepted value (bytes).
 pub const MAX_VALUE_LEN: usize = 1 << 20;
+
+/// Bytes of an [`InlineKey`] kept inside the key itself.
+const INLINE_HEAD: usize = 32;
+
+/// A key laid out for ordered in-memory sets and maps that hold many keys.
+///
+/// The first 32 bytes live inline, zero-padded, and only the rest (if any) on the heap. In a
+/// B-tree of `Vec<u8>` every comparison on the way down follows a pointer to another cache line
+/// and calls `memcmp`; an inline head compares as two big-endian 128-bit integers, and nearly
+/// all keys differ within it (a table byte, a parent id and a name fit in 32 bytes). Ordering
+/// is the plain lexicographic order of the whole key.
+#[derive(Clone)]
+pub(crate) struct InlineKey {
+    head: [u8; INLINE_HEAD],
+    head_len: u8,
+    /// Empty (no allocation) unless the key is longer than the head.
+    tail: Box<[u8]>,
+}
+
+impl InlineKey {
+    /// Copies `key`.
+    pub(crate) fn new(key: &[u8]) -> InlineKey {
+        let n = key.len().min(INLINE_HEAD);
+        let mut head = [0u8; INLINE_HEAD];
+        head[..n].copy_from_slice(&key[..n]);
+        InlineKey {
+            head,
+            head_len: n as u8,
+            tail: key[n..].into(),
+        }
+    }
+
+    /// The whole key as a vector.
+    pub(crate) fn to_vec(&self) -> Key {
+        let mut v = Vec::with_capacity(self.head_len as usize + self.tail.len());
+        v.extend_from_slice(&self.head[..self.head_len as usize]);
+        v.extend_from_slice(&self.tail);
+        v
+    }
+
+    fn words(&self) -> (u128, u128) {
+        let (hi, lo) = self.head.split_at(16);
+        (
+            u128::from_be_bytes(hi.try_into().unwrap_or_default()),
+            u128::from_be_bytes(lo.try_into().unwrap_or_default()),
+        )
+    }
+}
+
+impl PartialEq for InlineKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.words() == other.words() && self.head_len == other.head_len && self.tail == other.tail
+    }
+}
+
+impl Eq for InlineKey {}
+
+impl std::hash::Hash for InlineKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Exactly the fields equality looks at.
+        self.head.hash(state);
+        self.head_len.hash(state);
+        self.tail.hash(state);
+    }
+}
+
+impl Ord for InlineKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Zero padding keeps the order exact. Where padded heads first differ inside both
+        // keys, that byte decides, as it does for the keys. Where it lies past the end of one
+        // key, that key's byte is padding (0) and the other's is not, and the shorter key is a
+        // prefix of the longer, so it sorts first either way. Equal padded heads leave the
+        // length (a prefix sorts first) and then, for two full heads, the tails.
+        self.words()
+            .cmp(&other.words())
+            .then(self.head_len.cmp(&other.head_len))
+            .then_with(|| self.tail.cmp(&other.tail))
+    }
+}
+
+impl PartialOrd for InlineKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for InlineKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_vec())
+    }
+}
 
 /// The table id of a key: its first byte.
 pub fn table_of(key: &[u8]) -> u8 {
@@ -130,6 +225,26 @@ impl KeyRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Just;
+
+    proptest::proptest! {
+        /// Inline keys order exactly like the byte strings they hold, around the inline size.
+        #[test]
+        fn inline_keys_order_like_bytes(
+            a in proptest::collection::vec(proptest::prop_oneof![Just(0u8), Just(1u8), Just(255u8)], 0..70),
+            b in proptest::collection::vec(proptest::prop_oneof![Just(0u8), Just(1u8), Just(255u8)], 0..70),
+            cut in 0usize..70,
+        ) {
+            // Also compare keys that share a long prefix, which random bytes rarely do.
+            let c: Vec<u8> = a.iter().take(cut).chain(b.iter()).copied().collect();
+            for (x, y) in [(&a, &b), (&a, &c), (&c, &b)] {
+                let (ix, iy) = (InlineKey::new(x), InlineKey::new(y));
+                proptest::prop_assert_eq!(ix.cmp(&iy), x.cmp(y));
+                proptest::prop_assert_eq!(ix == iy, x == y);
+                proptest::prop_assert_eq!(&ix.to_vec(), x);
+            }
+        }
+    }
 
     #[test]
     fn prefix_end_handles_ff() {

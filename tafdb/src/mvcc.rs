@@ -21,7 +21,7 @@
 //! deltas (a hot parent directory) is not refolded on every read. The flusher merges deltas into
 //! the base record in the engine.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{BatchOp, Engine};
 use crate::error::{Error, Result};
-use crate::keys::{Key, KeyRange, Value};
+use crate::keys::{FastHash, InlineKey, Key, KeyRange, Value};
 
 /// A commutative update of a fixed-width field inside a value.
 ///
@@ -258,11 +258,13 @@ pub struct MvccStats {
 /// The in-memory MVCC layer of one tablet.
 pub struct MvccStore {
     engines: EngineSet,
-    chains: DashMap<Key, Chain>,
-    /// Keys with a chain, in order, for scans.
-    ordered: RwLock<BTreeSet<Key>>,
+    chains: DashMap<Key, Chain, FastHash>,
+    /// Keys of scannable tables with a chain, in order, for scans.
+    ordered: RwLock<OrderedKeys>,
+    /// Serializes merges of `ordered`.
+    merge_lock: Mutex<()>,
     /// Keys touched per log index, oldest first, for the flusher.
-    dirty: Mutex<std::collections::VecDeque<(u64, Key)>>,
+    dirty: Mutex<VecDeque<(u64, InlineKey)>>,
     floor: AtomicU64,
     flush_lock: Mutex<()>,
 }
@@ -281,8 +283,9 @@ impl MvccStore {
     pub fn new(engines: EngineSet, floor: u64) -> Self {
         MvccStore {
             engines,
-            chains: DashMap::new(),
-            ordered: RwLock::new(BTreeSet::new()),
+            chains: DashMap::with_hasher(FastHash::default()),
+            ordered: RwLock::new(OrderedKeys::default()),
+            merge_lock: Mutex::new(()),
             dirty: Mutex::new(Default::default()),
             floor: AtomicU64::new(floor),
             flush_lock: Mutex::new(()),
@@ -302,39 +305,16 @@ impl MvccStore {
     /// Installs a committed version. Versions of one key normally arrive in timestamp order;
     /// an out-of-order delta is inserted at its place.
     pub fn install(&self, key: &[u8], ts: u64, index: u64, mutation: Mutation) {
-        let mut new_key = false;
-        {
-            // Look up before allocating: hot keys (a shared counter) already have a chain.
-            let mut chain = match self.chains.get_mut(key) {
-                Some(c) => c,
-                None => self.chains.entry(key.to_vec()).or_insert_with(|| {
-                    new_key = true;
-                    Chain::default()
-                }),
-            };
-            let pos = chain
-                .versions
-                .iter()
-                .rposition(|v| v.ts <= ts)
-                .map_or(0, |p| p + 1);
-            if let Some((memo_ts, _)) = chain.memo {
-                if ts <= memo_ts {
-                    chain.memo = None;
-                }
-            }
-            chain.versions.insert(
-                pos,
-                Version {
-                    ts,
-                    index,
-                    mutation,
-                },
-            );
+        self.batch().install(key.to_vec(), ts, index, mutation);
+    }
+
+    /// Starts installing many versions together (the commands of one Raft entry).
+    pub fn batch(&self) -> InstallBatch<'_> {
+        InstallBatch {
+            store: self,
+            new_keys: Vec::new(),
+            dirty: Vec::new(),
         }
-        if new_key && self.engines.for_key(key).supports_scan() {
-            self.ordered.write().insert(key.to_vec());
-        }
-        self.dirty.lock().push_back((index, key.to_vec()));
     }
 
     fn engine_value(&self, key: &[u8]) -> Result<Option<EngineValue>> {
@@ -461,15 +441,13 @@ impl MvccStore {
     pub fn range_newer_than(&self, range: &KeyRange, start_ts: u64) -> Result<Option<Key>> {
         self.too_old(start_ts)?;
         let keys: Vec<Key> = {
-            let ordered = self.ordered.read();
             let end = match &range.end {
-                Some(e) => Bound::Excluded(e.clone()),
+                Some(e) => Bound::Excluded(InlineKey::new(e)),
                 None => Bound::Unbounded,
             };
-            ordered
-                .range((Bound::Included(range.start.clone()), end))
-                .cloned()
-                .collect()
+            self.ordered
+                .read()
+                .range(Bound::Included(InlineKey::new(&range.start)), end)
         };
         for k in keys {
             if self.newer_than(&k, start_ts)? {
@@ -536,16 +514,14 @@ impl MvccStore {
                 rows.last().map(|(k, _)| k.clone())
             };
             let chain_keys: Vec<Key> = {
-                let ordered = self.ordered.read();
                 let hi = match &upper {
-                    Some(u) if engine_done => Bound::Excluded(u.clone()),
-                    Some(u) => Bound::Included(u.clone()),
+                    Some(u) if engine_done => Bound::Excluded(InlineKey::new(u)),
+                    Some(u) => Bound::Included(InlineKey::new(u)),
                     None => Bound::Unbounded,
                 };
-                ordered
-                    .range((Bound::Included(cursor.start.clone()), hi))
-                    .cloned()
-                    .collect()
+                self.ordered
+                    .read()
+                    .range(Bound::Included(InlineKey::new(&cursor.start)), hi)
             };
             let mut rows = rows.into_iter().peekable();
             let mut chain_keys = chain_keys.into_iter().peekable();
@@ -597,17 +573,15 @@ impl MvccStore {
     pub fn flush(&self, upto: u64) -> Result<FlushOutcome> {
         let _guard = self.flush_lock.lock();
         let keys: Vec<Key> = {
-            let mut dirty = self.dirty.lock();
-            let mut seen = HashSet::new();
-            let mut keys = Vec::new();
-            while dirty.front().is_some_and(|(i, _)| *i <= upto) {
-                if let Some((_, k)) = dirty.pop_front() {
-                    if seen.insert(k.clone()) {
-                        keys.push(k);
-                    }
-                }
-            }
-            keys
+            // Take the entries out under the lock and deduplicate outside it: the apply path
+            // appends to the same list.
+            let taken: Vec<(u64, InlineKey)> = {
+                let mut dirty = self.dirty.lock();
+                let n = dirty.partition_point(|(i, _)| *i <= upto);
+                dirty.drain(..n).collect()
+            };
+            let seen: HashSet<InlineKey, FastHash> = taken.into_iter().map(|(_, k)| k).collect();
+            seen.iter().map(InlineKey::to_vec).collect()
         };
         let mut outcome = FlushOutcome::default();
         let mut batches: Vec<(Arc<dyn Engine>, Vec<BatchOp>)> = Vec::new();
@@ -661,6 +635,7 @@ impl MvccStore {
                 engine.write(chunk)?;
             }
         }
+        let mut gone = Vec::new();
         for key in &keys {
             let mut emptied = false;
             if let Some(mut chain) = self.chains.get_mut(key) {
@@ -675,18 +650,51 @@ impl MvccStore {
                     .remove_if(key, |_, c| c.versions.is_empty())
                     .is_some();
                 if removed && self.engines.for_key(key).supports_scan() {
-                    self.ordered.write().remove(key);
+                    gone.push(InlineKey::new(key));
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut ordered = self.ordered.write();
+            for k in gone {
+                // The apply path may have given the key a new chain since: it creates the chain
+                // before it takes this lock to publish the key, so checking under the lock
+                // never drops a key that has a chain.
+                if !self.chains.contains_key(k.to_vec().as_slice()) {
+                    ordered.remove(k);
                 }
             }
         }
         Ok(outcome)
     }
 
+    /// Whether the ordered key set has enough recent keys or removals to merge.
+    pub fn ordered_needs_merge(&self) -> bool {
+        let o = self.ordered.read();
+        o.recent.len() >= MERGE_RECENT || o.removed.len() >= MERGE_REMOVED
+    }
+
+    /// Folds the recent keys and removals of the ordered key set into its sorted array. Runs
+    /// on a background thread: the apply path only ever inserts into the small recent set.
+    pub fn merge_ordered(&self) {
+        let _guard = self.merge_lock.lock();
+        let (main, frozen, removed) = {
+            let mut o = self.ordered.write();
+            let recent = Arc::new(std::mem::take(&mut o.recent));
+            o.frozen = Some(recent.clone());
+            (o.main.clone(), recent, std::mem::take(&mut o.removed))
+        };
+        let merged = merge_sorted(&main, &frozen, &removed);
+        let mut o = self.ordered.write();
+        o.main = Arc::new(merged);
+        o.frozen = None;
+    }
+
     /// Drops everything in memory (after the engines were replaced by a snapshot).
     pub fn clear(&self, floor: u64) {
         let _guard = self.flush_lock.lock();
         self.chains.clear();
-        self.ordered.write().clear();
+        *self.ordered.write() = OrderedKeys::default();
         self.dirty.lock().clear();
         self.floor.store(floor, Ordering::Release);
     }
@@ -702,6 +710,186 @@ impl MvccStore {
             s.versions += c.versions.len();
         }
         s
+    }
+}
+
+/// Recent keys that trigger a merge of the ordered key set.
+const MERGE_RECENT: usize = 16 * 1024;
+/// Removals that trigger a merge of the ordered key set.
+const MERGE_REMOVED: usize = 64 * 1024;
+
+/// The keys of scannable tables that have a chain, in order, for scans and phantom checks.
+///
+/// With a 5 s window at 100k commits per second this holds about a million keys. In one B-tree,
+/// inserting each new key (a random position, about 40 comparisons and a cache miss per level)
+/// on the single apply path was the largest cost of a commit. So it has two levels, like a tiny
+/// LSM tree: new keys go into a small B-tree that stays in cache, and a background merge folds
+/// it into a sorted array in one sequential pass. Removals are lazy: a key the flusher dropped
+/// is removed from the small tree at once and from the array at the next merge. A stale key in
+/// the array is harmless meanwhile: readers find no chain for it and read the engine, as they
+/// would for any key.
+#[derive(Default)]
+struct OrderedKeys {
+    /// Most keys, sorted and unique; replaced whole by a merge.
+    main: Arc<Vec<InlineKey>>,
+    /// Recent keys being merged into `main` by a merge in progress.
+    frozen: Option<Arc<BTreeSet<InlineKey>>>,
+    /// Keys added since the last merge began.
+    recent: BTreeSet<InlineKey>,
+    /// Keys dropped since the last merge began, to filter out of `main`.
+    removed: Vec<InlineKey>,
+}
+
+impl OrderedKeys {
+    /// Every key between the bounds, sorted and unique.
+    fn range(&self, lo: Bound<InlineKey>, hi: Bound<InlineKey>) -> Vec<Key> {
+        let main = &self.main;
+        let from = match &lo {
+            Bound::Included(k) => main.partition_point(|x| x < k),
+            Bound::Excluded(k) => main.partition_point(|x| x <= k),
+            Bound::Unbounded => 0,
+        };
+        let to = match &hi {
+            Bound::Included(k) => main.partition_point(|x| x <= k),
+            Bound::Excluded(k) => main.partition_point(|x| x < k),
+            Bound::Unbounded => main.len(),
+        };
+        let mut keys: Vec<&InlineKey> = main[from..to.max(from)].iter().collect();
+        let mut extra = false;
+        for set in self.frozen.iter().map(|f| &**f).chain([&self.recent]) {
+            for k in set.range((lo.as_ref(), hi.as_ref())) {
+                keys.push(k);
+                extra = true;
+            }
+        }
+        if extra {
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        keys.into_iter().map(InlineKey::to_vec).collect()
+    }
+
+    fn remove(&mut self, key: InlineKey) {
+        self.recent.remove(&key);
+        self.removed.push(key);
+    }
+}
+
+/// `main` without `removed`, merged with `recent`: sorted and unique. A key both removed and
+/// recent stays (it was added again after its removal).
+fn merge_sorted(
+    main: &[InlineKey],
+    recent: &BTreeSet<InlineKey>,
+    removed: &[InlineKey],
+) -> Vec<InlineKey> {
+    let removed: HashSet<&InlineKey, FastHash> = removed.iter().collect();
+    let mut out = Vec::with_capacity(main.len() + recent.len());
+    let mut a = main.iter().filter(|k| !removed.contains(k)).peekable();
+    let mut b = recent.iter().peekable();
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.cmp(y) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    a.next();
+                    b.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        if let Some(k) = next {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
+/// Versions being installed together (the commands of one Raft entry).
+///
+/// Chains change at once. The ordered key set and the flusher's list are updated when the batch
+/// is dropped, under one lock each instead of once per key: with hundreds of thousands of keys
+/// in the window, a write lock and a B-tree insert per key on the (single) apply path was the
+/// largest cost of a commit. Until the drop, a key new to the store is missing from the ordered
+/// set, so a scan does not meet it yet. That is safe: the tablet keeps every commit of the entry
+/// *pending* until the entry is applied, and readers wait for pending commits in their range
+/// while validators conflict with them.
+pub struct InstallBatch<'a> {
+    store: &'a MvccStore,
+    new_keys: Vec<InlineKey>,
+    dirty: Vec<(u64, InlineKey)>,
+}
+
+impl InstallBatch<'_> {
+    /// The store the batch installs into (for reads while applying).
+    pub fn store(&self) -> &MvccStore {
+        self.store
+    }
+
+    /// Installs a committed version (see [`MvccStore::install`]).
+    pub fn install(&mut self, key: Key, ts: u64, index: u64, mutation: Mutation) {
+        let store = self.store;
+        let version = Version {
+            ts,
+            index,
+            mutation,
+        };
+        let ikey = InlineKey::new(&key);
+        // Look up before allocating: hot keys (a shared counter) already have a chain.
+        match store.chains.get_mut(&key) {
+            Some(mut chain) => chain.add(version),
+            None => {
+                let scannable = store.engines.for_key(&key).supports_scan();
+                let mut new_key = false;
+                store
+                    .chains
+                    .entry(key)
+                    .or_insert_with(|| {
+                        new_key = true;
+                        Chain::default()
+                    })
+                    .add(version);
+                if new_key && scannable {
+                    self.new_keys.push(ikey.clone());
+                }
+            }
+        }
+        self.dirty.push((index, ikey));
+    }
+}
+
+impl Drop for InstallBatch<'_> {
+    fn drop(&mut self) {
+        if !self.new_keys.is_empty() {
+            // Sorted keys descend through the same nodes one after another, which keeps them
+            // in cache.
+            self.new_keys.sort_unstable();
+            let mut ordered = self.store.ordered.write();
+            for k in self.new_keys.drain(..) {
+                ordered.recent.insert(k);
+            }
+        }
+        if !self.dirty.is_empty() {
+            self.store.dirty.lock().extend(self.dirty.drain(..));
+        }
+    }
+}
+
+impl Chain {
+    fn add(&mut self, version: Version) {
+        let pos = self
+            .versions
+            .iter()
+            .rposition(|v| v.ts <= version.ts)
+            .map_or(0, |p| p + 1);
+        if let Some((memo_ts, _)) = self.memo {
+            if version.ts <= memo_ts {
+                self.memo = None;
+            }
+        }
+        self.versions.insert(pos, version);
     }
 }
 

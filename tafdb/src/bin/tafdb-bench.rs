@@ -53,6 +53,12 @@ struct Args {
     /// Runtime worker threads (default: `tafdb::runtime_threads()`, four per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Threads of the tablets' Raft pipeline runtime (default: the `TabletConfig` default).
+    #[arg(long)]
+    pipeline_threads: Option<usize>,
+    /// Most Raft entries in flight per tablet (default: the `TabletConfig` default).
+    #[arg(long)]
+    max_inflight: Option<usize>,
 }
 
 const HOT: &[u8] = b"\x02hot-counter";
@@ -97,6 +103,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.hot {
         cfg.hot_keys = vec![HOT.to_vec()];
+    }
+    if let Some(n) = args.pipeline_threads {
+        cfg.tablet.pipeline_threads = n;
+    }
+    if let Some(n) = args.max_inflight {
+        cfg.tablet.max_inflight = n;
     }
     let db = Db::open(cfg).await?;
     if args.workload == Workload::Get {
@@ -156,6 +168,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
+    let cpu_start = process_cpu_secs();
     let mut last = 0;
     for s in 0..args.seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -165,6 +178,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_secs().zip(cpu_start).map(|(b, a)| b - a);
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
@@ -179,8 +193,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let name = format!("{:?}", args.workload).to_lowercase();
+    // CPU of the whole process (clients included) while measuring: the share of the machine
+    // used, and the CPU time per operation, which a noisy neighbour disturbs less than ops/s.
+    let cpu_pct = cpu.map_or(0.0, |c| 100.0 * c / elapsed);
+    let cpu_us_per_op = cpu.map_or(0.0, |c| 1e6 * c / (total.max(1) as f64));
     eprintln!(
-        "{name}: {} clients, {:.0} ops/s, p50 {} us, p99 {} us, p999 {} us, errors {errors}",
+        "{name}: {} clients, {:.0} ops/s, p50 {} us, p99 {} us, p999 {} us, errors {errors}, cpu {cpu_pct:.0}% ({cpu_us_per_op:.1} us/op)",
         args.clients,
         total as f64 / elapsed,
         hist.value_at_quantile(0.5),
@@ -188,7 +206,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         hist.value_at_quantile(0.999)
     );
     println!(
-        "{{\"workload\":\"{name}\",\"clients\":{},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{errors}}}",
+        "{{\"workload\":\"{name}\",\"clients\":{},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{errors},\"cpu_pct\":{cpu_pct:.0},\"cpu_us_per_op\":{cpu_us_per_op:.1}}}",
         args.clients,
         total as f64 / elapsed,
         hist.value_at_quantile(0.5),
@@ -196,6 +214,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         hist.value_at_quantile(0.999)
     );
     Ok(())
+}
+
+/// User plus system CPU time of this process, in seconds (from `/proc/self/stat`).
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {
