@@ -152,6 +152,36 @@ fn fold(mut base: Option<Value>, versions: &[Version]) -> Option<Value> {
     base
 }
 
+/// Like [`fold`], over versions given by an iterator (sorted by ts): the last base version,
+/// then the deltas after it.
+fn fold_iter<'a, I>(mut base: Option<Value>, versions: I) -> Option<Value>
+where
+    I: Iterator<Item = &'a Version> + Clone,
+{
+    let last_base = versions
+        .clone()
+        .enumerate()
+        .filter(|(_, v)| v.mutation.is_base())
+        .map(|(i, _)| i)
+        .last();
+    let skip = match last_base {
+        Some(i) => {
+            base = match versions.clone().nth(i).map(|v| &v.mutation) {
+                Some(Mutation::Put(v)) => Some(v.clone()),
+                _ => None,
+            };
+            i + 1
+        }
+        None => 0,
+    };
+    for v in versions.skip(skip) {
+        if let Mutation::Delta(op) = &v.mutation {
+            op.apply(base.get_or_insert_with(Vec::new));
+        }
+    }
+    base
+}
+
 /// Header of every engine value.
 const HEADER: usize = 16;
 
@@ -259,10 +289,8 @@ pub struct MvccStats {
 pub struct MvccStore {
     engines: EngineSet,
     chains: DashMap<Key, Chain, FastHash>,
-    /// Keys of scannable tables with a chain, in order, for scans.
+    /// Keys of scannable tables that may have a chain but no engine row, in order, for scans.
     ordered: RwLock<OrderedKeys>,
-    /// Serializes merges of `ordered`.
-    merge_lock: Mutex<()>,
     /// Keys touched per log index, oldest first, for the flusher.
     dirty: Mutex<VecDeque<(u64, InlineKey)>>,
     floor: AtomicU64,
@@ -285,7 +313,6 @@ impl MvccStore {
             engines,
             chains: DashMap::with_hasher(FastHash::default()),
             ordered: RwLock::new(OrderedKeys::default()),
-            merge_lock: Mutex::new(()),
             dirty: Mutex::new(Default::default()),
             floor: AtomicU64::new(floor),
             flush_lock: Mutex::new(()),
@@ -313,6 +340,7 @@ impl MvccStore {
         InstallBatch {
             store: self,
             new_keys: Vec::new(),
+            max_index: 0,
             dirty: Vec::new(),
         }
     }
@@ -581,44 +609,74 @@ impl MvccStore {
                 dirty.drain(..n).collect()
             };
             let seen: HashSet<InlineKey, FastHash> = taken.into_iter().map(|(_, k)| k).collect();
-            seen.iter().map(InlineKey::to_vec).collect()
+            // In key order: RocksDB inserts into its memtable (a skip list) from where the
+            // previous insert ended, so sorted batches cost a fraction of random ones.
+            let mut keys: Vec<InlineKey> = seen.into_iter().collect();
+            keys.sort_unstable();
+            keys.iter().map(InlineKey::to_vec).collect()
         };
         let mut outcome = FlushOutcome::default();
         let mut batches: Vec<(Arc<dyn Engine>, Vec<BatchOp>)> = Vec::new();
         let mut max_ts = 0u64;
+        // Keys flushed as deleted whose chains keep newer versions: they have no engine row
+        // but still a chain, so they go back into the ordered set (see `OrderedKeys`).
+        let mut readd: Vec<(InlineKey, u64)> = Vec::new();
+        // Per key: whether every version was flushed (the chain can go).
+        let mut drained = Vec::with_capacity(keys.len());
         for key in &keys {
-            let flushable: Vec<Version> = match self.chains.get(key) {
-                Some(c) => c
+            // Fold in place under the chain's guard: a hot key has hundreds of thousands of
+            // versions in the window, and copying them was a large part of a flush. Versions at
+            // or below `upto` do not change while the flush lock is held; newer ones may arrive
+            // meanwhile. Only a chain whose oldest flushable version is a delta needs the
+            // engine's value, read without holding the guard.
+            let mut engine_base: Option<(Option<Value>, u64)> = None;
+            let folded = loop {
+                let Some(c) = self.chains.get(key) else {
+                    break None;
+                };
+                let flushable = c.versions.iter().filter(|v| v.index <= upto);
+                let Some(first) = flushable.clone().next() else {
+                    break None;
+                };
+                let (base, skip) = match (&engine_base, first.mutation.is_base()) {
+                    (_, true) => (None, 0),
+                    (Some((b, s)), false) => (b.clone(), *s),
+                    (None, false) => {
+                        drop(c);
+                        engine_base = Some(match self.engine_value(key)? {
+                            Some(ev) => (Some(ev.value), ev.index),
+                            None => (None, 0),
+                        });
+                        continue;
+                    }
+                };
+                let newest_ts = flushable.clone().map(|v| v.ts).max().unwrap_or(0);
+                let top_index = flushable.clone().map(|v| v.index).max().unwrap_or(0);
+                let value = fold_iter(base, flushable.filter(|v| v.index > skip));
+                let newer = c
                     .versions
                     .iter()
-                    .filter(|v| v.index <= upto)
-                    .cloned()
-                    .collect(),
-                None => continue,
+                    .map(|v| v.index)
+                    .filter(|i| *i > upto)
+                    .max();
+                break Some((value, newest_ts, top_index, newer));
             };
-            let Some(newest) = flushable.iter().map(|v| (v.ts, v.index)).max() else {
+            let Some((value, newest_ts, top_index, newer_left)) = folded else {
+                drained.push(false);
                 continue;
             };
-            max_ts = max_ts.max(newest.0);
-            let top_index = flushable.iter().map(|v| v.index).max().unwrap_or(0);
-            let op = if flushable.first().is_some_and(|v| v.mutation.is_base()) {
-                fold(None, &flushable)
-            } else {
-                let ev = self.engine_value(key)?;
-                let (base, skip) = match ev {
-                    Some(ev) => (Some(ev.value), ev.index),
-                    None => (None, 0),
-                };
-                let rest: Vec<Version> = flushable
-                    .iter()
-                    .filter(|v| v.index > skip)
-                    .cloned()
-                    .collect();
-                fold(base, &rest)
-            };
-            let op = match op {
-                Some(v) => BatchOp::Put(key.clone(), encode_engine_value(newest.0, top_index, &v)),
-                None => BatchOp::Delete(key.clone()),
+            drained.push(newer_left.is_none());
+            max_ts = max_ts.max(newest_ts);
+            let op = match value {
+                Some(v) => BatchOp::Put(key.clone(), encode_engine_value(newest_ts, top_index, &v)),
+                None => {
+                    if let Some(i) = newer_left {
+                        if self.engines.for_key(key).supports_scan() {
+                            readd.push((InlineKey::new(key), i));
+                        }
+                    }
+                    BatchOp::Delete(key.clone())
+                }
             };
             let engine = self.engines.for_key(key);
             match batches.iter_mut().find(|(e, _)| Arc::ptr_eq(e, engine)) {
@@ -635,8 +693,27 @@ impl MvccStore {
                 engine.write(chunk)?;
             }
         }
-        let mut gone = Vec::new();
-        for key in &keys {
+        {
+            // Every key of a run that expires here now has an engine row, or no chain, or was
+            // just added again.
+            let mut ordered = self.ordered.write();
+            for (k, index) in readd {
+                ordered.add(std::iter::once(k), index);
+            }
+            ordered.expire(upto);
+        }
+        for (key, drained) in keys.iter().zip(drained) {
+            // One lookup for a chain that was flushed whole, the common case; the predicate is
+            // checked again because new versions may have arrived since.
+            if drained {
+                if let Some((_, c)) = self
+                    .chains
+                    .remove_if(key, |_, c| c.versions.iter().all(|v| v.index <= upto))
+                {
+                    outcome.versions += c.versions.len();
+                    continue;
+                }
+            }
             let mut emptied = false;
             if let Some(mut chain) = self.chains.get_mut(key) {
                 let before = chain.versions.len();
@@ -645,49 +722,10 @@ impl MvccStore {
                 emptied = chain.versions.is_empty();
             }
             if emptied {
-                let removed = self
-                    .chains
-                    .remove_if(key, |_, c| c.versions.is_empty())
-                    .is_some();
-                if removed && self.engines.for_key(key).supports_scan() {
-                    gone.push(InlineKey::new(key));
-                }
-            }
-        }
-        if !gone.is_empty() {
-            let mut ordered = self.ordered.write();
-            for k in gone {
-                // The apply path may have given the key a new chain since: it creates the chain
-                // before it takes this lock to publish the key, so checking under the lock
-                // never drops a key that has a chain.
-                if !self.chains.contains_key(k.to_vec().as_slice()) {
-                    ordered.remove(k);
-                }
+                self.chains.remove_if(key, |_, c| c.versions.is_empty());
             }
         }
         Ok(outcome)
-    }
-
-    /// Whether the ordered key set has enough recent keys or removals to merge.
-    pub fn ordered_needs_merge(&self) -> bool {
-        let o = self.ordered.read();
-        o.recent.len() >= MERGE_RECENT || o.removed.len() >= MERGE_REMOVED
-    }
-
-    /// Folds the recent keys and removals of the ordered key set into its sorted array. Runs
-    /// on a background thread: the apply path only ever inserts into the small recent set.
-    pub fn merge_ordered(&self) {
-        let _guard = self.merge_lock.lock();
-        let (main, frozen, removed) = {
-            let mut o = self.ordered.write();
-            let recent = Arc::new(std::mem::take(&mut o.recent));
-            o.frozen = Some(recent.clone());
-            (o.main.clone(), recent, std::mem::take(&mut o.removed))
-        };
-        let merged = merge_sorted(&main, &frozen, &removed);
-        let mut o = self.ordered.write();
-        o.main = Arc::new(merged);
-        o.frozen = None;
     }
 
     /// Drops everything in memory (after the engines were replaced by a snapshot).
@@ -713,98 +751,114 @@ impl MvccStore {
     }
 }
 
-/// Recent keys that trigger a merge of the ordered key set.
-const MERGE_RECENT: usize = 16 * 1024;
-/// Removals that trigger a merge of the ordered key set.
-const MERGE_REMOVED: usize = 64 * 1024;
+/// Recent keys that are sorted into a run of the ordered key set.
+const RUN_KEYS: usize = 64 * 1024;
 
-/// The keys of scannable tables that have a chain, in order, for scans and phantom checks.
+/// One sorted run of the ordered key set.
+struct Run {
+    keys: Vec<InlineKey>,
+    /// The newest log index whose installs added a key to the run.
+    max_index: u64,
+}
+
+/// The keys of scannable tables that may have a chain but no row in the engine, in order: what
+/// scans and phantom checks must find besides the engine's rows.
 ///
-/// With a 5 s window at 100k commits per second this holds about a million keys. In one B-tree,
-/// inserting each new key (a random position, about 40 comparisons and a cache miss per level)
-/// on the single apply path was the largest cost of a commit. So it has two levels, like a tiny
-/// LSM tree: new keys go into a small B-tree that stays in cache, and a background merge folds
-/// it into a sorted array in one sequential pass. Removals are lazy: a key the flusher dropped
-/// is removed from the small tree at once and from the array at the next merge. A stale key in
-/// the array is harmless meanwhile: readers find no chain for it and read the engine, as they
-/// would for any key.
-#[derive(Default)]
+/// With a 5 s window at 100k commits per second that is about a million keys. In one B-tree,
+/// inserting each new key (a random position, a cache miss per level, some forty comparisons)
+/// on the single apply path was the largest cost of a commit; removing each key again when its
+/// chain was flushed cost as much. So new keys go into a small B-tree that stays in cache, which
+/// is sorted into an immutable run every 64k keys, and runs are never edited: a run is dropped
+/// whole once the flusher has written every version that added its keys, because by then each
+/// of its keys either has an engine row (scans find it there) or has no chain left. The one
+/// exception, a key flushed as deleted whose chain has newer versions, is added again by the
+/// flusher. A key may therefore be listed twice, or after its chain is gone: readers then find
+/// no chain and read the engine, as for any other key.
 struct OrderedKeys {
-    /// Most keys, sorted and unique; replaced whole by a merge.
-    main: Arc<Vec<InlineKey>>,
-    /// Recent keys being merged into `main` by a merge in progress.
-    frozen: Option<Arc<BTreeSet<InlineKey>>>,
-    /// Keys added since the last merge began.
+    /// Keys in `recent` that make a run ([`RUN_KEYS`]; smaller in tests).
+    run_keys: usize,
+    /// Sorted runs, oldest first.
+    runs: Vec<Arc<Run>>,
+    /// Keys added since the last run was cut.
     recent: BTreeSet<InlineKey>,
-    /// Keys dropped since the last merge began, to filter out of `main`.
-    removed: Vec<InlineKey>,
+    /// The newest log index whose installs added a key to `recent`.
+    recent_max: u64,
+}
+
+impl Default for OrderedKeys {
+    fn default() -> Self {
+        OrderedKeys {
+            run_keys: RUN_KEYS,
+            runs: Vec::new(),
+            recent: BTreeSet::new(),
+            recent_max: 0,
+        }
+    }
 }
 
 impl OrderedKeys {
+    /// Adds keys installed at log index `index`, cutting a run when `recent` is full.
+    fn add(&mut self, keys: impl Iterator<Item = InlineKey>, index: u64) {
+        let mut any = false;
+        for k in keys {
+            self.recent.insert(k);
+            any = true;
+        }
+        if any {
+            self.recent_max = self.recent_max.max(index);
+        }
+        if self.recent.len() >= self.run_keys {
+            // A B-tree iterates in order, so cutting a run only moves the keys.
+            let keys: Vec<InlineKey> = std::mem::take(&mut self.recent).into_iter().collect();
+            self.runs.push(Arc::new(Run {
+                keys,
+                max_index: self.recent_max,
+            }));
+            self.recent_max = 0;
+        }
+    }
+
+    /// Drops what the flusher has written up to log index `upto`.
+    fn expire(&mut self, upto: u64) {
+        self.runs.retain(|r| r.max_index > upto);
+        if self.recent_max <= upto {
+            self.recent.clear();
+            self.recent_max = 0;
+        }
+    }
+
     /// Every key between the bounds, sorted and unique.
     fn range(&self, lo: Bound<InlineKey>, hi: Bound<InlineKey>) -> Vec<Key> {
-        let main = &self.main;
-        let from = match &lo {
-            Bound::Included(k) => main.partition_point(|x| x < k),
-            Bound::Excluded(k) => main.partition_point(|x| x <= k),
-            Bound::Unbounded => 0,
-        };
-        let to = match &hi {
-            Bound::Included(k) => main.partition_point(|x| x <= k),
-            Bound::Excluded(k) => main.partition_point(|x| x < k),
-            Bound::Unbounded => main.len(),
-        };
-        let mut keys: Vec<&InlineKey> = main[from..to.max(from)].iter().collect();
-        let mut extra = false;
-        for set in self.frozen.iter().map(|f| &**f).chain([&self.recent]) {
-            for k in set.range((lo.as_ref(), hi.as_ref())) {
-                keys.push(k);
-                extra = true;
+        let mut keys: Vec<&InlineKey> = Vec::new();
+        let mut sources = 0;
+        for run in &self.runs {
+            let run = &run.keys;
+            let from = match &lo {
+                Bound::Included(k) => run.partition_point(|x| x < k),
+                Bound::Excluded(k) => run.partition_point(|x| x <= k),
+                Bound::Unbounded => 0,
+            };
+            let to = match &hi {
+                Bound::Included(k) => run.partition_point(|x| x <= k),
+                Bound::Excluded(k) => run.partition_point(|x| x < k),
+                Bound::Unbounded => run.len(),
+            };
+            if to > from {
+                keys.extend(&run[from..to]);
+                sources += 1;
             }
         }
-        if extra {
+        let before = keys.len();
+        keys.extend(self.recent.range((lo.as_ref(), hi.as_ref())));
+        if keys.len() > before {
+            sources += 1;
+        }
+        if sources > 1 {
             keys.sort_unstable();
             keys.dedup();
         }
         keys.into_iter().map(InlineKey::to_vec).collect()
     }
-
-    fn remove(&mut self, key: InlineKey) {
-        self.recent.remove(&key);
-        self.removed.push(key);
-    }
-}
-
-/// `main` without `removed`, merged with `recent`: sorted and unique. A key both removed and
-/// recent stays (it was added again after its removal).
-fn merge_sorted(
-    main: &[InlineKey],
-    recent: &BTreeSet<InlineKey>,
-    removed: &[InlineKey],
-) -> Vec<InlineKey> {
-    let removed: HashSet<&InlineKey, FastHash> = removed.iter().collect();
-    let mut out = Vec::with_capacity(main.len() + recent.len());
-    let mut a = main.iter().filter(|k| !removed.contains(k)).peekable();
-    let mut b = recent.iter().peekable();
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => match x.cmp(y) {
-                std::cmp::Ordering::Less => a.next(),
-                std::cmp::Ordering::Greater => b.next(),
-                std::cmp::Ordering::Equal => {
-                    a.next();
-                    b.next()
-                }
-            },
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (None, None) => break,
-        };
-        if let Some(k) = next {
-            out.push(k.clone());
-        }
-    }
-    out
 }
 
 /// Versions being installed together (the commands of one Raft entry).
@@ -819,6 +873,8 @@ fn merge_sorted(
 pub struct InstallBatch<'a> {
     store: &'a MvccStore,
     new_keys: Vec<InlineKey>,
+    /// The newest log index installed.
+    max_index: u64,
     dirty: Vec<(u64, InlineKey)>,
 }
 
@@ -836,10 +892,19 @@ impl InstallBatch<'_> {
             index,
             mutation,
         };
+        self.max_index = self.max_index.max(index);
         let ikey = InlineKey::new(&key);
         // Look up before allocating: hot keys (a shared counter) already have a chain.
         match store.chains.get_mut(&key) {
-            Some(mut chain) => chain.add(version),
+            Some(mut chain) => {
+                // A hot key gets many versions from one entry; the flusher needs to hear of it
+                // once per entry.
+                let listed = chain.versions.last().is_some_and(|v| v.index == index);
+                chain.add(version);
+                if listed {
+                    return;
+                }
+            }
             None => {
                 let scannable = store.engines.for_key(&key).supports_scan();
                 let mut new_key = false;
@@ -866,10 +931,11 @@ impl Drop for InstallBatch<'_> {
             // Sorted keys descend through the same nodes one after another, which keeps them
             // in cache.
             self.new_keys.sort_unstable();
-            let mut ordered = self.store.ordered.write();
-            for k in self.new_keys.drain(..) {
-                ordered.recent.insert(k);
-            }
+            let index = self.max_index;
+            self.store
+                .ordered
+                .write()
+                .add(self.new_keys.drain(..), index);
         }
         if !self.dirty.is_empty() {
             self.store.dirty.lock().extend(self.dirty.drain(..));
@@ -955,6 +1021,65 @@ mod tests {
         assert_eq!(s.get(b"\x02j", 65).expect("get"), Some(j));
         assert_eq!(s.stats().versions, 0, "everything flushed leaves memory");
         assert_eq!(s.get(b"\x02k", 60).expect("get"), None);
+    }
+
+    #[test]
+    fn ordered_keys_cut_runs_and_expire_them_whole() {
+        let k = |i: u8| InlineKey::new(&[2, i]);
+        let all = |o: &OrderedKeys| o.range(Bound::Unbounded, Bound::Unbounded);
+        let mut o = OrderedKeys {
+            run_keys: 3,
+            ..OrderedKeys::default()
+        };
+        o.add([k(5), k(1)].into_iter(), 10);
+        o.add([k(3)].into_iter(), 11);
+        assert_eq!(o.runs.len(), 1, "three keys make a run");
+        o.add([k(2), k(1)].into_iter(), 12);
+        assert_eq!(
+            all(&o),
+            vec![vec![2, 1], vec![2, 2], vec![2, 3], vec![2, 5]],
+            "sorted and unique across the run and the recent keys"
+        );
+        assert_eq!(
+            o.range(Bound::Excluded(k(1)), Bound::Included(k(3))),
+            vec![vec![2, 2], vec![2, 3]]
+        );
+        o.expire(10);
+        assert_eq!(all(&o).len(), 4, "the run holds a key of index 11");
+        o.expire(11);
+        assert_eq!(
+            all(&o),
+            vec![vec![2, 1], vec![2, 2]],
+            "the run is gone whole"
+        );
+        o.expire(12);
+        assert!(all(&o).is_empty());
+    }
+
+    #[test]
+    fn a_key_flushed_as_deleted_with_newer_versions_stays_scannable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.install(&[2, 9], 10, 1, Mutation::Put(b"old".to_vec()));
+        s.install(&[2, 9], 20, 2, Mutation::Delete);
+        s.install(&[2, 9], 30, 3, Mutation::Put(b"new".to_vec()));
+        // The engine gets the deletion; the chain keeps version 3, and no engine row
+        // leads a scan to it any more.
+        s.flush(2).expect("flush");
+        let got = s
+            .scan(&KeyRange::prefix(&[2]), 40, usize::MAX)
+            .expect("scan");
+        assert_eq!(got, vec![(vec![2, 9], b"new".to_vec())]);
+        assert_eq!(
+            s.range_newer_than(&KeyRange::prefix(&[2]), 25)
+                .expect("phantom check"),
+            Some(vec![2, 9])
+        );
+        s.flush(3).expect("flush");
+        let got = s
+            .scan(&KeyRange::prefix(&[2]), 40, usize::MAX)
+            .expect("scan");
+        assert_eq!(got, vec![(vec![2, 9], b"new".to_vec())]);
     }
 
     #[test]

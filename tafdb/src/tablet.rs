@@ -44,7 +44,7 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::command::{self, Command, CommandResult, LockRecord, TxnStatus};
+use crate::command::{self, Command, CommandBatch, CommandResult, LockRecord, TxnStatus};
 use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::keys::{FastHash, InlineKey, Key, KeyRange, Value, INTERNAL_PREFIX};
@@ -504,28 +504,7 @@ impl Tablet {
                 }
             })
         };
-        // Folds recent keys into the MVCC store's ordered key set off the apply path.
-        let merger = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if !state.mvcc().ordered_needs_merge() {
-                        continue;
-                    }
-                    let s = state.clone();
-                    if tokio::task::spawn_blocking(move || s.mvcc().merge_ordered())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            })
-        };
-        tablet.tasks.lock().extend([proposer, flusher, merger]);
+        tablet.tasks.lock().extend([proposer, flusher]);
         Ok(tablet)
     }
 
@@ -1055,8 +1034,12 @@ async fn run_proposer(
             cmds.push(p.cmd);
             waiters.push((p.held, p.reply));
         }
-        // Submitting in ticket order keeps the log in commit-timestamp order.
-        let submitted = raft.client_write_ff(cmds).await;
+        // Submitting in ticket order keeps the log in commit-timestamp order. Encoding here
+        // keeps the work off openraft's core task.
+        let submitted = match CommandBatch::new(cmds) {
+            Ok(batch) => raft.client_write_ff(batch).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         let pending = pending.clone();
         let state = state.clone();
         tokio::spawn(async move {
@@ -1066,7 +1049,7 @@ async fn run_proposer(
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("raft dropped the proposal".to_string()),
                 },
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             pending.release_many(waiters.iter().map(|(held, _)| held));
             match outcome {

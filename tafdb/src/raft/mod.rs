@@ -20,12 +20,12 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 
-use crate::command::{Command, CommandResult};
+use crate::command::{CommandBatch, CommandResult};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of a tablet group.
     pub TypeConfig:
-        D = Vec<Command>,
+        D = CommandBatch,
         R = Vec<CommandResult>,
         NodeId = u64,
         Node = BasicNode,

@@ -153,20 +153,27 @@ impl TabletState {
             let mut results = Vec::new();
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(cmds) => {
+                EntryPayload::Normal(batch) => {
+                    let cmds = batch.take()?;
                     results.reserve(cmds.len());
-                    for cmd in &cmds {
-                        let (res, delta) = command::apply(&self.mvcc, log_id.index, cmd)?;
+                    // One install batch per entry: the ordered key set and the flusher's list
+                    // are updated once for the entry (see `InstallBatch`).
+                    let mut installs = self.mvcc.batch();
+                    let mut max_ts = 0;
+                    for cmd in cmds {
+                        if let command::Command::Commit { commit_ts, .. }
+                        | command::Command::CommitLocks { commit_ts, .. } = &cmd
+                        {
+                            max_ts = max_ts.max(*commit_ts);
+                        }
+                        let (res, delta) = command::apply(&mut installs, log_id.index, cmd)?;
                         if delta != 0 {
                             self.lock_keys.fetch_add(delta, Ordering::AcqRel);
                         }
-                        if let command::Command::Commit { commit_ts, .. }
-                        | command::Command::CommitLocks { commit_ts, .. } = cmd
-                        {
-                            self.max_commit_ts.fetch_max(*commit_ts, Ordering::AcqRel);
-                        }
                         results.push(res);
                     }
+                    drop(installs);
+                    self.max_commit_ts.fetch_max(max_ts, Ordering::AcqRel);
                 }
                 EntryPayload::Membership(m) => {
                     let mut a = self.applied.lock();
