@@ -578,3 +578,26 @@ async fn hot_key_deadlocks_back_off() {
     assert_eq!(counter(&t.get(b"\x02h2").await.expect("get")), 2);
     db.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_another_format_is_refused_not_misread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    let mut t = db.begin().expect("begin");
+    t.put(b"\x02k", b"v").expect("put");
+    t.commit().await.expect("commit");
+    db.shutdown().await;
+    drop(db);
+    // A log written before the format was recorded.
+    let format = dir.path().join("tablet-0").join("raft").join("format");
+    std::fs::remove_file(&format).expect("remove format");
+    let err = Db::open(DbConfig::new(dir.path()))
+        .await
+        .expect_err("an unmarked log must be refused");
+    assert!(err.to_string().contains("older build"), "{err}");
+    std::fs::write(&format, b"\0\0\0\09").expect("write");
+    let err = Db::open(DbConfig::new(dir.path()))
+        .await
+        .expect_err("a bad format file must be refused");
+    assert!(err.to_string().contains("format"), "{err}");
+}

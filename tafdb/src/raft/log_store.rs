@@ -99,10 +99,43 @@ fn read_small_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// The version of the record format. Format 1 stored a batch of commands as a sequence;
+/// format 2 stores a [`crate::command::CommandBatch`] as one byte string.
+const FORMAT: &[u8] = b"2";
+
+/// Refuses a log written in another format, rather than misreading it, and records the format
+/// of a new log.
+fn check_format(dir: &Path) -> Result<()> {
+    match read_small_file(dir, "format")? {
+        Some(f) if f == FORMAT => Ok(()),
+        Some(f) => Err(Error::Corruption(format!(
+            "{}: Raft log format {} is not the format {} this build reads",
+            dir.display(),
+            String::from_utf8_lossy(&f),
+            String::from_utf8_lossy(FORMAT)
+        ))),
+        None => {
+            let log = dir.join(LOG_FILE);
+            if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+                return Err(Error::Corruption(format!(
+                    "{}: written by an older build (Raft log format 1); this build reads format \
+                     {}. Open it with the build that wrote it, or start from a fresh data \
+                     directory",
+                    log.display(),
+                    String::from_utf8_lossy(FORMAT)
+                )));
+            }
+            write_small_file(dir, "format", FORMAT)?;
+            Ok(())
+        }
+    }
+}
+
 impl LogStore {
     /// Opens (or creates) the log in `dir`, replaying what is on disk.
     pub fn open(dir: &Path) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
+        check_format(dir)?;
         let vote = match read_small_file(dir, "vote")? {
             Some(b) => Some(
                 bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("vote: {e}")))?,
