@@ -23,57 +23,78 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// Largest accepted value (bytes).
 pub const MAX_VALUE_LEN: usize = 1 << 20;
 
-/// Bytes of an [`InlineKey`] kept inside the key itself.
-const INLINE_HEAD: usize = 32;
+/// The longest key an [`InlineKey`] keeps inline.
+const INLINE_MAX: usize = 32;
 
-/// A key laid out for ordered in-memory sets and maps that hold many keys.
+/// A key laid out for in-memory maps and ordered sets that hold many keys.
 ///
-/// The first 32 bytes live inline, zero-padded, and only the rest (if any) on the heap. In a
-/// B-tree of `Vec<u8>` every comparison on the way down follows a pointer to another cache line
-/// and calls `memcmp`; an inline head compares as two big-endian 128-bit integers, and nearly
-/// all keys differ within it (a table byte, a parent id and a name fit in 32 bytes). Ordering
-/// is the plain lexicographic order of the whole key.
+/// A key of up to 32 bytes lives inline, zero-padded, and allocates nothing; a longer key is
+/// one heap slice. In a B-tree of `Vec<u8>` every comparison on the way down follows a pointer
+/// to another cache line and calls `memcmp`; two inline keys compare as pairs of big-endian
+/// 128-bit integers, and nearly all keys are inline (a table byte, a parent id and a name fit in
+/// 32 bytes). A hash map keyed by `InlineKey` compares keys without following pointers either,
+/// and is looked up with a plain `&[u8]` (it borrows as one). Ordering is the lexicographic
+/// order of the bytes.
 #[derive(Clone)]
-pub(crate) struct InlineKey {
-    head: [u8; INLINE_HEAD],
-    head_len: u8,
-    /// Empty (no allocation) unless the key is longer than the head.
-    tail: Box<[u8]>,
+pub(crate) enum InlineKey {
+    /// A key of at most [`INLINE_MAX`] bytes, zero-padded.
+    Inline { len: u8, bytes: [u8; INLINE_MAX] },
+    /// A longer key.
+    Heap(Box<[u8]>),
 }
 
 impl InlineKey {
     /// Copies `key`.
     pub(crate) fn new(key: &[u8]) -> InlineKey {
-        let n = key.len().min(INLINE_HEAD);
-        let mut head = [0u8; INLINE_HEAD];
-        head[..n].copy_from_slice(&key[..n]);
-        InlineKey {
-            head,
-            head_len: n as u8,
-            tail: key[n..].into(),
+        if key.len() <= INLINE_MAX {
+            let mut bytes = [0u8; INLINE_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            InlineKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            InlineKey::Heap(key.into())
+        }
+    }
+
+    /// The key's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            InlineKey::Inline { len, bytes } => &bytes[..*len as usize],
+            InlineKey::Heap(b) => b,
         }
     }
 
     /// The whole key as a vector.
     pub(crate) fn to_vec(&self) -> Key {
-        let mut v = Vec::with_capacity(self.head_len as usize + self.tail.len());
-        v.extend_from_slice(&self.head[..self.head_len as usize]);
-        v.extend_from_slice(&self.tail);
-        v
+        self.as_bytes().to_vec()
     }
+}
 
-    fn words(&self) -> (u128, u128) {
-        let (hi, lo) = self.head.split_at(16);
-        (
-            u128::from_be_bytes(hi.try_into().unwrap_or_default()),
-            u128::from_be_bytes(lo.try_into().unwrap_or_default()),
-        )
+/// The two big-endian halves of a padded inline key.
+fn words(bytes: &[u8; INLINE_MAX]) -> (u128, u128) {
+    let (hi, lo) = bytes.split_at(16);
+    (
+        u128::from_be_bytes(hi.try_into().unwrap_or_default()),
+        u128::from_be_bytes(lo.try_into().unwrap_or_default()),
+    )
+}
+
+impl std::borrow::Borrow<[u8]> for InlineKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
 impl PartialEq for InlineKey {
     fn eq(&self, other: &Self) -> bool {
-        self.words() == other.words() && self.head_len == other.head_len && self.tail == other.tail
+        match (self, other) {
+            (InlineKey::Inline { len: a, bytes: x }, InlineKey::Inline { len: b, bytes: y }) => {
+                a == b && words(x) == words(y)
+            }
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -81,24 +102,24 @@ impl Eq for InlineKey {}
 
 impl std::hash::Hash for InlineKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Exactly the fields equality looks at.
-        self.head.hash(state);
-        self.head_len.hash(state);
-        self.tail.hash(state);
+        // As the byte slice hashes, so that a map can be looked up with a `&[u8]`.
+        self.as_bytes().hash(state);
     }
 }
 
 impl Ord for InlineKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Zero padding keeps the order exact. Where padded heads first differ inside both
-        // keys, that byte decides, as it does for the keys. Where it lies past the end of one
-        // key, that key's byte is padding (0) and the other's is not, and the shorter key is a
-        // prefix of the longer, so it sorts first either way. Equal padded heads leave the
-        // length (a prefix sorts first) and then, for two full heads, the tails.
-        self.words()
-            .cmp(&other.words())
-            .then(self.head_len.cmp(&other.head_len))
-            .then_with(|| self.tail.cmp(&other.tail))
+        match (self, other) {
+            // Zero padding keeps the order exact. Where padded keys first differ inside both,
+            // that byte decides, as it does for the keys. Where it lies past the end of one
+            // key, that key's byte is padding (0) and the other's is not, and the shorter key
+            // is a prefix of the longer, so it sorts first either way. Equal padded keys leave
+            // the length: a prefix sorts first.
+            (InlineKey::Inline { len: a, bytes: x }, InlineKey::Inline { len: b, bytes: y }) => {
+                words(x).cmp(&words(y)).then(a.cmp(b))
+            }
+            _ => self.as_bytes().cmp(other.as_bytes()),
+        }
     }
 }
 
@@ -242,6 +263,14 @@ mod tests {
                 proptest::prop_assert_eq!(ix.cmp(&iy), x.cmp(y));
                 proptest::prop_assert_eq!(ix == iy, x == y);
                 proptest::prop_assert_eq!(&ix.to_vec(), x);
+                proptest::prop_assert_eq!(ix.as_bytes(), x.as_slice());
+                let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    v(&mut h);
+                    std::hash::Hasher::finish(&h)
+                };
+                use std::hash::Hash;
+                proptest::prop_assert_eq!(hash(&|h| ix.hash(h)), hash(&|h| x.as_slice().hash(h)));
             }
         }
     }

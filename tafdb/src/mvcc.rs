@@ -288,7 +288,9 @@ pub struct MvccStats {
 /// The in-memory MVCC layer of one tablet.
 pub struct MvccStore {
     engines: EngineSet,
-    chains: DashMap<Key, Chain, FastHash>,
+    /// Keyed inline (see [`InlineKey`]): no allocation per key, and no pointer to follow when a
+    /// lookup compares keys.
+    chains: DashMap<InlineKey, Chain, FastHash>,
     /// Keys of scannable tables that may have a chain but no engine row, in order, for scans.
     ordered: RwLock<OrderedKeys>,
     /// Keys touched per log index, oldest first, for the flusher.
@@ -500,8 +502,8 @@ impl MvccStore {
         })?;
         // Hash tables keep no ordered key set, so walk the chains themselves.
         for c in self.chains.iter() {
-            if range.contains(c.key()) {
-                keys.entry(c.key().clone()).or_insert(None);
+            if range.contains(c.key().as_bytes()) {
+                keys.entry(c.key().to_vec()).or_insert(None);
             }
         }
         let mut out = Vec::with_capacity(keys.len());
@@ -600,7 +602,7 @@ impl MvccStore {
     /// memory. Returns what was done; the caller persists the engines and records `upto`.
     pub fn flush(&self, upto: u64) -> Result<FlushOutcome> {
         let _guard = self.flush_lock.lock();
-        let keys: Vec<Key> = {
+        let keys: Vec<InlineKey> = {
             // Take the entries out under the lock and deduplicate outside it: the apply path
             // appends to the same list.
             let taken: Vec<(u64, InlineKey)> = {
@@ -613,7 +615,7 @@ impl MvccStore {
             // previous insert ended, so sorted batches cost a fraction of random ones.
             let mut keys: Vec<InlineKey> = seen.into_iter().collect();
             keys.sort_unstable();
-            keys.iter().map(InlineKey::to_vec).collect()
+            keys
         };
         let mut outcome = FlushOutcome::default();
         let mut batches: Vec<(Arc<dyn Engine>, Vec<BatchOp>)> = Vec::new();
@@ -623,7 +625,8 @@ impl MvccStore {
         let mut readd: Vec<(InlineKey, u64)> = Vec::new();
         // Per key: whether every version was flushed (the chain can go).
         let mut drained = Vec::with_capacity(keys.len());
-        for key in &keys {
+        for ikey in &keys {
+            let key = ikey.as_bytes();
             // Fold in place under the chain's guard: a hot key has hundreds of thousands of
             // versions in the window, and copying them was a large part of a flush. Versions at
             // or below `upto` do not change while the flush lock is held; newer ones may arrive
@@ -668,14 +671,16 @@ impl MvccStore {
             drained.push(newer_left.is_none());
             max_ts = max_ts.max(newest_ts);
             let op = match value {
-                Some(v) => BatchOp::Put(key.clone(), encode_engine_value(newest_ts, top_index, &v)),
+                Some(v) => {
+                    BatchOp::Put(key.to_vec(), encode_engine_value(newest_ts, top_index, &v))
+                }
                 None => {
                     if let Some(i) = newer_left {
                         if self.engines.for_key(key).supports_scan() {
-                            readd.push((InlineKey::new(key), i));
+                            readd.push((ikey.clone(), i));
                         }
                     }
-                    BatchOp::Delete(key.clone())
+                    BatchOp::Delete(key.to_vec())
                 }
             };
             let engine = self.engines.for_key(key);
@@ -702,7 +707,7 @@ impl MvccStore {
             }
             ordered.expire(upto);
         }
-        for (key, drained) in keys.iter().zip(drained) {
+        for (key, drained) in keys.iter().map(InlineKey::as_bytes).zip(drained) {
             // One lookup for a chain that was flushed whole, the common case; the predicate is
             // checked again because new versions may have arrived since.
             if drained {
@@ -849,7 +854,10 @@ impl OrderedKeys {
             }
         }
         let before = keys.len();
-        keys.extend(self.recent.range((lo.as_ref(), hi.as_ref())));
+        keys.extend(
+            self.recent
+                .range::<InlineKey, _>((lo.as_ref(), hi.as_ref())),
+        );
         if keys.len() > before {
             sources += 1;
         }
@@ -894,9 +902,9 @@ impl InstallBatch<'_> {
         };
         self.max_index = self.max_index.max(index);
         let ikey = InlineKey::new(&key);
-        // Look up before allocating: hot keys (a shared counter) already have a chain.
-        match store.chains.get_mut(&key) {
-            Some(mut chain) => {
+        match store.chains.entry(ikey.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(mut e) => {
+                let chain = e.get_mut();
                 // A hot key gets many versions from one entry; the flusher needs to hear of it
                 // once per entry.
                 let listed = chain.versions.last().is_some_and(|v| v.index == index);
@@ -905,18 +913,11 @@ impl InstallBatch<'_> {
                     return;
                 }
             }
-            None => {
-                let scannable = store.engines.for_key(&key).supports_scan();
-                let mut new_key = false;
-                store
-                    .chains
-                    .entry(key)
-                    .or_insert_with(|| {
-                        new_key = true;
-                        Chain::default()
-                    })
-                    .add(version);
-                if new_key && scannable {
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                let mut chain = Chain::default();
+                chain.add(version);
+                e.insert(chain);
+                if store.engines.for_key(&key).supports_scan() {
                     self.new_keys.push(ikey.clone());
                 }
             }

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -42,16 +43,24 @@ pub fn ts_from_ms(ms: u64) -> u64 {
 
 /// A persistent, strictly increasing timestamp source.
 pub struct Tso {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     last: AtomicU64,
     limit: AtomicU64,
     file: Option<PathBuf>,
     extend: Mutex<()>,
 }
 
+/// When the handed-out timestamps come this close to the persisted mark, the background thread
+/// raises it (1.5 s of physical time), so that `next` rarely has to wait for an `fsync`.
+const RAISE_AHEAD: u64 = 1_500 << LOGICAL_BITS;
+
 impl std::fmt::Debug for Tso {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tso")
-            .field("last", &self.last.load(Ordering::Relaxed))
+            .field("last", &self.inner.last.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -81,22 +90,42 @@ impl Tso {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e.into()),
         };
-        let tso = Tso {
+        let inner = Arc::new(Inner {
             last: AtomicU64::new(start),
             limit: AtomicU64::new(start),
             file: Some(path.to_path_buf()),
             extend: Mutex::new(()),
-        };
-        Ok(tso)
+        });
+        // Raising the mark costs a file write and two `fsync`s. Done inline, it stalled every
+        // caller of `next` (every begin and every commit) for milliseconds every three seconds.
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("tafdb-tso".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let soon = std::cmp::max(inner.last.load(Ordering::Acquire), ts_from_ms(now_ms()))
+                    + RAISE_AHEAD;
+                if soon >= inner.limit.load(Ordering::Acquire) {
+                    if let Err(e) = inner.raise_limit(soon) {
+                        tracing::warn!(error = %e, "raising the timestamp mark failed");
+                    }
+                }
+            })?;
+        Ok(Tso { inner })
     }
 
     /// An oracle that persists nothing (for tests and tools that need no durability).
     pub fn ephemeral() -> Tso {
         Tso {
-            last: AtomicU64::new(0),
-            limit: AtomicU64::new(u64::MAX),
-            file: None,
-            extend: Mutex::new(()),
+            inner: Arc::new(Inner {
+                last: AtomicU64::new(0),
+                limit: AtomicU64::new(u64::MAX),
+                file: None,
+                extend: Mutex::new(()),
+            }),
         }
     }
 
@@ -104,13 +133,14 @@ impl Tso {
     /// restart.
     pub fn next(&self) -> Result<u64> {
         loop {
-            let last = self.last.load(Ordering::Acquire);
+            let last = self.inner.last.load(Ordering::Acquire);
             let candidate = std::cmp::max(last + 1, ts_from_ms(now_ms()));
-            if candidate >= self.limit.load(Ordering::Acquire) {
-                self.raise_limit(candidate)?;
+            if candidate >= self.inner.limit.load(Ordering::Acquire) {
+                self.inner.raise_limit(candidate)?;
                 continue;
             }
             if self
+                .inner
                 .last
                 .compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -122,19 +152,21 @@ impl Tso {
 
     /// The newest timestamp handed out so far (0 if none).
     pub fn last(&self) -> u64 {
-        self.last.load(Ordering::Acquire)
+        self.inner.last.load(Ordering::Acquire)
     }
 
     /// Makes sure the next timestamp is greater than `ts` (used when a tablet learns of a
     /// timestamp from its log after a restart).
     pub fn observe(&self, ts: u64) -> Result<()> {
-        if ts >= self.limit.load(Ordering::Acquire) {
-            self.raise_limit(ts + 1)?;
+        if ts >= self.inner.limit.load(Ordering::Acquire) {
+            self.inner.raise_limit(ts + 1)?;
         }
-        self.last.fetch_max(ts, Ordering::AcqRel);
+        self.inner.last.fetch_max(ts, Ordering::AcqRel);
         Ok(())
     }
+}
 
+impl Inner {
     fn raise_limit(&self, needed: u64) -> Result<()> {
         let _guard = self.extend.lock();
         if self.limit.load(Ordering::Acquire) > needed {
