@@ -21,7 +21,7 @@
 //! deltas (a hot parent directory) is not refolded on every read. The flusher merges deltas into
 //! the base record in the engine.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,12 +122,28 @@ pub struct Version {
     pub mutation: Mutation,
 }
 
-#[derive(Default)]
 struct Chain {
-    /// Sorted by `ts`.
-    versions: Vec<Version>,
+    /// Versions sorted by `ts`. Those before `start` were flushed and only wait to be compacted
+    /// away: a hot key keeps hundreds of thousands of versions in the window, and cutting the
+    /// flushed prefix off at every flush shifted all the others every time.
+    all: Vec<Version>,
+    start: usize,
+    /// Whether the live versions are in log-index order too, so that the flushable ones are a
+    /// prefix. Always, unless a 2PC commit was applied after a later-stamped one.
+    index_sorted: bool,
     /// The folded value at `memo.0`, covering every version with `ts <= memo.0`.
     memo: Option<(u64, Option<Value>)>,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            all: Vec::new(),
+            start: 0,
+            index_sorted: true,
+            memo: None,
+        }
+    }
 }
 
 /// Folds `versions` (sorted by ts, already restricted to the read timestamp) over `base`.
@@ -379,8 +395,8 @@ impl MvccStore {
         let mut memo: Option<(u64, Option<Value>)> = None;
         let mut fold_len = 0;
         if let Some(chain) = self.chains.get(key) {
-            let upto = chain.versions.partition_point(|v| v.ts <= ts);
-            let visible = &chain.versions[..upto];
+            let upto = chain.versions().partition_point(|v| v.ts <= ts);
+            let visible = &chain.versions()[..upto];
             // Fast path: the newest visible version is a full value.
             if let Some(last) = visible.last() {
                 match &last.mutation {
@@ -434,8 +450,8 @@ impl MvccStore {
     /// Caches a folded value if it is the newest value of the key.
     fn remember(&self, key: &[u8], ts: u64, value: &Option<Value>) {
         if let Some(mut chain) = self.chains.get_mut(key) {
-            let upto = chain.versions.partition_point(|v| v.ts <= ts);
-            if let Some(last) = upto.checked_sub(1).map(|i| chain.versions[i].ts) {
+            let upto = chain.versions().partition_point(|v| v.ts <= ts);
+            if let Some(last) = upto.checked_sub(1).map(|i| chain.versions()[i].ts) {
                 if chain.memo.as_ref().is_none_or(|(m, _)| *m < last) {
                     chain.memo = Some((last, value.clone()));
                 }
@@ -451,7 +467,7 @@ impl MvccStore {
         Ok(self
             .chains
             .get(key)
-            .is_some_and(|c| c.versions.last().is_some_and(|v| v.ts > start_ts)))
+            .is_some_and(|c| c.versions().last().is_some_and(|v| v.ts > start_ts)))
     }
 
     /// Whether `key` has a put or delete newer than `start_ts` (deltas are ignored): the
@@ -459,7 +475,7 @@ impl MvccStore {
     pub fn base_newer_than(&self, key: &[u8], start_ts: u64) -> Result<bool> {
         self.too_old(start_ts)?;
         Ok(self.chains.get(key).is_some_and(|c| {
-            c.versions
+            c.versions()
                 .iter()
                 .rev()
                 .take_while(|v| v.ts > start_ts)
@@ -610,11 +626,12 @@ impl MvccStore {
                 let n = dirty.partition_point(|(i, _)| *i <= upto);
                 dirty.drain(..n).collect()
             };
-            let seen: HashSet<InlineKey, FastHash> = taken.into_iter().map(|(_, k)| k).collect();
             // In key order: RocksDB inserts into its memtable (a skip list) from where the
-            // previous insert ended, so sorted batches cost a fraction of random ones.
-            let mut keys: Vec<InlineKey> = seen.into_iter().collect();
+            // previous insert ended, so sorted batches cost a fraction of random ones. Sorting
+            // also puts duplicates side by side, which is cheaper than hashing every key.
+            let mut keys: Vec<InlineKey> = taken.into_iter().map(|(_, k)| k).collect();
             keys.sort_unstable();
+            keys.dedup();
             keys
         };
         let mut outcome = FlushOutcome::default();
@@ -637,8 +654,13 @@ impl MvccStore {
                 let Some(c) = self.chains.get(key) else {
                     break None;
                 };
-                let flushable = c.versions.iter().filter(|v| v.index <= upto);
-                let Some(first) = flushable.clone().next() else {
+                let prefix = c.flushable_prefix(upto);
+                let flushable = c.versions().iter().filter(|v| v.index <= upto);
+                let first = match prefix {
+                    Some(n) => c.versions()[..n].first(),
+                    None => flushable.clone().next(),
+                };
+                let Some(first) = first else {
                     break None;
                 };
                 let (base, skip) = match (&engine_base, first.mutation.is_base()) {
@@ -653,11 +675,23 @@ impl MvccStore {
                         continue;
                     }
                 };
+                if let Some(n) = prefix {
+                    // The common case: slices, no scan of the versions that stay.
+                    let live = c.versions();
+                    let (done, rest) = live.split_at(n);
+                    let Some(last) = done.last() else {
+                        break None;
+                    };
+                    let from = done.partition_point(|v| v.index <= skip);
+                    let value = fold(base, &done[from..]);
+                    let newer = rest.last().map(|v| v.index);
+                    break Some((value, last.ts, last.index, newer));
+                }
                 let newest_ts = flushable.clone().map(|v| v.ts).max().unwrap_or(0);
                 let top_index = flushable.clone().map(|v| v.index).max().unwrap_or(0);
                 let value = fold_iter(base, flushable.filter(|v| v.index > skip));
                 let newer = c
-                    .versions
+                    .versions()
                     .iter()
                     .map(|v| v.index)
                     .filter(|i| *i > upto)
@@ -713,21 +747,19 @@ impl MvccStore {
             if drained {
                 if let Some((_, c)) = self
                     .chains
-                    .remove_if(key, |_, c| c.versions.iter().all(|v| v.index <= upto))
+                    .remove_if(key, |_, c| c.versions().iter().all(|v| v.index <= upto))
                 {
-                    outcome.versions += c.versions.len();
+                    outcome.versions += c.versions().len();
                     continue;
                 }
             }
             let mut emptied = false;
             if let Some(mut chain) = self.chains.get_mut(key) {
-                let before = chain.versions.len();
-                chain.versions.retain(|v| v.index > upto);
-                outcome.versions += before - chain.versions.len();
-                emptied = chain.versions.is_empty();
+                outcome.versions += chain.drop_flushed(upto);
+                emptied = chain.versions().is_empty();
             }
             if emptied {
-                self.chains.remove_if(key, |_, c| c.versions.is_empty());
+                self.chains.remove_if(key, |_, c| c.versions().is_empty());
             }
         }
         Ok(outcome)
@@ -750,7 +782,7 @@ impl MvccStore {
         };
         for c in self.chains.iter() {
             s.keys += 1;
-            s.versions += c.versions.len();
+            s.versions += c.versions().len();
         }
         s
     }
@@ -907,7 +939,7 @@ impl InstallBatch<'_> {
                 let chain = e.get_mut();
                 // A hot key gets many versions from one entry; the flusher needs to hear of it
                 // once per entry.
-                let listed = chain.versions.last().is_some_and(|v| v.index == index);
+                let listed = chain.versions().last().is_some_and(|v| v.index == index);
                 chain.add(version);
                 if listed {
                     return;
@@ -945,18 +977,59 @@ impl Drop for InstallBatch<'_> {
 }
 
 impl Chain {
+    /// The live versions, sorted by `ts`.
+    fn versions(&self) -> &[Version] {
+        &self.all[self.start..]
+    }
+
+    /// How many leading live versions have a log index `<= upto`, when those are exactly the
+    /// versions at or below `upto`.
+    fn flushable_prefix(&self, upto: u64) -> Option<usize> {
+        self.index_sorted
+            .then(|| self.versions().partition_point(|v| v.index <= upto))
+    }
+
     fn add(&mut self, version: Version) {
-        let pos = self
-            .versions
+        let live = self.versions();
+        let pos = live
             .iter()
             .rposition(|v| v.ts <= version.ts)
             .map_or(0, |p| p + 1);
+        let before = pos.checked_sub(1).map(|p| live[p].index);
+        let after = live.get(pos).map(|v| v.index);
+        if before.is_some_and(|i| i > version.index) || after.is_some_and(|i| i < version.index) {
+            self.index_sorted = false;
+        }
         if let Some((memo_ts, _)) = self.memo {
             if version.ts <= memo_ts {
                 self.memo = None;
             }
         }
-        self.versions.insert(pos, version);
+        self.all.insert(self.start + pos, version);
+    }
+
+    /// Drops the versions at or below log index `upto`; returns how many.
+    fn drop_flushed(&mut self, upto: u64) -> usize {
+        match self.flushable_prefix(upto) {
+            Some(n) => {
+                self.start += n;
+                // Compact once the dead prefix is as long as the live part: each version is
+                // moved a constant number of times on average.
+                if self.start >= 64 && self.start * 2 >= self.all.len() {
+                    self.all.drain(..self.start);
+                    self.start = 0;
+                }
+                n
+            }
+            None => {
+                self.all.drain(..self.start);
+                self.start = 0;
+                let before = self.all.len();
+                self.all.retain(|v| v.index > upto);
+                self.index_sorted = self.all.windows(2).all(|w| w[0].index <= w[1].index);
+                before - self.all.len()
+            }
+        }
     }
 }
 
