@@ -1098,6 +1098,68 @@ mod tests {
     }
 
     #[test]
+    fn chains_drop_flushed_prefixes_and_handle_out_of_order_indexes() {
+        let v = |ts: u64, index: u64| Version {
+            ts,
+            index,
+            mutation: Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 }),
+        };
+        let mut c = Chain::default();
+        for i in 1..=200u64 {
+            c.add(v(i * 10, i));
+        }
+        assert_eq!(c.flushable_prefix(50), Some(50));
+        assert_eq!(c.drop_flushed(50), 50);
+        assert_eq!(c.versions().len(), 150);
+        assert_eq!(c.versions()[0].index, 51);
+        assert_eq!(c.start, 50, "not compacted while the dead prefix is short");
+        assert_eq!(c.drop_flushed(120), 70);
+        assert_eq!(
+            c.start, 0,
+            "compacted once the dead prefix outgrew the live part"
+        );
+        assert_eq!(c.versions()[0].index, 121);
+        // A 2PC commit stamped earlier but applied later breaks the index order.
+        c.add(v(1_215, 500));
+        assert!(!c.index_sorted);
+        assert_eq!(c.flushable_prefix(130), None);
+        let flushed = c.drop_flushed(130);
+        assert_eq!(flushed, 10);
+        let idx: Vec<u64> = c.versions().iter().map(|v| v.index).collect();
+        assert!(idx.contains(&500) && !idx.iter().any(|i| *i <= 130));
+        assert!(!c.index_sorted, "still out of order");
+        assert_eq!(c.drop_flushed(499), 70);
+        assert!(c.index_sorted, "order is back once the stragglers left");
+        assert_eq!(c.versions().len(), 1);
+    }
+
+    #[test]
+    fn an_out_of_order_version_is_flushed_exactly_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let add = |by: i64| Mutation::Delta(DeltaOp::Add { offset: 0, by });
+        s.install(b"\x02n", 10, 1, add(1));
+        s.install(b"\x02n", 30, 2, add(10));
+        // Stamped at 20, applied at index 3 (after index 2).
+        s.install(b"\x02n", 20, 3, add(100));
+        let read = |ts| {
+            s.get(b"\x02n", ts)
+                .expect("get")
+                .map(|v| i64::from_le_bytes(v[..8].try_into().expect("8 bytes")))
+        };
+        assert_eq!(read(25), Some(101));
+        s.flush(2).expect("flush");
+        assert_eq!(
+            read(40),
+            Some(111),
+            "index 3 still folds over the flushed 1 and 2"
+        );
+        s.flush(3).expect("flush");
+        assert_eq!(read(40), Some(111));
+        assert_eq!(s.stats().versions, 0);
+    }
+
+    #[test]
     fn ordered_keys_cut_runs_and_expire_them_whole() {
         let k = |i: u8| InlineKey::new(&[2, i]);
         let all = |o: &OrderedKeys| o.range(Bound::Unbounded, Bound::Unbounded);
