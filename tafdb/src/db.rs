@@ -153,6 +153,9 @@ impl Db {
 
     /// The tablet holding `key`.
     pub fn tablet_for(&self, key: &[u8]) -> &Arc<Tablet> {
+        if let [only] = self.tablets.as_slice() {
+            return only;
+        }
         let i = self
             .tablets
             .partition_point(|t| t.range().start.as_slice() <= key);

@@ -24,6 +24,18 @@ impl LsmEngine {
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
         opts.set_manual_wal_flush(true);
+        // No compression for the first levels, which are rewritten soonest (RocksDB's own
+        // advice); the flusher writes every key of the window, and compressing L0 files cost
+        // CPU that commits needed.
+        opts.set_compression_per_level(&[
+            rocksdb::DBCompressionType::None,
+            rocksdb::DBCompressionType::None,
+            rocksdb::DBCompressionType::Snappy,
+            rocksdb::DBCompressionType::Snappy,
+            rocksdb::DBCompressionType::Snappy,
+            rocksdb::DBCompressionType::Snappy,
+            rocksdb::DBCompressionType::Snappy,
+        ]);
         let db = DB::open(&opts, dir)?;
         Ok(LsmEngine { db })
     }

@@ -5,8 +5,15 @@
 //! writer before openraft reports it committed). The engines hold everything applied up to the
 //! *durable index* `D`, recorded in the default engine under `0xFF 'M' "state"` after the
 //! engines were persisted. After a restart [`RaftStateMachine::applied_state`] reports `D`, and
-//! openraft replays the log from `D + 1`. Snapshots are dumps of the engines at `D`, so the log
-//! can be purged up to `D` once a snapshot covers it.
+//! openraft replays the log from `D + 1`.
+//!
+//! A snapshot exists so that openraft may purge the log, and since the engines already hold
+//! everything up to `D` durably, building one only records `D` (a *durable reference*): it
+//! costs a small file write however large the tablet is. Dumping every engine row instead
+//! stalled commits for seconds once the tablet held millions of keys. A reference can only
+//! stand for this replica's own engines; shipping a tablet to another replica needs a full
+//! dump ([`SnapshotPayload::Full`]), which installing still supports, for the multi-node
+//! cluster to build on.
 
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -43,8 +50,14 @@ struct MetaRecord {
     max_commit_ts: u64,
 }
 
-/// The contents of a snapshot: the tablet meta and every engine row `(engine, key, value)`.
-type SnapshotRows = (MetaRecord, Vec<(u8, Vec<u8>, Vec<u8>)>);
+/// The contents of a snapshot.
+#[derive(Serialize, Deserialize)]
+enum SnapshotPayload {
+    /// The engines of this replica, durable up to the meta's index.
+    Durable(MetaRecord),
+    /// The tablet meta and every engine row `(engine, key, value)`.
+    Full(MetaRecord, Vec<(u8, Vec<u8>, Vec<u8>)>),
+}
 
 #[derive(Default)]
 struct Applied {
@@ -236,29 +249,41 @@ impl TabletState {
         Ok(Some(target))
     }
 
-    /// Dumps the engines at the durable index (a snapshot).
-    fn dump(&self) -> Result<(MetaRecord, Vec<u8>)> {
-        let _g = self.flush_mutex.lock();
+    /// Records a durable reference (a snapshot) at the durable index.
+    fn snapshot_reference(&self) -> Result<(MetaRecord, Vec<u8>)> {
         let meta = self.durable.lock().clone();
-        let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
-        for (i, e) in self.mvcc.engines().all().iter().enumerate() {
-            e.for_each(&mut |k, v| {
-                if k != META_KEY {
-                    rows.push((i as u8, k.to_vec(), v.to_vec()));
-                }
-                Ok(())
-            })?;
-        }
-        let data = bincode::serialize(&(meta.clone(), rows))
+        let data = bincode::serialize(&SnapshotPayload::Durable(meta.clone()))
             .map_err(|e| Error::Corruption(e.to_string()))?;
+        let path = self.snapshot_path();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &data)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
         Ok((meta, data))
     }
 
-    /// Replaces the whole state with a snapshot.
+    /// Installs a snapshot: checks a durable reference, or replaces the whole state with a full
+    /// dump.
     fn load(&self, data: &[u8]) -> Result<MetaRecord> {
         let _g = self.flush_mutex.lock();
-        let (meta, rows): SnapshotRows =
+        let payload: SnapshotPayload =
             bincode::deserialize(data).map_err(|e| Error::Corruption(format!("snapshot: {e}")))?;
+        let (meta, rows) = match payload {
+            SnapshotPayload::Durable(meta) => {
+                let have = self.durable_index();
+                let want = meta.durable.map_or(0, |l| l.index);
+                if have >= want {
+                    // Our own engines, already at or past it.
+                    return Ok(self.durable.lock().clone());
+                }
+                return Err(Error::Raft(format!(
+                    "a snapshot by reference to index {want} cannot be installed on a replica \
+                     durable only to {have}: shipping a tablet needs a full snapshot"
+                )));
+            }
+            SnapshotPayload::Full(meta, rows) => (meta, rows),
+        };
         let all = self.mvcc.engines().all();
         for e in &all {
             let mut keys = Vec::new();
@@ -293,7 +318,7 @@ impl TabletState {
     }
 
     fn snapshot_path(&self) -> PathBuf {
-        self.dir.join("snapshot.bin")
+        self.dir.join("snapshot.ref")
     }
 }
 
@@ -321,18 +346,10 @@ fn snapshot_meta(meta: &MetaRecord) -> SnapshotMeta<NodeId, BasicNode> {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let state = self.state.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || {
-            let (meta, data) = state.dump()?;
-            let path = state.snapshot_path();
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, &data)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok::<_, Error>((meta, data))
-        })
-        .await
-        .map_err(sto_err)?
-        .map_err(sto_err)?;
+        let (meta, data) = tokio::task::spawn_blocking(move || state.snapshot_reference())
+            .await
+            .map_err(sto_err)?
+            .map_err(sto_err)?;
         Ok(Snapshot {
             meta: snapshot_meta(&meta),
             snapshot: Box::new(Cursor::new(data)),
@@ -395,11 +412,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(sto_err(e)),
         };
-        let (meta, _rows): SnapshotRows =
-            bincode::deserialize(&data).map_err(|e| sto_err(format!("snapshot file: {e}")))?;
+        let meta = match bincode::deserialize(&data) {
+            Ok(SnapshotPayload::Durable(meta)) | Ok(SnapshotPayload::Full(meta, _)) => meta,
+            Err(e) => return Err(sto_err(format!("snapshot file: {e}"))),
+        };
         Ok(Some(Snapshot {
             meta: snapshot_meta(&meta),
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_beyond_the_durable_index_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = TabletState::open(dir.path(), &[]).expect("open");
+        let (meta, data) = state.snapshot_reference().expect("reference");
+        assert_eq!(
+            state.load(&data).expect("own reference").durable,
+            meta.durable
+        );
+        let ahead = MetaRecord {
+            durable: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 50)),
+            ..MetaRecord::default()
+        };
+        let data = bincode::serialize(&SnapshotPayload::Durable(ahead)).expect("encode");
+        let err = state
+            .load(&data)
+            .expect_err("cannot install a reference from elsewhere");
+        assert!(err.to_string().contains("full snapshot"), "{err}");
     }
 }
