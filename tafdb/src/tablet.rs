@@ -75,6 +75,8 @@ pub struct TabletConfig {
     /// Threads of the runtime that runs the Raft pipelines of a database's tablets (see
     /// [`PipelineRuntime`]).
     pub pipeline_threads: usize,
+    /// Size at which a Raft log segment file is closed and a new one begun.
+    pub log_segment_bytes: u64,
 }
 
 impl Default for TabletConfig {
@@ -89,6 +91,7 @@ impl Default for TabletConfig {
             max_inflight: 8,
             tables: vec![(1, EngineKind::Hash), (2, EngineKind::Lsm)],
             pipeline_threads: 2,
+            log_segment_bytes: crate::raft::SEGMENT_BYTES,
         }
     }
 }
@@ -417,7 +420,7 @@ impl Tablet {
     ) -> Result<Arc<Tablet>> {
         let rt = pipeline.handle()?.clone();
         let state = TabletState::open(&dir.join("state"), &config.tables)?;
-        let log = LogStore::open(&dir.join("raft"))?;
+        let log = LogStore::open(&dir.join("raft"), config.log_segment_bytes)?;
         let raft_config = Config {
             cluster_name: format!("tablet-{id}"),
             heartbeat_interval: 500,

@@ -588,12 +588,24 @@ async fn a_log_of_another_format_is_refused_not_misread() {
     t.commit().await.expect("commit");
     db.shutdown().await;
     drop(db);
-    // A log written before the format was recorded.
-    let format = dir.path().join("tablet-0").join("raft").join("format");
+    let raft = dir.path().join("tablet-0").join("raft");
+    let format = raft.join("format");
     std::fs::remove_file(&format).expect("remove format");
     let err = Db::open(DbConfig::new(dir.path()))
         .await
-        .expect_err("an unmarked log must be refused");
+        .expect_err("segments without a format record must be refused");
+    assert!(err.to_string().contains("format"), "{err}");
+    // A log of format 1, written before the format was recorded: one file, `raft.log`.
+    for e in std::fs::read_dir(&raft).expect("list") {
+        let path = e.expect("entry").path();
+        if path.to_string_lossy().contains("raft-") {
+            std::fs::remove_file(path).expect("remove segment");
+        }
+    }
+    std::fs::write(raft.join("raft.log"), b"old records").expect("write");
+    let err = Db::open(DbConfig::new(dir.path()))
+        .await
+        .expect_err("an old log must be refused");
     assert!(err.to_string().contains("older build"), "{err}");
     std::fs::write(&format, b"\0\0\0\09").expect("write");
     let err = Db::open(DbConfig::new(dir.path()))
@@ -612,6 +624,8 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
         cfg.tablet.window_ms = 20;
         cfg.tablet.flush_interval_ms = 10;
         cfg.tablet.snapshot_logs = 25;
+        // Tiny segments: the log rolls over many files and purges delete the old ones.
+        cfg.tablet.log_segment_bytes = 4096;
         cfg
     };
     let db = Db::open(config()).await.expect("open");
@@ -638,8 +652,21 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
         len < 1024,
         "a snapshot is a reference, not a dump: {len} bytes"
     );
-    let purged = dir.path().join("tablet-0").join("raft").join("purged");
-    assert!(purged.exists(), "the log was purged up to a snapshot");
+    let raft_dir = dir.path().join("tablet-0").join("raft");
+    assert!(
+        raft_dir.join("purged").exists(),
+        "the log was purged up to a snapshot"
+    );
+    let segments: Vec<String> = std::fs::read_dir(&raft_dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("raft-"))
+        .collect();
+    // 400 entries of over 100 bytes fill well over 10 segments of 4 KiB.
+    assert!(
+        !segments.contains(&"raft-0000000001.log".to_string()) && segments.len() < 10,
+        "purges delete whole old segments: {segments:?}"
+    );
     db.shutdown().await;
     drop(db);
     let db = Db::open(config()).await.expect("reopen");
@@ -650,4 +677,42 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
         .expect("scan");
     assert_eq!(rows.len(), 400);
     db.shutdown().await;
+}
+
+/// Only the last log segment may end in a torn record; damage inside a closed segment is
+/// corruption, and opening says so instead of dropping acknowledged commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_a_closed_log_segment_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || {
+        let mut cfg = DbConfig::new(dir.path());
+        cfg.tablet.log_segment_bytes = 2048;
+        cfg
+    };
+    let db = Db::open(config()).await.expect("open");
+    for i in 0..60u32 {
+        let mut t = db.begin().expect("begin");
+        t.put(format!("\x02k{i:04}").as_bytes(), &[7u8; 100])
+            .expect("put");
+        t.commit().await.expect("commit");
+    }
+    db.shutdown().await;
+    drop(db);
+    let first = dir
+        .path()
+        .join("tablet-0")
+        .join("raft")
+        .join("raft-0000000001.log");
+    let mut bytes = std::fs::read(&first).expect("read segment");
+    assert!(bytes.len() >= 2048, "the first segment was closed full");
+    // The last byte of the segment's last record: the damaged record is the final one of a
+    // segment that has successors, which is not a torn tail.
+    let n = bytes.len() - 1;
+    bytes[n] ^= 0xFF;
+    std::fs::write(&first, &bytes).expect("write");
+    let err = Db::open(config())
+        .await
+        .expect_err("damage must be reported");
+    assert!(matches!(err, Error::Corruption(_)), "{err}");
+    assert!(err.to_string().contains("closed segment"), "{err}");
 }

@@ -1,6 +1,10 @@
 //! The Raft log on disk, with group commit.
 //!
-//! One append-only file `raft.log` of framed records `len:u32le, crc32c:u32le, bincode(entry)`.
+//! Append-only *segment* files `raft-NNNNNNNNNN.log` of framed records `len:u32le,
+//! crc32c:u32le, bincode(entry)`; the writer starts a new segment once the current one passes
+//! 32 MiB, and a purge deletes the segments that hold only purged entries. (One file whose
+//! purged prefix was cut off by copying the rest into a new file stalled every commit for the
+//! copy and its `fsync`: the live tail is the whole MVCC window, tens of megabytes.)
 //! openraft hands entries to [`RaftLogStorage::append`], which only queues them for a dedicated
 //! writer thread and returns. The writer drains everything queued, writes it with one `write`,
 //! calls `fdatasync` once and then acknowledges every append of the group: many concurrent
@@ -8,13 +12,13 @@
 //!
 //! Entries that are not purged yet also stay in memory, so reading them back for apply costs no
 //! I/O. The vote and the last purged log id live in small checksummed files replaced atomically.
-//! Opening replays the file: a bad record at the very end is a torn write that was never
-//! acknowledged and is cut off; a bad record with valid records after it is corruption and
-//! opening fails.
+//! Opening replays the segments in order: a bad record at the very end of the last one is a
+//! torn write that was never acknowledged and is cut off; a bad record with valid records after
+//! it, or anywhere in an earlier segment, is corruption and opening fails.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +30,40 @@ use parking_lot::Mutex;
 use super::{Entry, TypeConfig};
 use crate::error::{Error, Result};
 
-const LOG_FILE: &str = "raft.log";
-const COMPACT_BYTES: u64 = 64 << 20;
+/// The single log file of format 2, refused by name.
+const OLD_LOG_FILE: &str = "raft.log";
+/// A segment is closed once it is this large (by default).
+pub const SEGMENT_BYTES: u64 = 32 << 20;
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("raft-{seq:010}.log"))
+}
+
+/// The segment files in `dir`, by sequence number.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name
+            .strip_prefix("raft-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// One segment file.
+struct Segment {
+    seq: u64,
+    /// The index of its first record, if it has one.
+    first: Option<u64>,
+    len: u64,
+}
 
 type NodeId = u64;
 
@@ -99,9 +135,10 @@ fn read_small_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// The version of the record format. Format 1 stored a batch of commands as a sequence;
-/// format 2 stores a [`crate::command::CommandBatch`] as one byte string.
-const FORMAT: &[u8] = b"2";
+/// The version of the log's format. Format 1 stored a batch of commands as a sequence;
+/// format 2 stores a [`crate::command::CommandBatch`] as one byte string; format 3 splits the
+/// log into segment files.
+const FORMAT: &[u8] = b"3";
 
 /// Refuses a log written in another format, rather than misreading it, and records the format
 /// of a new log.
@@ -115,7 +152,7 @@ fn check_format(dir: &Path) -> Result<()> {
             String::from_utf8_lossy(FORMAT)
         ))),
         None => {
-            let log = dir.join(LOG_FILE);
+            let log = dir.join(OLD_LOG_FILE);
             if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
                 return Err(Error::Corruption(format!(
                     "{}: written by an older build (Raft log format 1); this build reads format \
@@ -125,6 +162,16 @@ fn check_format(dir: &Path) -> Result<()> {
                     String::from_utf8_lossy(FORMAT)
                 )));
             }
+            let segments = list_segments(dir)?;
+            let written = segments
+                .iter()
+                .any(|seq| std::fs::metadata(segment_path(dir, *seq)).is_ok_and(|m| m.len() > 0));
+            if written {
+                return Err(Error::Corruption(format!(
+                    "{}: log segments without a format record; refusing to guess their format",
+                    dir.display()
+                )));
+            }
             write_small_file(dir, "format", FORMAT)?;
             Ok(())
         }
@@ -132,8 +179,9 @@ fn check_format(dir: &Path) -> Result<()> {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, replaying what is on disk.
-    pub fn open(dir: &Path) -> Result<LogStore> {
+    /// Opens (or creates) the log in `dir`, replaying what is on disk; segments are closed
+    /// once they reach `segment_bytes`.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         check_format(dir)?;
         let vote = match read_small_file(dir, "vote")? {
@@ -148,53 +196,71 @@ impl LogStore {
             }
             None => None,
         };
-        let path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data)?;
+        let mut seqs = list_segments(dir)?;
+        if seqs.is_empty() {
+            File::create(segment_path(dir, 1))?.sync_all()?;
+            File::open(dir)?.sync_all()?;
+            seqs.push(1);
+        }
         let mut entries = BTreeMap::new();
         let mut offsets = BTreeMap::new();
-        let mut pos = 0usize;
-        while pos + 8 <= data.len() {
-            let len =
-                u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
-            let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
-            let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-                break;
-            };
-            if crc32c::crc32c(payload) != crc {
-                if crate::frame::valid_record_at(&data[pos + 8 + len..]) {
+        let mut segments = Vec::new();
+        for (n, &seq) in seqs.iter().enumerate() {
+            let last = n + 1 == seqs.len();
+            let path = segment_path(dir, seq);
+            let data = std::fs::read(&path)?;
+            let mut pos = 0usize;
+            let mut first = None;
+            while pos + 8 <= data.len() {
+                let len =
+                    u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
+                let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
+                let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
+                    break;
+                };
+                if crc32c::crc32c(payload) != crc {
+                    if crate::frame::valid_record_at(&data[pos + 8 + len..]) {
+                        return Err(Error::Corruption(format!(
+                            "{}: bad record at offset {pos}",
+                            path.display()
+                        )));
+                    }
+                    break;
+                }
+                let entry: Entry = bincode::deserialize(payload).map_err(|e| {
+                    Error::Corruption(format!("{}: offset {pos}: {e}", path.display()))
+                })?;
+                let index = entry.get_log_id().index;
+                first.get_or_insert(index);
+                // A later record with the same index replaced a truncated one.
+                entries.split_off(&index);
+                offsets.split_off(&index);
+                offsets.insert(index, (seq, pos as u64));
+                entries.insert(index, entry);
+                pos += 8 + len;
+            }
+            if pos < data.len() {
+                if !last {
+                    // Segments before the last were synced whole before the next began.
                     return Err(Error::Corruption(format!(
-                        "{}: bad record at offset {pos}",
+                        "{}: damaged record at offset {pos} of a closed segment",
                         path.display()
                     )));
                 }
-                break;
+                tracing::warn!(path = %path.display(), pos, len = data.len(), "raft log: cutting a torn tail");
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(pos as u64)?;
+                f.sync_data()?;
             }
-            let entry: Entry = bincode::deserialize(payload)
-                .map_err(|e| Error::Corruption(format!("{}: offset {pos}: {e}", path.display())))?;
-            let index = entry.get_log_id().index;
-            // A later record with the same index replaced a truncated one.
-            entries.split_off(&index);
-            offsets.split_off(&index);
-            offsets.insert(index, pos as u64);
-            entries.insert(index, entry);
-            pos += 8 + len;
-        }
-        if pos < data.len() {
-            tracing::warn!(path = %path.display(), pos, len = data.len(), "raft log: cutting a torn tail");
-            file.set_len(pos as u64)?;
-            file.sync_data()?;
+            segments.push(Segment {
+                seq,
+                first,
+                len: pos as u64,
+            });
         }
         if let Some(p) = purged {
             entries = entries.split_off(&(p.index + 1));
         }
-        drop(file);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             entries: Mutex::new(entries),
@@ -202,11 +268,15 @@ impl LogStore {
             vote: Mutex::new(vote),
         });
         let (tx, rx) = std::sync::mpsc::channel();
+        let current = segments.last().map_or(1, |s| s.seq);
         let writer = Writer {
             dir: dir.to_path_buf(),
-            file: OpenOptions::new().append(true).open(&path)?,
-            len: pos as u64,
+            file: OpenOptions::new()
+                .append(true)
+                .open(segment_path(dir, current))?,
+            segments,
             offsets,
+            segment_bytes: segment_bytes.max(1),
         };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -217,9 +287,13 @@ impl LogStore {
 
 struct Writer {
     dir: PathBuf,
+    /// The current (last) segment, open for appending.
     file: File,
-    len: u64,
-    offsets: BTreeMap<u64, u64>,
+    /// Every segment, oldest first; the last is the current one.
+    segments: Vec<Segment>,
+    /// Where each entry is: `(segment, offset)`.
+    offsets: BTreeMap<u64, (u64, u64)>,
+    segment_bytes: u64,
 }
 
 impl Writer {
@@ -235,13 +309,17 @@ impl Writer {
                 match m {
                     WriterMsg::Append { records, callback } => {
                         for (index, rec) in records {
-                            self.offsets.insert(index, self.len + buf.len() as u64);
+                            let (seq, len) = self.current();
+                            self.offsets.insert(index, (seq, len + buf.len() as u64));
+                            if let Some(cur) = self.segments.last_mut() {
+                                cur.first.get_or_insert(index);
+                            }
                             buf.extend_from_slice(&rec);
                         }
                         callbacks.push(callback);
                     }
                     other => {
-                        // Flush the group so far before a truncate or purge touches the file.
+                        // Flush the group so far before a truncate or purge touches the files.
                         let res = self.write_group(&mut buf);
                         finish(&mut callbacks, &res);
                         match other {
@@ -261,57 +339,80 @@ impl Writer {
         }
     }
 
+    /// The current segment's number and length.
+    fn current(&self) -> (u64, u64) {
+        self.segments.last().map_or((0, 0), |s| (s.seq, s.len))
+    }
+
     fn write_group(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
         self.file.write_all(buf)?;
         self.file.sync_data()?;
-        self.len += buf.len() as u64;
+        if let Some(cur) = self.segments.last_mut() {
+            cur.len += buf.len() as u64;
+        }
         buf.clear();
+        // Start a new segment between groups, once the current one is full; it was synced
+        // whole above, so only the last segment can ever end in a torn record.
+        let (seq, len) = self.current();
+        if len >= self.segment_bytes {
+            let next = seq + 1;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segment_path(&self.dir, next))?;
+            File::open(&self.dir)?.sync_all()?;
+            self.file = file;
+            self.segments.push(Segment {
+                seq: next,
+                first: None,
+                len: 0,
+            });
+        }
         Ok(())
     }
 
     fn truncate(&mut self, from: u64) -> std::io::Result<()> {
-        if let Some((_, &off)) = self.offsets.range(from..).next() {
-            self.file.set_len(off)?;
-            self.file.sync_data()?;
-            self.len = off;
-            self.offsets.split_off(&from);
+        let Some((_, &(seq, off))) = self.offsets.range(from..).next() else {
+            return Ok(());
+        };
+        // Later segments go whole; the one holding `from` is cut and becomes the current one.
+        while self.segments.last().is_some_and(|s| s.seq > seq) {
+            if let Some(s) = self.segments.pop() {
+                std::fs::remove_file(segment_path(&self.dir, s.seq))?;
+            }
         }
+        let file = OpenOptions::new()
+            .append(true)
+            .open(segment_path(&self.dir, seq))?;
+        file.set_len(off)?;
+        file.sync_data()?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file = file;
+        if let Some(cur) = self.segments.last_mut() {
+            cur.len = off;
+            if off == 0 {
+                cur.first = None;
+            }
+        }
+        self.offsets.split_off(&from);
         Ok(())
     }
 
     fn purge(&mut self, upto: u64) -> std::io::Result<()> {
-        let keep = self.offsets.split_off(&(upto + 1));
-        self.offsets = keep;
-        let Some((_, &first)) = self.offsets.iter().next() else {
-            if self.len > COMPACT_BYTES {
-                self.rewrite(self.len)?;
-            }
-            return Ok(());
-        };
-        if first > COMPACT_BYTES && first > self.len / 2 {
-            self.rewrite(first)?;
+        self.offsets = self.offsets.split_off(&(upto + 1));
+        // A segment whose successor starts at or below `upto + 1` holds only purged entries.
+        // The current segment always stays.
+        let mut removed = false;
+        while self.segments.len() > 1 && self.segments[1].first.is_some_and(|f| f <= upto + 1) {
+            let s = self.segments.remove(0);
+            std::fs::remove_file(segment_path(&self.dir, s.seq))?;
+            removed = true;
         }
-        Ok(())
-    }
-
-    /// Drops the first `cut` bytes of the file by copying the rest into a new file.
-    fn rewrite(&mut self, cut: u64) -> std::io::Result<()> {
-        let path = self.dir.join(LOG_FILE);
-        let data = std::fs::read(&path)?;
-        let tail = data.get(cut as usize..).unwrap_or_default();
-        let tmp = self.dir.join("raft.log.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(tail)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new().append(true).open(&path)?;
-        self.len = tail.len() as u64;
-        for off in self.offsets.values_mut() {
-            *off -= cut;
+        if removed {
+            File::open(&self.dir)?.sync_all()?;
         }
         Ok(())
     }
