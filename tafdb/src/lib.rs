@@ -40,11 +40,12 @@ pub use mvcc::{DeltaOp, Mutation};
 pub use txn::Txn;
 
 /// How many tokio worker threads a process hosting tablets should run: four per core, at
-/// least eight. The commit path holds short `parking_lot` critical sections (the tablet's
-/// sequencer, map shards); a worker that parks on one is a core that runs nothing until the
-/// holder is scheduled again, so with one worker per core a 2-core machine left ~35% of its CPU
-/// idle under 1,024 committing clients. More workers than cores keep the cores busy: in six
-/// back-to-back pairs of `commit1pc` runs, 8 workers beat 2 in five, by 15-25% at the median.
+/// least eight. The commit path holds short `parking_lot` critical sections (the ticket mutex,
+/// map shards); a worker that parks on one is a core that runs nothing until the holder is
+/// scheduled again. More workers than cores keep the cores busy: when the tablet still had one
+/// sequencer mutex, 8 workers beat 2 in five of six back-to-back pairs of `commit1pc` runs, by
+/// 15-25% at the median. The tablets' Raft pipelines run on a small runtime of their own
+/// ([`tablet::PipelineRuntime`]), not on these workers.
 pub fn runtime_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     (cores * 4).max(8)

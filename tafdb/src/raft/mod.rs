@@ -1,7 +1,8 @@
 //! openraft glue: the type configuration, the tablet state machine and the network trait.
 //!
-//! A Raft entry carries a batch of [`Command`]s (the tablet batches concurrent proposals so
-//! that one entry, one `fdatasync` and one round of openraft bookkeeping serve many
+//! A Raft entry carries a batch of [`Command`](crate::command::Command)s, encoded once as a
+//! [`CommandBatch`] (the tablet batches concurrent proposals so that one entry, one `fdatasync`
+//! and one round of openraft bookkeeping serve many
 //! transactions). Applying a batch yields one [`CommandResult`] per command.
 
 mod log_store;
