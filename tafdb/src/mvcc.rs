@@ -30,7 +30,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{BatchOp, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::{FastHash, InlineKey, Key, KeyRange, Value};
 
@@ -635,14 +635,16 @@ impl MvccStore {
             keys
         };
         let mut outcome = FlushOutcome::default();
-        let mut batches: Vec<(Arc<dyn Engine>, Vec<BatchOp>)> = Vec::new();
+        // Per engine: `(position in keys, new engine value or None to delete)`.
+        type Ops = Vec<(usize, Option<Vec<u8>>)>;
+        let mut batches: Vec<(Arc<dyn Engine>, Ops)> = Vec::new();
         let mut max_ts = 0u64;
         // Keys flushed as deleted whose chains keep newer versions: they have no engine row
         // but still a chain, so they go back into the ordered set (see `OrderedKeys`).
         let mut readd: Vec<(InlineKey, u64)> = Vec::new();
         // Per key: whether every version was flushed (the chain can go).
         let mut drained = Vec::with_capacity(keys.len());
-        for ikey in &keys {
+        for (pos, ikey) in keys.iter().enumerate() {
             let key = ikey.as_bytes();
             // Fold in place under the chain's guard: a hot key has hundreds of thousands of
             // versions in the window, and copying them was a large part of a flush. Versions at
@@ -705,16 +707,14 @@ impl MvccStore {
             drained.push(newer_left.is_none());
             max_ts = max_ts.max(newest_ts);
             let op = match value {
-                Some(v) => {
-                    BatchOp::Put(key.to_vec(), encode_engine_value(newest_ts, top_index, &v))
-                }
+                Some(v) => (pos, Some(encode_engine_value(newest_ts, top_index, &v))),
                 None => {
                     if let Some(i) = newer_left {
                         if self.engines.for_key(key).supports_scan() {
                             readd.push((ikey.clone(), i));
                         }
                     }
-                    BatchOp::Delete(key.to_vec())
+                    (pos, None)
                 }
             };
             let engine = self.engines.for_key(key);
@@ -729,7 +729,11 @@ impl MvccStore {
         self.floor.fetch_max(max_ts, Ordering::AcqRel);
         for (engine, batch) in &batches {
             for chunk in batch.chunks(4096) {
-                engine.write(chunk)?;
+                let refs: Vec<(&[u8], Option<&[u8]>)> = chunk
+                    .iter()
+                    .map(|(pos, v)| (keys[*pos].as_bytes(), v.as_deref()))
+                    .collect();
+                engine.write_refs(&refs)?;
             }
         }
         {

@@ -264,6 +264,22 @@ impl Txn {
             }
         }
         let writes = Self::flatten(writes);
+        if let [tablet] = db.tablets() {
+            // One tablet (the single-tablet mode): nothing to group.
+            let reads: Vec<Key> = reads.into_iter().collect();
+            let stable: Vec<Key> = stable.into_iter().collect();
+            return tablet
+                .commit_1pc(
+                    start_ts,
+                    ReadSet {
+                        reads: &reads,
+                        scans: &scans,
+                        stable: &stable,
+                    },
+                    writes,
+                )
+                .await;
+        }
         // Group everything by tablet.
         let mut parts: BTreeMap<u64, Part> = BTreeMap::new();
         for (k, m) in writes {

@@ -75,6 +75,20 @@ pub fn batches_are_atomic_and_ordered(dir: &Path, open: &Opener) -> Result<()> {
         "every op of a batch applies",
     )?;
     e.write(&[])?;
+    // The same through borrowed operations.
+    e.write_refs(&[
+        (b"r", Some(b"1")),
+        (b"r", Some(b"2")),
+        (b"k", None),
+        (b"s", Some(b"")),
+    ])?;
+    check(
+        e.get(b"r")? == Some(b"2".to_vec()),
+        "write_refs: later put wins",
+    )?;
+    check(e.get(b"k")?.is_none(), "write_refs: delete applies")?;
+    check(e.get(b"s")? == Some(Vec::new()), "write_refs: empty value")?;
+    e.write_refs(&[])?;
     Ok(())
 }
 

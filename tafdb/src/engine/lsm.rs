@@ -64,6 +64,20 @@ impl Engine for LsmEngine {
         Ok(())
     }
 
+    fn write_refs(&self, batch: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => wb.put(k, v),
+                None => wb.delete(k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
     fn supports_scan(&self) -> bool {
         true
     }
