@@ -131,6 +131,9 @@ struct Chain {
     /// Whether the live versions are in log-index order too, so that the flushable ones are a
     /// prefix. Always, unless a 2PC commit was applied after a later-stamped one.
     index_sorted: bool,
+    /// The newest log index under which the key was added to the ordered key set (see
+    /// [`OrderedKeys`]).
+    listed: u64,
     /// The folded value at `memo.0`, covering every version with `ts <= memo.0`.
     memo: Option<(u64, Option<Value>)>,
 }
@@ -141,6 +144,7 @@ impl Default for Chain {
             all: Vec::new(),
             start: 0,
             index_sorted: true,
+            listed: 0,
             memo: None,
         }
     }
@@ -634,14 +638,26 @@ impl MvccStore {
             keys.dedup();
             keys
         };
+        let result = self.flush_keys(&keys, upto);
+        if result.is_err() {
+            // Nothing is lost: the keys go back to the front of the list (their versions are
+            // all at or below `upto`, older than everything listed after them), and the next
+            // flush writes them again. Writing a key twice is harmless (see the module docs).
+            let mut dirty = self.dirty.lock();
+            for k in keys.into_iter().rev() {
+                dirty.push_front((upto, k));
+            }
+        }
+        result
+    }
+
+    /// The body of [`MvccStore::flush`] for the listed `keys`.
+    fn flush_keys(&self, keys: &[InlineKey], upto: u64) -> Result<FlushOutcome> {
         let mut outcome = FlushOutcome::default();
         // Per engine: `(position in keys, new engine value or None to delete)`.
         type Ops = Vec<(usize, Option<Vec<u8>>)>;
         let mut batches: Vec<(Arc<dyn Engine>, Ops)> = Vec::new();
         let mut max_ts = 0u64;
-        // Keys flushed as deleted whose chains keep newer versions: they have no engine row
-        // but still a chain, so they go back into the ordered set (see `OrderedKeys`).
-        let mut readd: Vec<(InlineKey, u64)> = Vec::new();
         // Per key: whether every version was flushed (the chain can go).
         let mut drained = Vec::with_capacity(keys.len());
         for (pos, ikey) in keys.iter().enumerate() {
@@ -708,14 +724,7 @@ impl MvccStore {
             max_ts = max_ts.max(newest_ts);
             let op = match value {
                 Some(v) => (pos, Some(encode_engine_value(newest_ts, top_index, &v))),
-                None => {
-                    if let Some(i) = newer_left {
-                        if self.engines.for_key(key).supports_scan() {
-                            readd.push((ikey.clone(), i));
-                        }
-                    }
-                    (pos, None)
-                }
+                None => (pos, None),
             };
             let engine = self.engines.for_key(key);
             match batches.iter_mut().find(|(e, _)| Arc::ptr_eq(e, engine)) {
@@ -736,15 +745,9 @@ impl MvccStore {
                 engine.write_refs(&refs)?;
             }
         }
-        {
-            // Every key of a run that expires here now has an engine row, or no chain, or was
-            // just added again.
-            let mut ordered = self.ordered.write();
-            for (k, index) in readd {
-                ordered.add(std::iter::once(k), index);
-            }
-            ordered.expire(upto);
-        }
+        // A key of a run that expires here has had every version it was listed for written;
+        // a newer version listed it again, in a run that stays.
+        self.ordered.write().expire(upto);
         for (key, drained) in keys.iter().map(InlineKey::as_bytes).zip(drained) {
             // One lookup for a chain that was flushed whole, the common case; the predicate is
             // checked again because new versions may have arrived since.
@@ -802,19 +805,19 @@ struct Run {
     max_index: u64,
 }
 
-/// The keys of scannable tables that may have a chain but no row in the engine, in order: what
-/// scans and phantom checks must find besides the engine's rows.
+/// The keys of scannable tables that have a chain, in order: what scans must find besides the
+/// engine's rows, and what phantom checks look at.
 ///
 /// With a 5 s window at 100k commits per second that is about a million keys. In one B-tree,
 /// inserting each new key (a random position, a cache miss per level, some forty comparisons)
 /// on the single apply path was the largest cost of a commit; removing each key again when its
-/// chain was flushed cost as much. So new keys go into a small B-tree that stays in cache, which
-/// is sorted into an immutable run every 64k keys, and runs are never edited: a run is dropped
-/// whole once the flusher has written every version that added its keys, because by then each
-/// of its keys either has an engine row (scans find it there) or has no chain left. The one
-/// exception, a key flushed as deleted whose chain has newer versions, is added again by the
-/// flusher. A key may therefore be listed twice, or after its chain is gone: readers then find
-/// no chain and read the engine, as for any other key.
+/// chain was flushed cost as much. So keys go into a small B-tree that stays in cache, which is
+/// sorted into an immutable run every 64k keys, and runs are never edited. A key is added with
+/// the log index of every entry that gives it a version (once per entry), and a run is dropped
+/// whole once the flusher has written every entry up to the newest index it holds. So a key
+/// with a chain is always in a live run or in the B-tree: its newest version was added with
+/// its index, and that run outlives the version. A key may be listed several times, or after
+/// its chain is gone: readers then find no chain and read the engine, as for any other key.
 struct OrderedKeys {
     /// Keys in `recent` that make a run ([`RUN_KEYS`]; smaller in tests).
     run_keys: usize,
@@ -941,21 +944,26 @@ impl InstallBatch<'_> {
         match store.chains.entry(ikey.clone()) {
             dashmap::mapref::entry::Entry::Occupied(mut e) => {
                 let chain = e.get_mut();
-                // A hot key gets many versions from one entry; the flusher needs to hear of it
-                // once per entry.
-                let listed = chain.versions().last().is_some_and(|v| v.index == index);
+                // A hot key gets many versions from one entry; the flusher and the ordered set
+                // need to hear of it once per entry.
+                let seen = chain.versions().last().is_some_and(|v| v.index == index);
                 chain.add(version);
-                if listed {
+                if index > chain.listed && store.engines.for_key(&key).supports_scan() {
+                    chain.listed = index;
+                    self.new_keys.push(ikey.clone());
+                }
+                if seen {
                     return;
                 }
             }
             dashmap::mapref::entry::Entry::Vacant(e) => {
                 let mut chain = Chain::default();
                 chain.add(version);
-                e.insert(chain);
                 if store.engines.for_key(&key).supports_scan() {
+                    chain.listed = index;
                     self.new_keys.push(ikey.clone());
                 }
+                e.insert(chain);
             }
         }
         self.dirty.push((index, ikey));
@@ -1220,6 +1228,21 @@ mod tests {
             .scan(&KeyRange::prefix(&[2]), 40, usize::MAX)
             .expect("scan");
         assert_eq!(got, vec![(vec![2, 9], b"new".to_vec())]);
+    }
+
+    #[test]
+    fn a_phantom_check_sees_an_update_after_the_first_version_was_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.install(&[2, 9], 10, 1, Mutation::Put(b"a".to_vec()));
+        s.install(&[2, 9], 30, 3, Mutation::Put(b"b".to_vec()));
+        // The engine row holds version 1; the chain keeps version 3, newer than 20.
+        s.flush(2).expect("flush");
+        assert_eq!(
+            s.range_newer_than(&KeyRange::prefix(&[2]), 20)
+                .expect("phantom check"),
+            Some(vec![2, 9])
+        );
     }
 
     #[test]

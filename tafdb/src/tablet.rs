@@ -96,6 +96,18 @@ impl Default for TabletConfig {
     }
 }
 
+/// What a mark stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MarkKind {
+    /// A put or delete: conflicts with every other transaction's mark.
+    Base,
+    /// A delta: commutes with other deltas and with puts, but not with a 2PC read lock in
+    /// the making (the reader's value would not include it).
+    Delta,
+    /// A key a 2PC prewrite read: writers must not slip in before its read lock is applied.
+    Read,
+}
+
 /// One pending mark on a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Mark {
@@ -104,16 +116,26 @@ struct Mark {
     ts: u64,
     /// The transaction's start timestamp, which names it.
     owner: u64,
-    /// Whether the write replaces the value (a put or delete) rather than being a delta or a
-    /// read lock.
-    base: bool,
+    kind: MarkKind,
+}
+
+impl Mark {
+    /// Whether a transaction registering `kind` must fail because of this (foreign) mark.
+    fn refuses(&self, kind: MarkKind) -> bool {
+        match kind {
+            MarkKind::Base => true,
+            MarkKind::Delta => self.kind == MarkKind::Read,
+            // A reader's conflicts are found by its validation, which follows.
+            MarkKind::Read => false,
+        }
+    }
 }
 
 /// A mark a transaction holds, to release once its proposal is applied (or abandoned).
 struct HeldMark {
     key: InlineKey,
     owner: u64,
-    base: bool,
+    kind: MarkKind,
     /// Whether the key is also in [`Pending::ordered`] (keys of scannable tables only).
     ordered: bool,
 }
@@ -146,32 +168,29 @@ struct Pending {
 }
 
 impl Pending {
-    /// Marks `keys` for `owner`. A put or delete (`base`) of a key that already carries another
-    /// transaction's mark is a conflict: then nothing stays registered. Returns what to release.
+    /// Marks `keys` for `owner`. A mark that another transaction's mark refuses (see
+    /// [`Mark::refuses`]) is a conflict: then nothing stays registered. The check and the push
+    /// happen under one shard guard, so two registrations of a key are never both unaware of
+    /// each other. Returns what to release.
     /// Keys for which `scannable` holds also enter the ordered set, for range checks; keys of
     /// hash tables cannot be scanned, so they skip it.
     fn register<'k>(
         &self,
         owner: u64,
         ts: u64,
-        keys: impl Iterator<Item = (&'k Key, bool, bool)>,
+        keys: impl Iterator<Item = (&'k Key, MarkKind)>,
         scannable: impl Fn(&[u8]) -> bool,
     ) -> Result<Held> {
         let mut held: Held = Vec::new();
-        for (k, base, exclusive) in keys {
+        for (k, kind) in keys {
             let ik = InlineKey::new(k);
-            let mark = Mark { ts, owner, base };
-            let conflict = match self.point.get_mut(&ik) {
-                Some(mut q) => {
-                    if exclusive && q.iter().any(|m| m.owner != owner) {
-                        true
-                    } else {
-                        q.push_back(mark);
-                        false
-                    }
-                }
-                None => {
-                    self.point.entry(ik.clone()).or_default().push_back(mark);
+            let mark = Mark { ts, owner, kind };
+            let conflict = {
+                let mut q = self.point.entry(ik.clone()).or_default();
+                if q.iter().any(|m| m.owner != owner && m.refuses(kind)) {
+                    true
+                } else {
+                    q.push_back(mark);
                     false
                 }
             };
@@ -182,7 +201,7 @@ impl Pending {
             held.push(HeldMark {
                 key: ik,
                 owner,
-                base,
+                kind,
                 ordered: scannable(k),
             });
         }
@@ -231,13 +250,13 @@ impl Pending {
         for HeldMark {
             key: k,
             owner,
-            base,
+            kind,
             ..
         } in held
         {
             let mut empty = false;
             if let Some(mut q) = self.point.get_mut(k) {
-                let hit = |m: &Mark| m.owner == *owner && m.base == *base;
+                let hit = |m: &Mark| m.owner == *owner && m.kind == *kind;
                 if q.front().is_some_and(hit) {
                     q.pop_front();
                 } else if let Some(p) = q.iter().position(hit) {
@@ -274,9 +293,10 @@ impl Pending {
 
     /// Whether a put or delete of `key` by a transaction other than `owner` is in flight.
     fn foreign_base(&self, key: &[u8], owner: u64) -> bool {
-        self.point
-            .get(&InlineKey::new(key))
-            .is_some_and(|q| q.iter().any(|m| m.base && m.owner != owner))
+        self.point.get(&InlineKey::new(key)).is_some_and(|q| {
+            q.iter()
+                .any(|m| m.kind == MarkKind::Base && m.owner != owner)
+        })
     }
 
     /// Whether a snapshot read of `range` at `ts` must wait for a commit in flight.
@@ -294,6 +314,15 @@ impl Pending {
     /// Whether a snapshot read at `ts` must wait for a commit of `key` in flight.
     fn blocks(&self, key: &InlineKey, ts: u64) -> bool {
         self.point.get(key).is_some_and(|q| blocks_read(&q, ts))
+    }
+}
+
+/// The mark a write takes.
+fn write_kind(m: &Mutation) -> MarkKind {
+    if m.replaces() {
+        MarkKind::Base
+    } else {
+        MarkKind::Delta
     }
 }
 
@@ -582,6 +611,7 @@ impl Tablet {
         rs: ReadSet<'_>,
         writes: &[(Key, Mutation)],
         own: u64,
+        own_marks: usize,
     ) -> Result<()> {
         let mvcc = self.state.mvcc();
         let locks = self.state.may_have_locks();
@@ -639,9 +669,10 @@ impl Tablet {
                 let mut keys = Vec::new();
                 for (k, _) in ordered.range((Bound::Included(InlineKey::new(&r.start)), end)) {
                     keys.push(k.clone());
-                    // Only the transaction's own keys let the walk go on; the first other key
-                    // decides, unless it is the transaction's own.
-                    if keys.len() > writes.len() {
+                    // The transaction's own marks (`own_marks` of them at most, writes and a
+                    // prewrite's reads) are the only keys that may be passed over: once more
+                    // keys than that were seen, one of them is another transaction's.
+                    if keys.len() > own_marks {
                         break;
                     }
                 }
@@ -746,7 +777,7 @@ impl Tablet {
         let held = self.pending.register(
             start_ts,
             ASSIGNING,
-            writes.iter().map(|(k, m)| (k, m.replaces(), m.replaces())),
+            writes.iter().map(|(k, m)| (k, write_kind(m))),
             |k| self.scannable(k),
         )?;
         let (ticket, commit_ts) = match self.ticket(true) {
@@ -757,7 +788,7 @@ impl Tablet {
             }
         };
         self.pending.set_ts(&held, commit_ts);
-        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts) {
+        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts, held.len()) {
             // Skip the ticket before waking readers, so that the proposer moves on at once.
             drop(ticket);
             self.forget(&held);
@@ -787,8 +818,8 @@ impl Tablet {
             start_ts,
             writes
                 .iter()
-                .map(|(k, m)| (k, m.replaces(), m.replaces()))
-                .chain(rs.reads.iter().map(|k| (k, false, false))),
+                .map(|(k, m)| (k, write_kind(m)))
+                .chain(rs.reads.iter().map(|k| (k, MarkKind::Read))),
             |k| self.scannable(k),
         )?;
         let ticket = match self.ticket(false) {
@@ -798,7 +829,7 @@ impl Tablet {
                 return Err(e);
             }
         };
-        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts) {
+        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts, held.len()) {
             drop(ticket);
             self.forget(&held);
             return Err(e);
@@ -1077,7 +1108,52 @@ async fn run_proposer(
 
 #[cfg(test)]
 mod tests {
-    use super::Reorder;
+    use super::{MarkKind, Pending, Reorder, ASSIGNING};
+    use crate::keys::FastHash;
+    use dashmap::DashMap;
+    use parking_lot::Mutex;
+    use std::collections::BTreeMap;
+
+    fn pending() -> Pending {
+        Pending {
+            ordered: Mutex::new(BTreeMap::new()),
+            point: DashMap::with_hasher(FastHash::default()),
+            seq: Mutex::new(0),
+        }
+    }
+
+    #[test]
+    fn registration_rules_between_marks_of_different_transactions() {
+        let p = pending();
+        let k = b"\x02k".to_vec();
+        let reg = |owner, kind| p.register(owner, ASSIGNING, std::iter::once((&k, kind)), |_| true);
+        // Deltas commute with deltas.
+        let d1 = reg(1, MarkKind::Delta).expect("delta");
+        let d2 = reg(2, MarkKind::Delta).expect("a second delta");
+        // A put conflicts with anything in flight, and leaves nothing behind when refused.
+        assert!(reg(3, MarkKind::Base).is_err());
+        p.release(&d1);
+        p.release(&d2);
+        assert!(p.point.is_empty(), "released marks leave no queue behind");
+        // A 2PC read mark refuses deltas and puts, but a delta does not refuse a reader (its
+        // validation, which follows, finds the delta).
+        let r = reg(4, MarkKind::Read).expect("read");
+        assert!(
+            reg(5, MarkKind::Delta).is_err(),
+            "a delta must not slip under a read lock"
+        );
+        assert!(reg(6, MarkKind::Base).is_err());
+        let own = reg(4, MarkKind::Base).expect("a transaction's own marks never conflict");
+        p.release(&own);
+        p.release(&r);
+        let d = reg(7, MarkKind::Delta).expect("delta");
+        reg(8, MarkKind::Read).expect("a reader registers and then fails validation");
+        p.release(&d);
+        assert_eq!(
+            p.ordered.lock().get(&crate::keys::InlineKey::new(&k)),
+            Some(&1)
+        );
+    }
 
     #[test]
     fn reorder_puts_tickets_back_in_order_and_passes_skips() {
