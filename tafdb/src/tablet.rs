@@ -422,6 +422,8 @@ pub struct Tablet {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Keeps the pipeline's threads alive as long as the tablet.
     _pipeline: Arc<PipelineRuntime>,
+    /// Set by [`Tablet::shutdown`]: no new tickets, and readers stop waiting.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// What a transaction hands a tablet to validate.
@@ -511,6 +513,7 @@ impl Tablet {
             tso,
             tasks: Mutex::new(Vec::new()),
             _pipeline: pipeline.clone(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let proposer = rt.spawn(run_proposer(
             raft,
@@ -565,11 +568,22 @@ impl Tablet {
 
     /// Stops the background tasks and Raft.
     pub async fn shutdown(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
         for t in tasks {
             t.abort();
         }
         let _ = self.raft.shutdown().await;
+        // Proposals parked in the aborted proposer never release their marks; nothing will
+        // commit here any more, so drop every mark and wake the readers waiting on them.
+        self.pending.ordered.lock().clear();
+        self.pending.point.clear();
+        self.state.applied_notify.notify_waiters();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn lock_conflict(
@@ -728,6 +742,9 @@ impl Tablet {
 
     /// Takes the next ticket; with `commit_ts`, also a commit timestamp, in the same order.
     fn ticket(&self, commit_ts: bool) -> Result<(Ticket<'_>, u64)> {
+        if self.is_closed() {
+            return Err(Error::Shutdown);
+        }
         let mut seq = self.pending.seq.lock();
         let ts = if commit_ts { self.tso.next()? } else { 0 };
         *seq += 1;
@@ -911,6 +928,9 @@ impl Tablet {
             notified.as_mut().enable();
             if !blocked() {
                 return Ok(());
+            }
+            if self.is_closed() {
+                return Err(Error::Shutdown);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() && blocked() {
                 return Err(Error::Raft(

@@ -716,3 +716,18 @@ async fn damage_in_a_closed_log_segment_is_reported() {
     assert!(matches!(err, Error::Corruption(_)), "{err}");
     assert!(err.to_string().contains("closed segment"), "{err}");
 }
+
+/// After a shutdown, commits fail at once with `Shutdown` instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_after_a_shutdown_fail_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), false).await;
+    db.shutdown().await;
+    let mut t = db.begin().expect("begin");
+    t.put(b"\x02late", b"v").expect("put");
+    let err = tokio::time::timeout(std::time::Duration::from_secs(5), t.commit())
+        .await
+        .expect("a commit after shutdown must not hang")
+        .expect_err("a commit after shutdown must fail");
+    assert!(matches!(err, Error::Shutdown), "{err}");
+}
