@@ -72,8 +72,10 @@ fn show(n: &[u8]) -> String {
 pub async fn check(db: &Db, progress: &(dyn Fn(&str) + Sync)) -> tafdb::Result<Report> {
     let mut r = Report::default();
     // Every read is at one snapshot, so that operations committing meanwhile (fsck runs on a
-    // live server) cannot make a consistent namespace look broken.
-    let ts = db.tso().next()?;
+    // live server) cannot make a consistent namespace look broken. The snapshot is held open,
+    // so that a check longer than the MVCC window does not lose it.
+    let snap = db.snapshot()?;
+    let ts = snap.ts();
     progress("reading the namespace registry");
     let registry = db.dump_at(&keys::namespace_range(), ts).await?;
     progress("reading the Index table");

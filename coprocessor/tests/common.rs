@@ -23,8 +23,15 @@ pub struct Fixture {
 }
 
 pub async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+/// A fixture whose store is configured by `tune` first.
+pub async fn fixture_with(tune: impl FnOnce(&mut DbConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(DbConfig::new(dir.path())).await.expect("open");
+    let mut cfg = DbConfig::new(dir.path());
+    tune(&mut cfg);
+    let db = Db::open(cfg).await.expect("open");
     let svc = Service::open(db.clone());
     svc.call(&NsCreate {
         name: NS.to_vec(),
@@ -34,6 +41,14 @@ pub async fn fixture() -> Fixture {
     .await
     .expect("ns create");
     Fixture { _dir: dir, db, svc }
+}
+
+/// A store whose flusher races everything: versions leave memory 20 ms after they were
+/// applied, and the flusher runs every millisecond. Scans, validations and dumps then overlap
+/// flushes all the time, which a 5 s window almost never shows.
+pub fn racing_flusher(cfg: &mut DbConfig) {
+    cfg.tablet.window_ms = 20;
+    cfg.tablet.flush_interval_ms = 1;
 }
 
 pub fn root() -> Cred {
@@ -157,6 +172,17 @@ impl Fixture {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// The namespace's usage counters.
+    pub async fn statfs(&self) -> coprocessor::api::StatFs {
+        self.svc
+            .call(&coprocessor::ops::statfs::StatFs {
+                ns: NS.to_vec(),
+                cred: root(),
+            })
+            .await
+            .expect("statfs")
     }
 
     pub async fn fsck(&self) -> coprocessor::fsck::Report {

@@ -9,7 +9,6 @@ use coprocessor::ops::{
     readlink::Readlink,
     rename::{RENAME_EXCHANGE, RENAME_NOREPLACE},
     setattr::{SetAttr, TimeSet},
-    statfs::StatFs,
     symlink::Symlink,
     xattr_get::XattrGet,
     xattr_list::XattrList,
@@ -54,14 +53,7 @@ async fn mkdir_create_stat_readdir_and_remove() {
     assert_eq!(errno(f.rmdir(&r, "/").await), Errno::EBUSY);
     let report = f.fsck().await;
     assert!(report.is_clean(), "{report}");
-    let usage = f
-        .svc
-        .call(&StatFs {
-            ns: NS.to_vec(),
-            cred: r.clone(),
-        })
-        .await
-        .expect("statfs");
+    let usage = f.statfs().await;
     assert_eq!(usage.inodes, 1);
 }
 

@@ -71,6 +71,17 @@ pub enum Command {
         /// Set at the primary's tablet.
         primary: Option<Key>,
     },
+    /// Garbage collection of status records: raises the tablet's *status safe point* to
+    /// `below` and deletes the listed status records (all of transactions that started before
+    /// it and hold no lock anywhere). A transaction that started before the safe point can no
+    /// longer commit at its primary, so a status record that is gone can never be needed to
+    /// tell a commit from a rollback.
+    ForgetStatus {
+        /// The new safe point (a start timestamp).
+        below: u64,
+        /// Start timestamps whose status records go.
+        start_ts: Vec<u64>,
+    },
 }
 
 /// What applying a command produced.
@@ -220,6 +231,26 @@ pub fn lock_key(key: &[u8]) -> Key {
     k
 }
 
+/// The internal key holding the tablet's status safe point (see [`Command::ForgetStatus`]).
+pub fn safe_point_key() -> Key {
+    vec![INTERNAL_PREFIX, b'G']
+}
+
+/// The range of every status record.
+pub fn status_range() -> crate::keys::KeyRange {
+    crate::keys::KeyRange::prefix(&[INTERNAL_PREFIX, b'S'])
+}
+
+/// Reads the tablet's status safe point (0 when never set).
+pub fn read_safe_point(mvcc: &MvccStore) -> Result<u64> {
+    match mvcc.get(&safe_point_key(), u64::MAX)? {
+        Some(b) => <[u8; 8]>::try_from(b.as_slice())
+            .map(u64::from_le_bytes)
+            .map_err(|_| Error::Corruption(format!("status safe point of {} bytes", b.len()))),
+        None => Ok(0),
+    }
+}
+
 /// The internal key holding the status of transaction `start_ts`.
 pub fn status_key(start_ts: u64) -> Key {
     let mut k = vec![INTERNAL_PREFIX, b'S'];
@@ -305,16 +336,20 @@ fn apply_2pc(mvcc: &MvccStore, index: u64, cmd: &Command) -> Result<(CommandResu
             lock_ms,
         } => {
             let mut delta = 0;
-            for (k, m) in writes {
+            // A key may come with several mutations (deltas only): its lock keeps all of them,
+            // so that a resolver committing from the lock applies every one.
+            for (k, muts) in by_key(writes) {
                 let mut rec = read_locks(mvcc, k)?;
                 let was_empty = rec.is_empty();
                 rec.writers.retain(|w| w.start_ts != *start_ts);
-                rec.writers.push(WriteLock {
-                    start_ts: *start_ts,
-                    primary: primary.clone(),
-                    mutation: m.clone(),
-                    lock_ms: *lock_ms,
-                });
+                for m in muts {
+                    rec.writers.push(WriteLock {
+                        start_ts: *start_ts,
+                        primary: primary.clone(),
+                        mutation: m.clone(),
+                        lock_ms: *lock_ms,
+                    });
+                }
                 write_locks(mvcc, k, index, &rec)?;
                 delta += i64::from(was_empty);
             }
@@ -350,6 +385,11 @@ fn apply_2pc(mvcc: &MvccStore, index: u64, cmd: &Command) -> Result<(CommandResu
                     Some(TxnStatus::Committed(_)) => {}
                     Some(TxnStatus::RolledBack) => return Ok((CommandResult::Aborted, 0)),
                     None => {
+                        // Below the safe point a status record may have been collected: such a
+                        // transaction may have been rolled back, and must not commit now.
+                        if *start_ts < read_safe_point(mvcc)? {
+                            return Ok((CommandResult::Aborted, 0));
+                        }
                         let rec = read_locks(mvcc, p)?;
                         let held = rec.writers.iter().any(|w| w.start_ts == *start_ts)
                             || rec.readers.iter().any(|r| r.start_ts == *start_ts);
@@ -360,16 +400,29 @@ fn apply_2pc(mvcc: &MvccStore, index: u64, cmd: &Command) -> Result<(CommandResu
                     }
                 }
             }
+            // A key's writes are installed only while this transaction's lock is on it: the
+            // coordinator and a lock resolver may both commit the same key, and only the first
+            // commit may count (deltas would count twice). Lock state is read as of this log
+            // position, also in a replay (the default engine is never ahead of the durable
+            // index; see `crate::mvcc`).
             let mut delta = 0;
-            for (k, m) in writes {
-                mvcc.install(k, *commit_ts, index, m.clone());
-            }
-            for k in writes.iter().map(|(k, _)| k).chain(reads.iter()) {
+            for (k, muts) in by_key(writes) {
                 let mut rec = read_locks(mvcc, k)?;
-                if rec.is_empty() {
+                if !rec.writers.iter().any(|w| w.start_ts == *start_ts) {
                     continue;
                 }
+                for m in muts {
+                    mvcc.install(k, *commit_ts, index, m.clone());
+                }
                 rec.writers.retain(|w| w.start_ts != *start_ts);
+                rec.readers.retain(|r| r.start_ts != *start_ts);
+                delta += write_locks(mvcc, k, index, &rec)?;
+            }
+            for k in reads {
+                let mut rec = read_locks(mvcc, k)?;
+                if !rec.readers.iter().any(|r| r.start_ts == *start_ts) {
+                    continue;
+                }
                 rec.readers.retain(|r| r.start_ts != *start_ts);
                 delta += write_locks(mvcc, k, index, &rec)?;
             }
@@ -384,20 +437,62 @@ fn apply_2pc(mvcc: &MvccStore, index: u64, cmd: &Command) -> Result<(CommandResu
                 match read_status(mvcc, *start_ts)? {
                     Some(TxnStatus::Committed(ts)) => return Ok((CommandResult::Committed(ts), 0)),
                     Some(TxnStatus::RolledBack) => {}
+                    // Below the safe point no commit can happen any more (see `CommitLocks`),
+                    // so no record is needed to stop one.
+                    None if *start_ts < read_safe_point(mvcc)? => {}
                     None => write_status(mvcc, *start_ts, index, TxnStatus::RolledBack)?,
                 }
             }
             let mut delta = 0;
-            for k in keys {
+            for k in dedup_keys(keys) {
                 let mut rec = read_locks(mvcc, k)?;
-                if rec.is_empty() {
-                    continue;
-                }
+                let before = rec.writers.len() + rec.readers.len();
                 rec.writers.retain(|w| w.start_ts != *start_ts);
                 rec.readers.retain(|r| r.start_ts != *start_ts);
+                if rec.writers.len() + rec.readers.len() == before {
+                    continue;
+                }
                 delta += write_locks(mvcc, k, index, &rec)?;
             }
             Ok((CommandResult::Ok, delta))
         }
+        Command::ForgetStatus { below, start_ts } => {
+            let current = read_safe_point(mvcc)?;
+            if *below > current {
+                mvcc.install(
+                    &safe_point_key(),
+                    index,
+                    index,
+                    Mutation::Put(below.to_le_bytes().to_vec()),
+                );
+            }
+            let safe = current.max(*below);
+            for ts in start_ts.iter().filter(|ts| **ts < safe) {
+                mvcc.install(&status_key(*ts), index, index, Mutation::Delete);
+            }
+            Ok((CommandResult::Ok, 0))
+        }
     }
+}
+
+/// `writes` grouped by key, in order of first appearance.
+fn by_key(writes: &[(Key, Mutation)]) -> Vec<(&Key, Vec<&Mutation>)> {
+    let mut out: Vec<(&Key, Vec<&Mutation>)> = Vec::new();
+    let mut at: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for (k, m) in writes {
+        match at.get(k.as_slice()) {
+            Some(&i) => out[i].1.push(m),
+            None => {
+                at.insert(k.as_slice(), out.len());
+                out.push((k, vec![m]));
+            }
+        }
+    }
+    out
+}
+
+/// `keys` without repeats, in order.
+fn dedup_keys(keys: &[Key]) -> Vec<&Key> {
+    let mut seen = std::collections::HashSet::new();
+    keys.iter().filter(|k| seen.insert(k.as_slice())).collect()
 }

@@ -35,6 +35,11 @@ pub struct DbConfig {
     pub hot_keys: Vec<Key>,
     /// How long a transaction waits in a hot key's queue before it backs off (ms).
     pub lock_wait_ms: u64,
+    /// How often the background collector resolves expired 2PC locks and deletes status
+    /// records no one can need any more (ms; 0: never, [`Db::collect_garbage`] still works).
+    pub gc_interval_ms: u64,
+    /// A 2PC status record is kept at least this long after its transaction started (ms).
+    pub status_horizon_ms: u64,
 }
 
 impl DbConfig {
@@ -48,6 +53,8 @@ impl DbConfig {
             max_attempts: 30,
             hot_keys: Vec::new(),
             lock_wait_ms: 2_000,
+            gc_interval_ms: 10_000,
+            status_horizon_ms: 60_000,
         }
     }
 }
@@ -59,6 +66,33 @@ pub struct Db {
     coprocessors: RwLock<HashMap<String, Arc<dyn Coprocessor>>>,
     locks: LockTable,
     config: DbConfig,
+    /// The background garbage collector.
+    gc: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A snapshot held open on every tablet ([`Db::snapshot`]): reads at its timestamp never fail
+/// with `SnapshotTooOld` while it lives, however long they take. The flusher keeps every newer
+/// version in memory meanwhile, so drop it as soon as the reads are done.
+#[derive(Debug)]
+pub struct Snapshot {
+    ts: u64,
+    _pins: Vec<crate::raft::SnapshotPin>,
+}
+
+impl Snapshot {
+    /// The snapshot's timestamp.
+    pub fn ts(&self) -> u64 {
+        self.ts
+    }
+}
+
+/// What one round of [`Db::collect_garbage`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcOutcome {
+    /// Keys whose expired locks were resolved.
+    pub resolved: usize,
+    /// Status records deleted.
+    pub forgotten: usize,
 }
 
 impl std::fmt::Debug for Db {
@@ -122,7 +156,8 @@ impl Db {
                 .await?,
             );
         }
-        Ok(Arc::new(Db {
+        let gc_every = config.gc_interval_ms;
+        let db = Arc::new(Db {
             tablets,
             tso,
             coprocessors: RwLock::new(HashMap::new()),
@@ -131,14 +166,114 @@ impl Db {
                 Duration::from_millis(config.lock_wait_ms.max(1)),
             ),
             config,
-        }))
+            gc: parking_lot::Mutex::new(None),
+        });
+        // Only a store of several tablets has 2PC leftovers to collect.
+        if gc_every > 0 && db.tablets.len() > 1 {
+            let weak = Arc::downgrade(&db);
+            *db.gc.lock() = Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(gc_every));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(db) = weak.upgrade() else { return };
+                    if let Err(e) = db.collect_garbage().await {
+                        tracing::warn!(error = %e, "2PC garbage collection failed; will retry");
+                    }
+                }
+            }));
+        }
+        Ok(db)
     }
 
     /// Stops every tablet.
     pub async fn shutdown(&self) {
+        if let Some(gc) = self.gc.lock().take() {
+            gc.abort();
+        }
         for t in &self.tablets {
             t.shutdown().await;
         }
+    }
+
+    /// Holds a snapshot open on every tablet at a fresh timestamp (see [`Snapshot`]).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut last = None;
+        for _ in 0..self.config.max_attempts.max(1) {
+            let ts = self.tso.next()?;
+            let mut pins = Vec::with_capacity(self.tablets.len());
+            for t in &self.tablets {
+                match t.pin(ts) {
+                    Ok(p) => pins.push(p),
+                    // A flush overtook the fresh timestamp (a tiny MVCC window): take another.
+                    Err(e @ Error::SnapshotTooOld { .. }) => {
+                        last = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if pins.len() == self.tablets.len() {
+                return Ok(Snapshot { ts, _pins: pins });
+            }
+        }
+        Err(Error::RetriesExhausted {
+            attempts: self.config.max_attempts,
+            last: Box::new(last.unwrap_or(Error::Shutdown)),
+        })
+    }
+
+    /// One round of 2PC garbage collection: resolves every lock older than the lock TTL (so a
+    /// coordinator that died leaves nothing behind for long, even on keys no one reads), then
+    /// deletes the status records of transactions that started before every lock still held
+    /// and more than [`DbConfig::status_horizon_ms`] ago. Runs in the background every
+    /// [`DbConfig::gc_interval_ms`].
+    pub async fn collect_garbage(&self) -> Result<GcOutcome> {
+        let mut out = GcOutcome::default();
+        let now = now_ms();
+        for t in &self.tablets {
+            for (key, rec) in t.scan_locks(t.range())? {
+                let expired = rec
+                    .writers
+                    .iter()
+                    .map(|w| w.lock_ms)
+                    .chain(rec.readers.iter().map(|r| r.lock_ms))
+                    .any(|ms| now.saturating_sub(ms) >= self.config.lock_ttl_ms);
+                if expired {
+                    self.resolve_lock(&key).await?;
+                    out.resolved += 1;
+                }
+            }
+        }
+        // The oldest transaction that still holds a lock anywhere may still need its status.
+        let mut oldest = u64::MAX;
+        for t in &self.tablets {
+            for (_, rec) in t.scan_locks(t.range())? {
+                let owners = rec.writers.iter().map(|w| w.start_ts);
+                let owners = owners.chain(rec.readers.iter().map(|r| r.start_ts));
+                oldest = owners.fold(oldest, u64::min);
+            }
+        }
+        let horizon =
+            crate::tso::ts_from_ms(now_ms().saturating_sub(self.config.status_horizon_ms));
+        let below = oldest.min(horizon);
+        const CHUNK: usize = 4096;
+        for t in &self.tablets {
+            loop {
+                let list = t.statuses_below(below, CHUNK)?;
+                let n = list.len();
+                if n == 0 {
+                    break;
+                }
+                t.forget_status(below, list).await?;
+                out.forgotten += n;
+                if n < CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The timestamp oracle.
@@ -263,11 +398,13 @@ impl Db {
     /// tables included), in key order. It visits whole engines: for checkers such as `fsck`,
     /// not for queries. Commits in flight at the snapshot are waited for.
     pub async fn dump(&self, range: &KeyRange) -> Result<Vec<(Key, Value)>> {
-        self.dump_at(range, self.tso.next()?).await
+        let snap = self.snapshot()?;
+        self.dump_at(range, snap.ts()).await
     }
 
-    /// [`Db::dump`] at snapshot `ts` (take it from [`Db::tso`]), so that several dumps see one
-    /// state. Fails with `SnapshotTooOld` once `ts` leaves the MVCC window.
+    /// [`Db::dump`] at snapshot `ts`, so that several dumps see one state. Hold a
+    /// [`Db::snapshot`] for `ts`: otherwise the dump fails with `SnapshotTooOld` once `ts`
+    /// leaves the MVCC window.
     pub async fn dump_at(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         let mut out = Vec::new();
         for t in self.tablets_for_range(range) {

@@ -20,6 +20,24 @@
 //! them, and a per-key *memo* caches the folded value so that a key with thousands of pending
 //! deltas (a hot parent directory) is not refolded on every read. The flusher merges deltas into
 //! the base record in the engine.
+//!
+//! A reader combines two places, the chains and the engines, while the flusher moves versions
+//! from one to the other; it must never see a key "between" them (gone from the chain, not yet
+//! in the engine, or the other way round). The rules that make that so:
+//! - The flusher writes the engines first and drops chains after. A point read looks at the
+//!   chain first and reads the engine after, so whatever it misses in the chain is in the engine.
+//! - Scans and dumps list keys from the chains (the ordered key set) *before* they read the
+//!   engine, for the same reason, and they take engine rows read *before* a key's chain lookup
+//!   only when no flush wrote or dropped anything in between: the flusher's [`MvccStore`] keeps a
+//!   sequence number that is odd while a flush is writing or dropping (a seqlock), and a row read
+//!   under another number is read again.
+//! - Validation looks at the chain, then at the floor: a version a concurrent flush dropped
+//!   raised the floor before it was dropped.
+//! - The default engine (TafDB's own keys: 2PC locks and status records, and the tablet's meta
+//!   record with the durable index) is written in one atomic batch, last, after the other
+//!   engines are durable. So after a crash that engine is exactly at the durable index, and a
+//!   replay that reads lock state to decide what a 2PC command does reads it as of the log
+//!   position it replays, never ahead of it.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
@@ -136,6 +154,10 @@ struct Chain {
     listed: u64,
     /// The folded value at `memo.0`, covering every version with `ts <= memo.0`.
     memo: Option<(u64, Option<Value>)>,
+    /// Versions ever added: a reader that folded the chain remembers the result only if no
+    /// version arrived meanwhile (one could land below the folded timestamp: a 2PC commit
+    /// applied after a later-stamped one, or any write seen by a read at `u64::MAX`).
+    adds: u64,
 }
 
 impl Default for Chain {
@@ -146,6 +168,7 @@ impl Default for Chain {
             index_sorted: true,
             listed: 0,
             memo: None,
+            adds: 0,
         }
     }
 }
@@ -211,6 +234,14 @@ fn encode_engine_value(ts: u64, index: u64, value: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(value);
     out
+}
+
+/// An engine row a scan or dump read before looking up the key's chain, with the flush sequence
+/// number it was read under (see [`MvccStore::flush_seq`]); `raw` is `None` when the engine had
+/// no row for the key.
+struct Prefetched {
+    raw: Option<Vec<u8>>,
+    seq: u64,
 }
 
 /// An engine value split into `(ts, index, value)`.
@@ -317,7 +348,23 @@ pub struct MvccStore {
     dirty: Mutex<VecDeque<(u64, InlineKey)>>,
     floor: AtomicU64,
     flush_lock: Mutex<()>,
+    /// Odd while a flush writes the engines or drops chains, even otherwise (a seqlock): an
+    /// engine row read under an even number that is still current after the key's chain was
+    /// looked up cannot be older than the chain says.
+    flush_seq: AtomicU64,
 }
+
+/// Makes the flush sequence number even again when a flush ends, however it ends.
+struct FlushSeqGuard<'a>(&'a AtomicU64);
+
+impl Drop for FlushSeqGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The extra row of [`MvccStore::flush_durably`]: called with the new floor.
+pub type LastRow<'a> = &'a dyn Fn(u64) -> Result<Option<(Key, Value)>>;
 
 /// Result of one flush cycle.
 #[derive(Clone, Copy, Debug, Default)]
@@ -338,6 +385,7 @@ impl MvccStore {
             dirty: Mutex::new(Default::default()),
             floor: AtomicU64::new(floor),
             flush_lock: Mutex::new(()),
+            flush_seq: AtomicU64::new(0),
         }
     }
 
@@ -387,17 +435,21 @@ impl MvccStore {
         self.get_with(key, ts, None)
     }
 
-    /// Like [`MvccStore::get`]; `engine` may carry the engine's raw value already read by a scan.
+    /// Like [`MvccStore::get`]; `prefetched` may carry the engine row a scan or dump read
+    /// before this lookup, which is used only if no flush touched the engines since.
     fn get_with(
         &self,
         key: &[u8],
         ts: u64,
-        engine: Option<Option<Vec<u8>>>,
+        prefetched: Option<Prefetched>,
     ) -> Result<Option<Value>> {
         self.too_old(ts)?;
         let mut versions: Vec<Version> = Vec::new();
         let mut memo: Option<(u64, Option<Value>)> = None;
         let mut fold_len = 0;
+        // What a memo of this read would stand for: the newest folded version and the chain's
+        // generation.
+        let mut folded_upto: Option<(u64, u64)> = None;
         if let Some(chain) = self.chains.get(key) {
             let upto = chain.versions().partition_point(|v| v.ts <= ts);
             let visible = &chain.versions()[..upto];
@@ -408,6 +460,7 @@ impl MvccStore {
                     Mutation::Delete => return Ok(None),
                     Mutation::Delta(_) => {}
                 }
+                folded_upto = Some((last.ts, chain.adds));
             }
             let base_pos = visible.iter().rposition(|v| v.mutation.is_base());
             if let Some((m_ts, m_val)) = &chain.memo {
@@ -431,11 +484,14 @@ impl MvccStore {
             return Ok(fold(None, &versions));
         }
         // The chain has only deltas (or nothing) at this timestamp: the base is in the engine.
-        let ev = match engine {
-            Some(Some(raw)) => Some(decode_engine_value(key, raw)?),
-            Some(None) => None,
-            None => self.engine_value(key)?,
+        // A row read before the chain lookup is current only if no flush wrote the engines or
+        // dropped chains since (the flusher writes first and drops after, so a row read now,
+        // after the lookup, already contains whatever the chain lost meanwhile).
+        let raw = match prefetched {
+            Some(p) if p.seq % 2 == 0 && self.flush_seq.load(Ordering::SeqCst) == p.seq => p.raw,
+            _ => self.engines.for_key(key).get(key)?,
         };
+        let ev = raw.map(|r| decode_engine_value(key, r)).transpose()?;
         // A flush may have run between reading the chain and the engine; the versions the
         // engine value already contains are skipped, and the floor is checked again.
         self.too_old(ts)?;
@@ -446,19 +502,19 @@ impl MvccStore {
         versions.retain(|v| v.index > skip_upto);
         let value = fold(base, &versions);
         if fold_len > 32 {
-            self.remember(key, ts, &value);
+            if let Some((last_ts, generation)) = folded_upto {
+                self.remember(key, last_ts, generation, &value);
+            }
         }
         Ok(value)
     }
 
-    /// Caches a folded value if it is the newest value of the key.
-    fn remember(&self, key: &[u8], ts: u64, value: &Option<Value>) {
+    /// Caches `value`, the fold of every version up to `last_ts`, if no version was added to
+    /// the chain since it was read (generation `generation`).
+    fn remember(&self, key: &[u8], last_ts: u64, generation: u64, value: &Option<Value>) {
         if let Some(mut chain) = self.chains.get_mut(key) {
-            let upto = chain.versions().partition_point(|v| v.ts <= ts);
-            if let Some(last) = upto.checked_sub(1).map(|i| chain.versions()[i].ts) {
-                if chain.memo.as_ref().is_none_or(|(m, _)| *m < last) {
-                    chain.memo = Some((last, value.clone()));
-                }
+            if chain.adds == generation && chain.memo.as_ref().is_none_or(|(m, _)| *m < last_ts) {
+                chain.memo = Some((last_ts, value.clone()));
             }
         }
     }
@@ -466,28 +522,38 @@ impl MvccStore {
     /// The newest commit timestamp of `key`, for validation of a transaction that started at
     /// `start_ts`. Returns `Err(SnapshotTooOld)` when `start_ts` is below the floor, because
     /// then versions newer than `start_ts` may already have left memory.
+    ///
+    /// The floor is checked *after* the chain is looked up: a flush that dropped a newer version
+    /// between the two raised the floor before it dropped anything, so either the chain still
+    /// shows the version or the floor shows the flush.
     pub fn newer_than(&self, key: &[u8], start_ts: u64) -> Result<bool> {
-        self.too_old(start_ts)?;
-        Ok(self
+        let newer = self
             .chains
             .get(key)
-            .is_some_and(|c| c.versions().last().is_some_and(|v| v.ts > start_ts)))
+            .is_some_and(|c| c.versions().last().is_some_and(|v| v.ts > start_ts));
+        fail::fail_point!("mvcc::validate-after-chain");
+        self.too_old(start_ts)?;
+        Ok(newer)
     }
 
     /// Whether `key` has a put or delete newer than `start_ts` (deltas are ignored): the
-    /// validation of a stable read.
+    /// validation of a stable read. The floor is checked after the chain, as in
+    /// [`MvccStore::newer_than`].
     pub fn base_newer_than(&self, key: &[u8], start_ts: u64) -> Result<bool> {
-        self.too_old(start_ts)?;
-        Ok(self.chains.get(key).is_some_and(|c| {
+        let newer = self.chains.get(key).is_some_and(|c| {
             c.versions()
                 .iter()
                 .rev()
                 .take_while(|v| v.ts > start_ts)
                 .any(|v| v.mutation.is_base())
-        }))
+        });
+        self.too_old(start_ts)?;
+        Ok(newer)
     }
 
     /// Whether any key in `range` has a version newer than `start_ts` (phantom detection).
+    /// A key whose run of the ordered set expired, or whose chain was dropped, before it was
+    /// looked at was flushed, and the floor (checked last) covers its versions.
     pub fn range_newer_than(&self, range: &KeyRange, start_ts: u64) -> Result<Option<Key>> {
         self.too_old(start_ts)?;
         let keys: Vec<Key> = {
@@ -495,15 +561,18 @@ impl MvccStore {
                 Some(e) => Bound::Excluded(InlineKey::new(e)),
                 None => Bound::Unbounded,
             };
-            self.ordered
-                .read()
-                .range(Bound::Included(InlineKey::new(&range.start)), end)
+            self.ordered.read().range(
+                Bound::Included(InlineKey::new(&range.start)),
+                end,
+                usize::MAX,
+            )
         };
         for k in keys {
             if self.newer_than(&k, start_ts)? {
                 return Ok(Some(k));
             }
         }
+        self.too_old(start_ts)?;
         Ok(None)
     }
 
@@ -513,26 +582,26 @@ impl MvccStore {
     pub fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         self.too_old(ts)?;
         let engine = self.engines.for_key(&range.start).clone();
-        let mut keys: std::collections::BTreeMap<Key, Option<Value>> = Default::default();
+        // The chains first, the engine after (see the module docs): a chain dropped in between
+        // was written to the engine before it was dropped. Hash tables keep no ordered key set,
+        // so walk the chains themselves.
+        let seq = self.flush_seq.load(Ordering::SeqCst);
+        let mut keys: std::collections::BTreeMap<Key, Option<Vec<u8>>> = Default::default();
+        for c in self.chains.iter() {
+            if range.contains(c.key().as_bytes()) {
+                keys.insert(c.key().to_vec(), None);
+            }
+        }
         engine.for_each(&mut |k, v| {
             if range.contains(k) {
                 keys.insert(k.to_vec(), Some(v.to_vec()));
             }
             Ok(())
         })?;
-        // Hash tables keep no ordered key set, so walk the chains themselves.
-        for c in self.chains.iter() {
-            if range.contains(c.key().as_bytes()) {
-                keys.entry(c.key().to_vec()).or_insert(None);
-            }
-        }
+        fail::fail_point!("mvcc::dump-after-engine");
         let mut out = Vec::with_capacity(keys.len());
-        for (k, v) in keys {
-            let engine_val = match v {
-                Some(v) => Some(Some(v)),
-                None => Some(engine.get(&k)?),
-            };
-            if let Some(v) = self.get_with(&k, ts, engine_val)? {
+        for (k, raw) in keys {
+            if let Some(v) = self.get_with(&k, ts, Some(Prefetched { raw, seq }))? {
                 out.push((k, v));
             }
         }
@@ -540,6 +609,10 @@ impl MvccStore {
     }
 
     /// Up to `limit` live entries of `range` as of `ts`, in key order.
+    ///
+    /// Page by page: the keys with chains first (up to a page of them), then the engine's rows
+    /// up to the last of those keys, then each key's value (see the module docs for why in this
+    /// order).
     pub fn scan(&self, range: &KeyRange, ts: u64, limit: usize) -> Result<Vec<(Key, Value)>> {
         self.too_old(ts)?;
         let mut out = Vec::new();
@@ -555,26 +628,42 @@ impl MvccStore {
         let page = limit.saturating_add(16).min(4096);
         let mut cursor = range.clone();
         loop {
-            let rows = engine.scan(&cursor, page)?;
-            let engine_done = rows.len() < page;
-            // Chain keys up to the last engine key of this page (or to the end of the range).
-            let upper: Option<Key> = if engine_done {
-                cursor.end.clone()
-            } else {
-                rows.last().map(|(k, _)| k.clone())
+            let seq = self.flush_seq.load(Ordering::SeqCst);
+            let end = match &cursor.end {
+                Some(e) => Bound::Excluded(InlineKey::new(e)),
+                None => Bound::Unbounded,
             };
-            let chain_keys: Vec<Key> = {
-                let hi = match &upper {
-                    Some(u) if engine_done => Bound::Excluded(InlineKey::new(u)),
-                    Some(u) => Bound::Included(InlineKey::new(u)),
-                    None => Bound::Unbounded,
-                };
-                self.ordered
-                    .read()
-                    .range(Bound::Included(InlineKey::new(&cursor.start)), hi)
+            let chain_keys: Vec<Key> = self.ordered.read().range(
+                Bound::Included(InlineKey::new(&cursor.start)),
+                end,
+                page,
+            );
+            // When a page of chain keys was found, this page covers the range up to the last of
+            // them; the engine is read only that far.
+            let chain_upper: Option<Key> = (chain_keys.len() >= page)
+                .then(|| chain_keys.last().cloned())
+                .flatten();
+            let engine_range = match &chain_upper {
+                Some(u) => KeyRange {
+                    start: cursor.start.clone(),
+                    end: Some([u.as_slice(), &[0]].concat()),
+                },
+                None => cursor.clone(),
+            };
+            fail::fail_point!("mvcc::scan-after-chain-keys");
+            let rows = engine.scan(&engine_range, page)?;
+            fail::fail_point!("mvcc::scan-after-engine-page");
+            // The page covers keys up to `upper` (inclusive), or to the end of the cursor.
+            let upper: Option<Key> = if rows.len() >= page {
+                rows.last().map(|(k, _)| k.clone())
+            } else {
+                chain_upper
             };
             let mut rows = rows.into_iter().peekable();
-            let mut chain_keys = chain_keys.into_iter().peekable();
+            let mut chain_keys = chain_keys
+                .into_iter()
+                .filter(|k| upper.as_ref().is_none_or(|u| k <= u))
+                .peekable();
             loop {
                 let (key, raw) = match (rows.peek(), chain_keys.peek()) {
                     (None, None) => break,
@@ -584,29 +673,23 @@ impl MvccStore {
                     (Some((rk, _)), Some(ck)) if ck == rk => {
                         chain_keys.next();
                         let (k, v) = rows.next().unwrap_or_default();
-                        (k, Some(Some(v)))
+                        (k, Some(v))
                     }
                     (Some(_), _) => {
                         let (k, v) = rows.next().unwrap_or_default();
-                        (k, Some(Some(v)))
+                        (k, Some(v))
                     }
                     (None, Some(_)) => (chain_keys.next().unwrap_or_default(), None),
                 };
-                // Chain-only keys have no engine row in this page, but may have one the page
-                // skipped (they were below the engine cursor). `get_with` reads the engine for
-                // them only when their chain does not settle the value by itself: a key whose
-                // newest visible version is a put or a delete (a removed entry, say) costs no
-                // engine read, so scanning past many fresh tombstones stays cheap.
-                let engine_val = raw;
-                if let Some(v) = self.get_with(&key, ts, engine_val)? {
+                // A chain key without an engine row in this page has none in the engine: the
+                // page covers its position. Either way the row counts only if no flush ran
+                // since it was read; otherwise `get_with` reads the engine again.
+                if let Some(v) = self.get_with(&key, ts, Some(Prefetched { raw, seq }))? {
                     out.push((key, v));
                     if out.len() >= limit {
                         return Ok(out);
                     }
                 }
-            }
-            if engine_done {
-                return Ok(out);
             }
             let Some(last) = upper else { return Ok(out) };
             let mut next = last;
@@ -618,9 +701,16 @@ impl MvccStore {
         }
     }
 
-    /// Flushes every version applied at log index `<= upto` to the engines and drops it from
-    /// memory. Returns what was done; the caller persists the engines and records `upto`.
+    /// Flushes every version applied at log index `<= upto` to the engines, makes them durable
+    /// and drops the versions from memory. Returns what was done.
     pub fn flush(&self, upto: u64) -> Result<FlushOutcome> {
+        self.flush_durably(upto, &|_| Ok(None))
+    }
+
+    /// Like [`MvccStore::flush`]; `last_row(floor)` may name one more raw row of the default
+    /// engine (the tablet's meta record with the new durable index), which is written in the
+    /// same atomic batch as that engine's flushed rows, after every other engine is durable.
+    pub fn flush_durably(&self, upto: u64, last_row: LastRow<'_>) -> Result<FlushOutcome> {
         let _guard = self.flush_lock.lock();
         let keys: Vec<InlineKey> = {
             // Take the entries out under the lock and deduplicate outside it: the apply path
@@ -638,7 +728,7 @@ impl MvccStore {
             keys.dedup();
             keys
         };
-        let result = self.flush_keys(&keys, upto);
+        let result = self.flush_keys(&keys, upto, last_row);
         if result.is_err() {
             // Nothing is lost: the keys go back to the front of the list (their versions are
             // all at or below `upto`, older than everything listed after them), and the next
@@ -652,7 +742,12 @@ impl MvccStore {
     }
 
     /// The body of [`MvccStore::flush`] for the listed `keys`.
-    fn flush_keys(&self, keys: &[InlineKey], upto: u64) -> Result<FlushOutcome> {
+    fn flush_keys(
+        &self,
+        keys: &[InlineKey],
+        upto: u64,
+        last_row: LastRow<'_>,
+    ) -> Result<FlushOutcome> {
         let mut outcome = FlushOutcome::default();
         // Per engine: `(position in keys, new engine value or None to delete)`.
         type Ops = Vec<(usize, Option<Vec<u8>>)>;
@@ -736,15 +831,50 @@ impl MvccStore {
         // Raise the floor before the engines change: a reader that folds the chain over the new
         // engine value at an older timestamp must fail rather than answer wrongly.
         self.floor.fetch_max(max_ts, Ordering::AcqRel);
-        for (engine, batch) in &batches {
-            for chunk in batch.chunks(4096) {
-                let refs: Vec<(&[u8], Option<&[u8]>)> = chunk
-                    .iter()
-                    .map(|(pos, v)| (keys[*pos].as_bytes(), v.as_deref()))
-                    .collect();
-                engine.write_refs(&refs)?;
-            }
+        let floor = self.floor();
+        // Odd from here until the chains are dropped (or the flush fails): readers holding an
+        // engine row read before their chain lookup read it again.
+        self.flush_seq.fetch_add(1, Ordering::SeqCst);
+        let _seq = FlushSeqGuard(&self.flush_seq);
+        let default = self.engines.default_engine().clone();
+        fn refs<'a>(
+            keys: &'a [InlineKey],
+            batch: &'a [(usize, Option<Vec<u8>>)],
+        ) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+            batch
+                .iter()
+                .map(|(pos, v)| (keys[*pos].as_bytes(), v.as_deref()))
+                .collect()
         }
+        // Every other engine first, durably.
+        for (engine, batch) in batches.iter().filter(|(e, _)| !Arc::ptr_eq(e, &default)) {
+            for chunk in batch.chunks(4096) {
+                engine.write_refs(&refs(keys, chunk))?;
+            }
+            fail::fail_point!("mvcc::flush-before-persist", |_| Err(Error::Io(
+                std::io::Error::other("failpoint mvcc::flush-before-persist")
+            )));
+            engine.persist()?;
+        }
+        // Then the default engine in one atomic batch with the caller's row (see the module
+        // docs: after a crash it is exactly at the durable index).
+        fail::fail_point!("mvcc::flush-before-default", |_| Err(Error::Io(
+            std::io::Error::other("failpoint mvcc::flush-before-default")
+        )));
+        let extra = last_row(floor)?;
+        let mut rows = batches
+            .iter()
+            .find(|(e, _)| Arc::ptr_eq(e, &default))
+            .map(|(_, b)| refs(keys, b))
+            .unwrap_or_default();
+        if let Some((k, v)) = &extra {
+            rows.push((k.as_slice(), Some(v.as_slice())));
+        }
+        if !rows.is_empty() {
+            default.write_refs(&rows)?;
+            default.persist()?;
+        }
+        fail::fail_point!("mvcc::flush-before-drop");
         // A key of a run that expires here has had every version it was listed for written;
         // a newer version listed it again, in a run that stays.
         self.ordered.write().expire(upto);
@@ -871,8 +1001,8 @@ impl OrderedKeys {
         }
     }
 
-    /// Every key between the bounds, sorted and unique.
-    fn range(&self, lo: Bound<InlineKey>, hi: Bound<InlineKey>) -> Vec<Key> {
+    /// The first `limit` keys between the bounds, sorted and unique.
+    fn range(&self, lo: Bound<InlineKey>, hi: Bound<InlineKey>, limit: usize) -> Vec<Key> {
         let mut keys: Vec<&InlineKey> = Vec::new();
         let mut sources = 0;
         for run in &self.runs {
@@ -887,6 +1017,8 @@ impl OrderedKeys {
                 Bound::Excluded(k) => run.partition_point(|x| x < k),
                 Bound::Unbounded => run.len(),
             };
+            // The first `limit` keys overall are among the first `limit` of each source.
+            let to = to.min(from.saturating_add(limit));
             if to > from {
                 keys.extend(&run[from..to]);
                 sources += 1;
@@ -895,7 +1027,8 @@ impl OrderedKeys {
         let before = keys.len();
         keys.extend(
             self.recent
-                .range::<InlineKey, _>((lo.as_ref(), hi.as_ref())),
+                .range::<InlineKey, _>((lo.as_ref(), hi.as_ref()))
+                .take(limit),
         );
         if keys.len() > before {
             sources += 1;
@@ -904,6 +1037,7 @@ impl OrderedKeys {
             keys.sort_unstable();
             keys.dedup();
         }
+        keys.truncate(limit);
         keys.into_iter().map(InlineKey::to_vec).collect()
     }
 }
@@ -1017,12 +1151,33 @@ impl Chain {
                 self.memo = None;
             }
         }
+        self.adds += 1;
         self.all.insert(self.start + pos, version);
     }
 
     /// Drops the versions at or below log index `upto`; returns how many.
     fn drop_flushed(&mut self, upto: u64) -> usize {
-        match self.flushable_prefix(upto) {
+        // The memo covers the versions up to its timestamp and readers fold the live versions
+        // after it: once a version newer than the memo leaves the chain, the memo would miss
+        // it (a hot counter then read low until its next put; fsck saw usage counters behind
+        // the tree).
+        let prefix = self.flushable_prefix(upto);
+        let dropped_ts = match prefix {
+            // Sorted by ts: the prefix's last is its newest.
+            Some(n) => n.checked_sub(1).map(|i| self.versions()[i].ts),
+            None => self
+                .versions()
+                .iter()
+                .filter(|v| v.index <= upto)
+                .map(|v| v.ts)
+                .max(),
+        };
+        if let (Some((memo_ts, _)), Some(d)) = (&self.memo, dropped_ts) {
+            if *memo_ts < d {
+                self.memo = None;
+            }
+        }
+        match prefix {
             Some(n) => {
                 self.start += n;
                 // Compact once the dead prefix is as long as the live part: each version is
@@ -1174,7 +1329,7 @@ mod tests {
     #[test]
     fn ordered_keys_cut_runs_and_expire_them_whole() {
         let k = |i: u8| InlineKey::new(&[2, i]);
-        let all = |o: &OrderedKeys| o.range(Bound::Unbounded, Bound::Unbounded);
+        let all = |o: &OrderedKeys| o.range(Bound::Unbounded, Bound::Unbounded, usize::MAX);
         let mut o = OrderedKeys {
             run_keys: 3,
             ..OrderedKeys::default()
@@ -1189,7 +1344,7 @@ mod tests {
             "sorted and unique across the run and the recent keys"
         );
         assert_eq!(
-            o.range(Bound::Excluded(k(1)), Bound::Included(k(3))),
+            o.range(Bound::Excluded(k(1)), Bound::Included(k(3)), usize::MAX),
             vec![vec![2, 2], vec![2, 3]]
         );
         o.expire(10);
@@ -1278,6 +1433,34 @@ mod tests {
             s.scan(&KeyRange::prefix(&[1]), 200, 10),
             Err(Error::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn a_memo_older_than_a_flushed_prefix_is_not_used() {
+        // A counter with deltas only (a namespace's usage record): the memo is taken, more
+        // deltas arrive, and a flush drops versions newer than the memo.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let add = || Mutation::Delta(DeltaOp::Add { offset: 0, by: 1 });
+        for i in 1..=40u64 {
+            s.install(b"\x00c", i, i, add());
+        }
+        let read = || {
+            let v = s.get(b"\x00c", u64::MAX).expect("get").expect("some");
+            u64::from_le_bytes(v[..8].try_into().expect("8"))
+        };
+        assert_eq!(read(), 40, "folds 40 deltas and remembers the result");
+        for i in 41..=50u64 {
+            s.install(b"\x00c", i, i, add());
+        }
+        s.flush(45).expect("flush");
+        assert_eq!(
+            read(),
+            50,
+            "the versions 41-45 left the chain after the memo was taken"
+        );
+        s.flush(50).expect("flush");
+        assert_eq!(read(), 50);
     }
 
     #[test]

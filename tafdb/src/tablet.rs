@@ -28,6 +28,10 @@
 //! A snapshot read at `ts` that meets a mark with a timestamp `<= ts`, or a placeholder, waits
 //! for it to be applied (or dropped): a commit registers before it takes its timestamp, so any
 //! commit with a timestamp below a reader's has its marks in place by the time the reader looks.
+//! A reader waits only for marks registered before it started looking (each registration takes
+//! a number from a counter, and the reader notes the counter first): a commit registered later
+//! takes its timestamp later, above the reader's, so it cannot matter to the reader, and a
+//! stream of new writers can no longer keep a reader waiting.
 //!
 //! The old design held one tablet-wide mutex across validation and registration. On 2 cores
 //! with 1,024 clients the tokio workers spent a third of their context switches parked on it,
@@ -117,6 +121,8 @@ struct Mark {
     /// The transaction's start timestamp, which names it.
     owner: u64,
     kind: MarkKind,
+    /// The registration's number (see [`Pending::registrations`]).
+    reg: u64,
 }
 
 impl Mark {
@@ -165,6 +171,9 @@ struct Pending {
     point: DashMap<InlineKey, VecDeque<Mark>, FastHash>,
     /// The last ticket handed out. Its mutex orders tickets and commit timestamps together.
     seq: Mutex<u64>,
+    /// Registrations so far. A reader notes it before it looks at marks and waits only for
+    /// marks with a number at or below it (see the module docs).
+    registrations: std::sync::atomic::AtomicU64,
 }
 
 impl Pending {
@@ -182,9 +191,18 @@ impl Pending {
         scannable: impl Fn(&[u8]) -> bool,
     ) -> Result<Held> {
         let mut held: Held = Vec::new();
+        let reg = self
+            .registrations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         for (k, kind) in keys {
             let ik = InlineKey::new(k);
-            let mark = Mark { ts, owner, kind };
+            let mark = Mark {
+                ts,
+                owner,
+                kind,
+                reg,
+            };
             let conflict = {
                 let mut q = self.point.entry(ik.clone()).or_default();
                 if q.iter().any(|m| m.owner != owner && m.refuses(kind)) {
@@ -299,8 +317,18 @@ impl Pending {
         })
     }
 
-    /// Whether a snapshot read of `range` at `ts` must wait for a commit in flight.
-    fn range_blocks(&self, range: &KeyRange, ts: u64) -> bool {
+    /// The registration number a reader starting now waits up to.
+    fn reader_horizon(&self) -> u64 {
+        self.registrations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The first key with marks in `range` for which `pred` holds, decided under the
+    /// `ordered` guard.
+    fn first_in_range(
+        &self,
+        range: &KeyRange,
+        mut pred: impl FnMut(&InlineKey) -> bool,
+    ) -> Option<Key> {
         let ordered = self.ordered.lock();
         let end = range
             .end
@@ -308,12 +336,32 @@ impl Pending {
             .map_or(Bound::Unbounded, |e| Bound::Excluded(InlineKey::new(e)));
         ordered
             .range((Bound::Included(InlineKey::new(&range.start)), end))
-            .any(|(k, _)| self.blocks(k, ts))
+            .find(|(k, _)| pred(k))
+            .map(|(k, _)| k.to_vec())
     }
 
-    /// Whether a snapshot read at `ts` must wait for a commit of `key` in flight.
-    fn blocks(&self, key: &InlineKey, ts: u64) -> bool {
-        self.point.get(key).is_some_and(|q| blocks_read(&q, ts))
+    /// Whether a snapshot read of `range` at `ts`, which started at registration `horizon`,
+    /// must wait for a commit in flight.
+    fn range_blocks(&self, range: &KeyRange, ts: u64, horizon: u64) -> bool {
+        self.first_in_range(range, |k| self.blocks(k, ts, horizon))
+            .is_some()
+    }
+
+    /// Whether a snapshot read at `ts`, started at registration `horizon`, must wait for a
+    /// commit of `key` in flight.
+    fn blocks(&self, key: &InlineKey, ts: u64, horizon: u64) -> bool {
+        self.point
+            .get(key)
+            .is_some_and(|q| blocks_read(&q, ts, horizon))
+    }
+
+    /// The first key in `range` that carries a mark of a transaction other than `owner`.
+    /// Decided under the `ordered` guard: a key listed there has its marks in `point` until
+    /// it leaves the list (registration adds to `point` first, release removes from `ordered`
+    /// first), so a foreign mark seen absent here was released before the guard was taken,
+    /// and its commit, if any, is applied and visible to the version check that follows.
+    fn foreign_in_range(&self, range: &KeyRange, owner: u64) -> Option<Key> {
+        self.first_in_range(range, |k| self.foreign(k, owner))
     }
 }
 
@@ -326,10 +374,13 @@ fn write_kind(m: &Mutation) -> MarkKind {
     }
 }
 
-/// Whether a snapshot read at `ts` must wait for one of `marks`: a commit at or below `ts`, or
-/// one whose timestamp is still being taken (it may end up below `ts`).
-fn blocks_read(marks: &VecDeque<Mark>, ts: u64) -> bool {
-    marks.iter().any(|m| m.ts <= ts || m.ts == ASSIGNING)
+/// Whether a snapshot read at `ts` that started at registration `horizon` must wait for one of
+/// `marks`: a commit registered before the reader started whose timestamp is at or below `ts`,
+/// or is still being taken (it may end up below `ts`).
+fn blocks_read(marks: &VecDeque<Mark>, ts: u64, horizon: u64) -> bool {
+    marks
+        .iter()
+        .any(|m| m.reg <= horizon && (m.ts <= ts || m.ts == ASSIGNING))
 }
 
 /// A ticket taken but not yet handed to the proposer. Dropping it unused sends a skip, so the
@@ -502,6 +553,7 @@ impl Tablet {
             ordered: Mutex::new(BTreeMap::new()),
             point: DashMap::with_hasher(FastHash::default()),
             seq: Mutex::new(0),
+            registrations: std::sync::atomic::AtomicU64::new(0),
         });
         let tablet = Arc::new(Tablet {
             id,
@@ -526,7 +578,7 @@ impl Tablet {
         let flusher = {
             let state = state.clone();
             let window = config.window_ms;
-            let every = Duration::from_millis(config.flush_interval_ms.max(10));
+            let every = Duration::from_millis(config.flush_interval_ms.max(1));
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -625,7 +677,6 @@ impl Tablet {
         rs: ReadSet<'_>,
         writes: &[(Key, Mutation)],
         own: u64,
-        own_marks: usize,
     ) -> Result<()> {
         let mvcc = self.state.mvcc();
         let locks = self.state.may_have_locks();
@@ -674,31 +725,13 @@ impl Tablet {
             }
         }
         for r in rs.scans {
-            let in_flight: Vec<InlineKey> = {
-                let ordered = self.pending.ordered.lock();
-                let end = r
-                    .end
-                    .as_deref()
-                    .map_or(Bound::Unbounded, |e| Bound::Excluded(InlineKey::new(e)));
-                let mut keys = Vec::new();
-                for (k, _) in ordered.range((Bound::Included(InlineKey::new(&r.start)), end)) {
-                    keys.push(k.clone());
-                    // The transaction's own marks (`own_marks` of them at most, writes and a
-                    // prewrite's reads) are the only keys that may be passed over: once more
-                    // keys than that were seen, one of them is another transaction's.
-                    if keys.len() > own_marks {
-                        break;
-                    }
-                }
-                keys
-            };
-            for k in in_flight {
-                if self.pending.foreign(&k, own) {
-                    return Err(Error::conflict(
-                        &k.to_vec(),
-                        "a commit in a scanned range is in flight",
-                    ));
-                }
+            // Stops at the first foreign key, so it passes over at most the transaction's own
+            // marks (writes and a prewrite's reads) in the range.
+            if let Some(k) = self.pending.foreign_in_range(r, own) {
+                return Err(Error::conflict(
+                    &k,
+                    "a commit in a scanned range is in flight",
+                ));
             }
             if let Some(k) = mvcc.range_newer_than(r, start_ts)? {
                 return Err(Error::conflict(
@@ -805,7 +838,7 @@ impl Tablet {
             }
         };
         self.pending.set_ts(&held, commit_ts);
-        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts, held.len()) {
+        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts) {
             // Skip the ticket before waking readers, so that the proposer moves on at once.
             drop(ticket);
             self.forget(&held);
@@ -846,7 +879,7 @@ impl Tablet {
                 return Err(e);
             }
         };
-        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts, held.len()) {
+        if let Err(e) = self.validate(start_ts, rs, &writes, start_ts) {
             drop(ticket);
             self.forget(&held);
             return Err(e);
@@ -915,12 +948,45 @@ impl Tablet {
         command::read_locks(self.state.mvcc(), key)
     }
 
+    /// The start timestamps of the 2PC status records kept here that are below `below`, at
+    /// most `limit` of them.
+    pub fn statuses_below(&self, below: u64, limit: usize) -> Result<Vec<u64>> {
+        let range = command::status_range();
+        let range = KeyRange {
+            start: range.start,
+            end: Some(command::status_key(below)),
+        };
+        let rows = self.state.mvcc().scan(&range, u64::MAX, limit)?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, _)| <[u8; 8]>::try_from(k.get(2..10)?).ok())
+            .map(u64::from_be_bytes)
+            .collect())
+    }
+
+    /// Raises the status safe point to `below` and deletes the status records of `start_ts`
+    /// (see [`Command::ForgetStatus`]).
+    pub async fn forget_status(&self, below: u64, start_ts: Vec<u64>) -> Result<()> {
+        let (ticket, _) = self.ticket(false)?;
+        let rx = self.propose(
+            ticket,
+            Command::ForgetStatus { below, start_ts },
+            Vec::new(),
+        )?;
+        Self::wait_reply(rx).await.map(|_| ())
+    }
+
+    /// Holds a snapshot at `ts` open on this tablet (see [`TabletState::pin`]).
+    pub fn pin(&self, ts: u64) -> Result<crate::raft::SnapshotPin> {
+        self.state.pin(ts)
+    }
+
     /// The status of a 2PC transaction whose primary lives here.
     pub fn txn_status(&self, start_ts: u64) -> Result<Option<TxnStatus>> {
         command::read_status(self.state.mvcc(), start_ts)
     }
 
-    async fn wait_pending(&self, mut blocked: impl FnMut() -> bool) -> Result<()> {
+    async fn wait_pending(&self, key: &[u8], mut blocked: impl FnMut() -> bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + PENDING_WAIT;
         loop {
             let notified = self.state.applied_notify.notified();
@@ -933,8 +999,10 @@ impl Tablet {
                 return Err(Error::Shutdown);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() && blocked() {
-                return Err(Error::Raft(
-                    "timed out waiting for an in-flight commit to apply".into(),
+                // Nothing was read: the caller may try again (with a new snapshot).
+                return Err(Error::conflict(
+                    key,
+                    "timed out waiting for an in-flight commit to apply",
                 ));
             }
         }
@@ -943,9 +1011,10 @@ impl Tablet {
     /// A snapshot read of one key at `ts`.
     pub async fn get(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
         let ik = InlineKey::new(key);
-        let blocked = || self.pending.blocks(&ik, ts);
+        let horizon = self.pending.reader_horizon();
+        let blocked = || self.pending.blocks(&ik, ts, horizon);
         if blocked() {
-            self.wait_pending(blocked).await?;
+            self.wait_pending(key, blocked).await?;
         }
         if self.state.may_have_locks() {
             let rec = self.locks(key)?;
@@ -963,14 +1032,15 @@ impl Tablet {
     /// commits in flight at `ts`; fails with `Locked` on an unresolved 2PC lock.
     pub async fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         // Hash tables keep their pending keys out of the ordered set: look at every mark.
+        let horizon = self.pending.reader_horizon();
         let blocked = || {
             self.pending
                 .point
                 .iter()
-                .any(|e| range.contains(&e.key().to_vec()) && blocks_read(e.value(), ts))
+                .any(|e| range.contains(e.key().as_bytes()) && blocks_read(e.value(), ts, horizon))
         };
         if blocked() {
-            self.wait_pending(blocked).await?;
+            self.wait_pending(&range.start, blocked).await?;
         }
         if self.state.may_have_locks() {
             if let Some((k, rec)) = self.locks_in(range)?.into_iter().next() {
@@ -983,9 +1053,10 @@ impl Tablet {
 
     /// A snapshot scan of up to `limit` entries of `range` (which must lie in this tablet).
     pub async fn scan(&self, range: &KeyRange, ts: u64, limit: usize) -> Result<Vec<(Key, Value)>> {
-        let blocked = || self.pending.range_blocks(range, ts);
+        let horizon = self.pending.reader_horizon();
+        let blocked = || self.pending.range_blocks(range, ts, horizon);
         if blocked() {
-            self.wait_pending(blocked).await?;
+            self.wait_pending(&range.start, blocked).await?;
         }
         if self.state.may_have_locks() {
             for (k, rec) in self.locks_in(range)? {
@@ -1139,7 +1210,71 @@ mod tests {
             ordered: Mutex::new(BTreeMap::new()),
             point: DashMap::with_hasher(FastHash::default()),
             seq: Mutex::new(0),
+            registrations: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    #[test]
+    fn a_reader_waits_only_for_marks_registered_before_it_started() {
+        let p = pending();
+        let k = b"\x02k".to_vec();
+        let ik = crate::keys::InlineKey::new(&k);
+        let reg = |owner, ts| {
+            p.register(owner, ts, std::iter::once((&k, MarkKind::Base)), |_| true)
+                .expect("register")
+        };
+        let early = reg(1, ASSIGNING);
+        let horizon = p.reader_horizon();
+        assert!(
+            p.blocks(&ik, 100, horizon),
+            "a placeholder registered earlier may end up below 100"
+        );
+        p.release(&early);
+        // Writers keep coming after the reader started: none of them can commit below it.
+        for owner in 2..50 {
+            let late = reg(owner, ASSIGNING);
+            assert!(
+                !p.blocks(&ik, 100, horizon),
+                "a mark registered after the reader started kept it waiting"
+            );
+            p.release(&late);
+        }
+        let late = reg(60, 50);
+        assert!(!p.blocks(&ik, 100, horizon));
+        assert!(
+            p.blocks(&ik, 100, p.reader_horizon()),
+            "a later reader waits for it"
+        );
+        p.release(&late);
+    }
+
+    #[test]
+    fn a_scanned_range_finds_a_foreign_mark_behind_many_own_ones() {
+        let p = pending();
+        let keys: Vec<Vec<u8>> = (0..20u8).map(|i| vec![2, b'd', i]).collect();
+        let own = p
+            .register(
+                7,
+                70,
+                keys[..10].iter().map(|k| (k, MarkKind::Base)),
+                |_| true,
+            )
+            .expect("own");
+        let range = crate::keys::KeyRange::prefix(&[2, b'd']);
+        assert_eq!(
+            p.foreign_in_range(&range, 7),
+            None,
+            "own marks are passed over"
+        );
+        let other = p
+            .register(8, 80, std::iter::once((&keys[15], MarkKind::Base)), |_| {
+                true
+            })
+            .expect("foreign");
+        assert_eq!(p.foreign_in_range(&range, 7), Some(keys[15].clone()));
+        p.release(&other);
+        assert_eq!(p.foreign_in_range(&range, 7), None);
+        p.release(&own);
     }
 
     #[test]

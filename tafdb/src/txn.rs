@@ -453,6 +453,12 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
         CommandResult::Ok => {}
         CommandResult::Committed(ts) => return Ok(ts),
         CommandResult::Aborted => {
+            // A resolver rolled the primary back (and only the primary's own key): every other
+            // lock, the primary tablet's included, is this coordinator's to drop.
+            let _ = parts[0]
+                .tablet
+                .rollback(start_ts, parts[0].keys(), None)
+                .await;
             for p in parts.iter().skip(1) {
                 let _ = p.tablet.rollback(start_ts, p.keys(), None).await;
             }

@@ -9,7 +9,7 @@ mod log_store;
 mod state_machine;
 
 pub use log_store::{LogReader, LogStore, SEGMENT_BYTES};
-pub use state_machine::{StateMachine, TabletState};
+pub use state_machine::{SnapshotPin, StateMachine, TabletState};
 
 use std::io::Cursor;
 

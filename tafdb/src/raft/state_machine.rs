@@ -63,8 +63,9 @@ enum SnapshotPayload {
 struct Applied {
     last: Option<LogId<NodeId>>,
     membership: Membership,
-    /// Applied entries not yet flushed, with their apply time.
-    recent: VecDeque<(LogId<NodeId>, u64)>,
+    /// Applied entries not yet flushed, with their apply time and the largest commit
+    /// timestamp they carry.
+    recent: VecDeque<(LogId<NodeId>, u64, u64)>,
     /// Membership changes not yet flushed.
     memberships: VecDeque<Membership>,
 }
@@ -78,6 +79,10 @@ pub struct TabletState {
     flush_mutex: Mutex<()>,
     lock_keys: AtomicI64,
     max_commit_ts: AtomicU64,
+    /// Snapshots held open by readers that need one state for longer than the MVCC window
+    /// (fsck, dumps): timestamp -> holders. The flusher leaves every version newer than the
+    /// oldest of them in memory.
+    pins: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Woken after every applied batch; readers waiting for a pending commit sleep on it.
     pub applied_notify: tokio::sync::Notify,
 }
@@ -118,6 +123,7 @@ impl TabletState {
             durable: Mutex::new(meta),
             flush_mutex: Mutex::new(()),
             lock_keys: AtomicI64::new(0),
+            pins: Mutex::new(Default::default()),
             applied_notify: tokio::sync::Notify::new(),
         };
         state.recount_locks()?;
@@ -164,6 +170,7 @@ impl TabletState {
         for entry in entries {
             let log_id = entry.log_id;
             let mut results = Vec::new();
+            let mut entry_ts = 0;
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
@@ -187,6 +194,7 @@ impl TabletState {
                     }
                     drop(installs);
                     self.max_commit_ts.fetch_max(max_ts, Ordering::AcqRel);
+                    entry_ts = max_ts;
                 }
                 EntryPayload::Membership(m) => {
                     let mut a = self.applied.lock();
@@ -197,7 +205,7 @@ impl TabletState {
             }
             let mut a = self.applied.lock();
             a.last = Some(log_id);
-            a.recent.push_back((log_id, now));
+            a.recent.push_back((log_id, now, entry_ts));
             out.push(results);
         }
         self.applied_notify.notify_waiters();
@@ -209,11 +217,18 @@ impl TabletState {
     pub fn flush_once(&self, window_ms: u64) -> Result<Option<LogId<NodeId>>> {
         let _g = self.flush_mutex.lock();
         let cutoff = now_ms().saturating_sub(window_ms);
+        // A pinned snapshot keeps every entry with a newer commit in memory, so that the floor
+        // stays at or below it.
+        let pinned = self.pins.lock().keys().next().copied().unwrap_or(u64::MAX);
         let (target, membership) = {
             let mut a = self.applied.lock();
             let mut target = None;
-            while a.recent.front().is_some_and(|(_, t)| *t <= cutoff) {
-                target = a.recent.pop_front().map(|(l, _)| l);
+            while a
+                .recent
+                .front()
+                .is_some_and(|(_, t, ts)| *t <= cutoff && *ts <= pinned)
+            {
+                target = a.recent.pop_front().map(|(l, _, _)| l);
             }
             let Some(target) = target else {
                 return Ok(None);
@@ -228,25 +243,52 @@ impl TabletState {
             }
             (target, membership)
         };
-        self.mvcc.flush(target.index)?;
-        let engines = self.mvcc.engines();
-        let all = engines.all();
-        for e in &all[..all.len() - 1] {
-            e.persist()?;
-        }
         let mut meta = self.durable.lock().clone();
         meta.durable = Some(target);
-        if let Some(m) = membership {
-            meta.membership = m;
+        if let Some(m) = &membership {
+            meta.membership = m.clone();
         }
-        meta.floor = self.mvcc.floor();
         meta.max_commit_ts = self.max_commit_ts();
-        let bytes = bincode::serialize(&meta).map_err(|e| Error::Corruption(e.to_string()))?;
-        let default = engines.default_engine();
-        default.write(&[BatchOp::Put(META_KEY.to_vec(), bytes)])?;
-        default.persist()?;
-        *self.durable.lock() = meta;
+        let written = Mutex::new(None);
+        // The meta record goes into the default engine's flush batch: the durable index moves
+        // exactly when TafDB's own rows (locks, status records) do.
+        let result = self.mvcc.flush_durably(target.index, &|floor| {
+            let mut meta = meta.clone();
+            meta.floor = floor;
+            let bytes = bincode::serialize(&meta).map_err(|e| Error::Corruption(e.to_string()))?;
+            *written.lock() = Some(meta);
+            Ok(Some((META_KEY.to_vec(), bytes)))
+        });
+        if let Err(e) = result {
+            // The entries stay unflushed; the next round takes them again.
+            let mut a = self.applied.lock();
+            a.recent.push_front((target, 0, 0));
+            if let Some(m) = membership {
+                a.memberships.push_front(m);
+            }
+            return Err(e);
+        }
+        if let Some(meta) = written.into_inner() {
+            *self.durable.lock() = meta;
+        }
         Ok(Some(target))
+    }
+
+    /// Holds a snapshot at `ts` open: until the guard is dropped, the flusher keeps every
+    /// version newer than `ts` in memory, so reads at `ts` never fail with `SnapshotTooOld`
+    /// however long they take. Fails with `SnapshotTooOld` if `ts` is already below the floor.
+    pub fn pin(self: &Arc<Self>, ts: u64) -> Result<SnapshotPin> {
+        // Under the flush mutex no flush is between choosing its target and raising the floor.
+        let _g = self.flush_mutex.lock();
+        let floor = self.mvcc.floor();
+        if ts < floor {
+            return Err(Error::SnapshotTooOld { ts, floor });
+        }
+        *self.pins.lock().entry(ts).or_default() += 1;
+        Ok(SnapshotPin {
+            state: self.clone(),
+            ts,
+        })
     }
 
     /// Records a durable reference (a snapshot) at the durable index.
@@ -324,6 +366,30 @@ impl TabletState {
 
     fn snapshot_path(&self) -> PathBuf {
         self.dir.join("snapshot.ref")
+    }
+}
+
+/// A snapshot held open on one tablet replica (see [`TabletState::pin`]).
+pub struct SnapshotPin {
+    state: Arc<TabletState>,
+    ts: u64,
+}
+
+impl std::fmt::Debug for SnapshotPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotPin").field("ts", &self.ts).finish()
+    }
+}
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        let mut pins = self.state.pins.lock();
+        if let Some(n) = pins.get_mut(&self.ts) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.ts);
+            }
+        }
     }
 }
 
