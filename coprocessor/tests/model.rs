@@ -578,27 +578,52 @@ async fn service_listing(f: &Fixture) -> Vec<(String, FileType, u32, u32, u64, S
     out
 }
 
+/// Runs `ops` against the service (on a store configured by `tune`) and the model; with
+/// `pause`, waits a few milliseconds now and then so that versions age into the flusher's
+/// window in the middle of the sequence.
+async fn run_case(
+    ops: &[Op],
+    tune: impl FnOnce(&mut tafdb::DbConfig),
+    pause: bool,
+) -> Result<(), TestCaseError> {
+    let f = fixture_with(tune).await;
+    let mut model = Model::new();
+    for (i, op) in ops.iter().enumerate() {
+        let want = apply_model(&mut model, op);
+        let got = apply(&f, op).await;
+        prop_assert_eq!(got, want, "op {} {:?}", i, op);
+        if pause && i % 7 == 3 {
+            tokio::time::sleep(std::time::Duration::from_millis((i % 5) as u64 * 6)).await;
+        }
+    }
+    prop_assert_eq!(service_listing(&f).await, model.listing());
+    let report = f.fsck().await;
+    prop_assert!(report.is_clean(), "{}", report);
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
     fn service_matches_the_tree_model(ops in prop::collection::vec(op(), 1..60)) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let f = fixture().await;
-            let mut model = Model::new();
-            for (i, op) in ops.iter().enumerate() {
-                let want = apply_model(&mut model, op);
-                let got = apply(&f, op).await;
-                prop_assert_eq!(got, want, "op {} {:?}", i, op);
-            }
-            prop_assert_eq!(service_listing(&f).await, model.listing());
-            let report = f.fsck().await;
-            prop_assert!(report.is_clean(), "{}", report);
-            Ok(())
-        })?;
+        runtime().block_on(run_case(&ops, |_| {}, false))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    /// The same model under a flusher that races every operation (20 ms window, a flush every
+    /// millisecond): scans, validations and fsck overlap flushes all the time.
+    #[test]
+    fn service_matches_the_tree_model_under_a_racing_flusher(ops in prop::collection::vec(op(), 1..60)) {
+        runtime().block_on(run_case(&ops, racing_flusher, true))?;
     }
 }

@@ -39,6 +39,35 @@ pub struct ServerConfig {
     pub data: PathBuf,
     /// Where to listen (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// How long committed versions stay in memory before the flusher writes them to the
+    /// engines (ms; default 5000). Tiny values make every operation race the flusher (tests).
+    pub mvcc_window_ms: Option<u64>,
+    /// How often the flusher runs (ms; default 250).
+    pub flush_interval_ms: Option<u64>,
+}
+
+impl ServerConfig {
+    /// A server of `data` on `listen` with the store's defaults.
+    pub fn new(data: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data,
+            listen,
+            mvcc_window_ms: None,
+            flush_interval_ms: None,
+        }
+    }
+
+    /// The store's configuration.
+    pub fn store(&self) -> DbConfig {
+        let mut cfg = DbConfig::new(&self.data);
+        if let Some(ms) = self.mvcc_window_ms {
+            cfg.tablet.window_ms = ms;
+        }
+        if let Some(ms) = self.flush_interval_ms {
+            cfg.tablet.flush_interval_ms = ms;
+        }
+        cfg
+    }
 }
 
 /// Why the server stopped.
@@ -64,20 +93,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let listener = TcpListener::bind(config.listen).await?;
-    serve(listener, config.data, |_| {}, shutdown).await
+    serve(listener, config.store(), |_| {}, shutdown).await
 }
 
-/// Serves on `listener` until `shutdown` resolves; `ready` hears the bound address once the
-/// store is open.
+/// Serves the store `store` on `listener` until `shutdown` resolves; `ready` hears the bound
+/// address once the store is open.
 pub async fn serve(
     listener: TcpListener,
-    data: PathBuf,
+    store: DbConfig,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
+    let data = store.dir.clone();
     std::fs::create_dir_all(&data)?;
-    let db = Db::open(DbConfig::new(&data)).await?;
+    let db = Db::open(store).await?;
     let svc = Arc::new(Service::open(db.clone()));
     ensure_default_namespace(&svc).await?;
     tracing::info!(%addr, data = %data.display(), "mantle is serving");

@@ -27,7 +27,7 @@ async fn start() -> Server {
     let task = tokio::spawn(async move {
         mantle::server::serve(
             listener,
-            data,
+            tafdb::DbConfig::new(data),
             move |_| {
                 let _ = ready_tx.send(());
             },

@@ -13,8 +13,10 @@ fn run_and_kill(
     split: bool,
     run_for: Duration,
     start_seq: u64,
+    extra: &[&str],
 ) -> BTreeSet<(usize, u64)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tafdb-crashload"));
+    cmd.args(extra);
     cmd.arg("--dir")
         .arg(dir)
         .arg("--clients")
@@ -134,19 +136,19 @@ async fn check(dir: &std::path::Path, acked: &BTreeSet<(usize, u64)>) -> usize {
     a.len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_commits_survive_kill_9() {
+/// Crash/reopen rounds on the same data, each killed after `min_ms` to `min_ms + spread_ms`.
+async fn crash_rounds(extra: &[&str], min_ms: u64, spread_ms: u64) {
     for split in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut total_acked = 0;
-        // Several crash/reopen rounds on the same data, killed at random moments.
         for round in 0..3u64 {
-            let ms = 300 + (rand::random::<u64>() % 900);
+            let ms = min_ms + (rand::random::<u64>() % spread_ms);
             let acked = run_and_kill(
                 dir.path(),
                 split,
                 Duration::from_millis(ms),
                 round * 100_000_000,
+                extra,
             );
             total_acked += acked.len();
             let present = check(dir.path(), &acked).await;
@@ -161,4 +163,27 @@ async fn acknowledged_commits_survive_kill_9() {
             "the child acknowledged nothing (split={split})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commits_survive_kill_9() {
+    crash_rounds(&[], 300, 900).await;
+}
+
+/// The same with a 30 ms MVCC window, a flush every 5 ms, a snapshot every 300 entries and
+/// 64 KiB log segments: kills land after flushes, durable-index updates, snapshots and log
+/// purges, and the replay starts from a durable index that moves all the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commits_survive_kill_9_after_flushes_and_purges() {
+    let extra = [
+        "--mvcc-window-ms",
+        "30",
+        "--flush-interval-ms",
+        "5",
+        "--snapshot-logs",
+        "300",
+        "--log-segment-bytes",
+        "65536",
+    ];
+    crash_rounds(&extra, 800, 1200).await;
 }

@@ -8,10 +8,16 @@ use std::sync::Arc;
 
 use tafdb::{Db, DbConfig, KeyRange};
 
-async fn open(dir: &std::path::Path, split: bool) -> Arc<Db> {
+/// With `racing`, versions leave memory 20 ms after they were applied and the flusher runs
+/// every millisecond, so validations, scans and snapshot reads overlap flushes all the time.
+async fn open(dir: &std::path::Path, split: bool, racing: bool) -> Arc<Db> {
     let mut cfg = DbConfig::new(dir);
     if split {
         cfg.split_keys = vec![b"\x02m".to_vec()];
+    }
+    if racing {
+        cfg.tablet.window_ms = 20;
+        cfg.tablet.flush_interval_ms = 1;
     }
     cfg.lock_ttl_ms = 200;
     // Conflicts are the point here; give every transaction room to get through.
@@ -50,9 +56,9 @@ fn account(i: u64) -> Vec<u8> {
 /// same total: a lost update, a write skew or a torn snapshot would show up as a wrong sum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_transfers_keep_the_total() {
-    for split in [false, true] {
+    for (split, racing) in [(false, false), (true, false), (false, true), (true, true)] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = open(dir.path(), split).await;
+        let db = open(dir.path(), split, racing).await;
         let mut t = db.begin().expect("begin");
         for i in 0..ACCOUNTS {
             t.put(&account(i), &START.to_le_bytes()).expect("put");
@@ -71,7 +77,11 @@ async fn concurrent_transfers_keep_the_total() {
                     for i in 0..ACCOUNTS {
                         sum += num(t.get(&account(i)).await.expect("audit read"));
                     }
-                    assert_eq!(sum, START * ACCOUNTS as i64, "split={split}: a snapshot");
+                    assert_eq!(
+                        sum,
+                        START * ACCOUNTS as i64,
+                        "split={split} racing={racing}: a snapshot"
+                    );
                     audits.fetch_add(1, Ordering::Relaxed);
                     tokio::task::yield_now().await;
                 }
@@ -119,7 +129,11 @@ async fn concurrent_transfers_keep_the_total() {
         for i in 0..ACCOUNTS {
             sum += num(t.get(&account(i)).await.expect("get"));
         }
-        assert_eq!(sum, START * ACCOUNTS as i64, "split={split}: final total");
+        assert_eq!(
+            sum,
+            START * ACCOUNTS as i64,
+            "split={split} racing={racing}: final total"
+        );
         db.shutdown().await;
     }
 }
@@ -129,38 +143,40 @@ async fn concurrent_transfers_keep_the_total() {
 /// entries: two transactions that scanned the same entries must not both commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_scans_and_inserts_see_no_phantoms() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path(), false).await;
-    let prefix = KeyRange::prefix(b"\x02dir/");
-    let mut workers = Vec::new();
-    for w in 0..12u64 {
-        let (db, prefix) = (db.clone(), prefix.clone());
-        workers.push(tokio::spawn(async move {
-            for n in 0..15u64 {
-                let prefix = prefix.clone();
-                db.run_txn(move |t| {
+    for racing in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), false, racing).await;
+        let prefix = KeyRange::prefix(b"\x02dir/");
+        let mut workers = Vec::new();
+        for w in 0..12u64 {
+            let (db, prefix) = (db.clone(), prefix.clone());
+            workers.push(tokio::spawn(async move {
+                for n in 0..15u64 {
                     let prefix = prefix.clone();
-                    Box::pin(async move {
-                        let seen = t.scan(&prefix, 10_000).await?.len() as i64;
-                        pause(w + n).await;
-                        t.put(format!("\x02dir/{w}-{n}").as_bytes(), b"x")?;
-                        t.put(b"\x02count", &(seen + 1).to_le_bytes())?;
-                        Ok(())
+                    db.run_txn(move |t| {
+                        let prefix = prefix.clone();
+                        Box::pin(async move {
+                            let seen = t.scan(&prefix, 10_000).await?.len() as i64;
+                            pause(w + n).await;
+                            t.put(format!("\x02dir/{w}-{n}").as_bytes(), b"x")?;
+                            t.put(b"\x02count", &(seen + 1).to_le_bytes())?;
+                            Ok(())
+                        })
                     })
-                })
-                .await
-                .expect("insert");
-            }
-        }));
+                    .await
+                    .expect("insert");
+                }
+            }));
+        }
+        for h in workers {
+            h.await.expect("worker");
+        }
+        let mut t = db.begin().expect("begin");
+        let entries = t.scan(&prefix, 10_000).await.expect("scan");
+        assert_eq!(entries.len(), 12 * 15);
+        assert_eq!(num(t.get(b"\x02count").await.expect("get")), 12 * 15);
+        db.shutdown().await;
     }
-    for h in workers {
-        h.await.expect("worker");
-    }
-    let mut t = db.begin().expect("begin");
-    let entries = t.scan(&prefix, 10_000).await.expect("scan");
-    assert_eq!(entries.len(), 12 * 15);
-    assert_eq!(num(t.get(b"\x02count").await.expect("get")), 12 * 15);
-    db.shutdown().await;
 }
 
 /// Read-modify-write of a few hot keys by many tasks: every increment lands exactly once
@@ -168,59 +184,61 @@ async fn concurrent_scans_and_inserts_see_no_phantoms() {
 /// history a reader sees at successive timestamps never goes backwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contended_increments_are_exact_and_monotonic() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path(), false).await;
-    let keys: Vec<Vec<u8>> = (0..3)
-        .map(|i| format!("\x02hot-{i}").into_bytes())
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (db, stop, keys) = (db.clone(), stop.clone(), keys.clone());
-        tokio::spawn(async move {
-            let mut last: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-            while !stop.load(Ordering::Relaxed) {
-                let mut t = db.begin().expect("begin");
-                for k in &keys {
-                    let v = num(t.get(k).await.expect("read"));
-                    let prev = last.insert(k.clone(), v).unwrap_or(0);
-                    assert!(v >= prev, "{k:?} went from {prev} back to {v}");
+    for racing in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), false, racing).await;
+        let keys: Vec<Vec<u8>> = (0..3)
+            .map(|i| format!("\x02hot-{i}").into_bytes())
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (db, stop, keys) = (db.clone(), stop.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut last: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut t = db.begin().expect("begin");
+                    for k in &keys {
+                        let v = num(t.get(k).await.expect("read"));
+                        let prev = last.insert(k.clone(), v).unwrap_or(0);
+                        assert!(v >= prev, "{k:?} went from {prev} back to {v}");
+                    }
+                    tokio::task::yield_now().await;
                 }
-                tokio::task::yield_now().await;
-            }
-        })
-    };
-    let mut workers = Vec::new();
-    for w in 0..24usize {
-        let (db, keys) = (db.clone(), keys.clone());
-        workers.push(tokio::spawn(async move {
-            for n in 0..20usize {
-                let k = keys[(w + n) % keys.len()].clone();
-                db.run_txn(move |t| {
-                    let k = k.clone();
-                    Box::pin(async move {
-                        let v = num(t.get(&k).await?);
-                        pause((w + n) as u64).await;
-                        t.put(&k, &(v + 1).to_le_bytes())?;
-                        Ok(())
+            })
+        };
+        let mut workers = Vec::new();
+        for w in 0..24usize {
+            let (db, keys) = (db.clone(), keys.clone());
+            workers.push(tokio::spawn(async move {
+                for n in 0..20usize {
+                    let k = keys[(w + n) % keys.len()].clone();
+                    db.run_txn(move |t| {
+                        let k = k.clone();
+                        Box::pin(async move {
+                            let v = num(t.get(&k).await?);
+                            pause((w + n) as u64).await;
+                            t.put(&k, &(v + 1).to_le_bytes())?;
+                            Ok(())
+                        })
                     })
-                })
-                .await
-                .expect("increment");
-            }
-        }));
+                    .await
+                    .expect("increment");
+                }
+            }));
+        }
+        for h in workers {
+            h.await.expect("worker");
+        }
+        stop.store(true, Ordering::Relaxed);
+        watcher.await.expect("watcher");
+        let mut t = db.begin().expect("begin");
+        let mut total = 0;
+        for k in &keys {
+            total += num(t.get(k).await.expect("get"));
+        }
+        assert_eq!(total, 24 * 20);
+        db.shutdown().await;
     }
-    for h in workers {
-        h.await.expect("worker");
-    }
-    stop.store(true, Ordering::Relaxed);
-    watcher.await.expect("watcher");
-    let mut t = db.begin().expect("begin");
-    let mut total = 0;
-    for k in &keys {
-        total += num(t.get(k).await.expect("get"));
-    }
-    assert_eq!(total, 24 * 20);
-    db.shutdown().await;
 }
 
 /// Write skew, the anomaly snapshot isolation alone allows: two on-call doctors each check
@@ -228,9 +246,9 @@ async fn contended_increments_are_exact_and_monotonic() {
 /// validation of what each read can stop the second from leaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_skew_is_rejected_under_concurrency() {
-    for split in [false, true] {
+    for (split, racing) in [(false, false), (true, false), (false, true), (true, true)] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = open(dir.path(), split).await;
+        let db = open(dir.path(), split, racing).await;
         const PAIRS: u64 = 12;
         let doctor = |pair: u64, side: u64| {
             // The two sides of a pair sit in different tablets when the database is split.
@@ -274,7 +292,7 @@ async fn write_skew_is_rejected_under_concurrency() {
                 + num(t.get(&doctor(p, 1)).await.expect("get"));
             assert_eq!(
                 on_call, 1,
-                "split={split}: pair {p} must keep exactly one doctor"
+                "split={split} racing={racing}: pair {p} must keep exactly one doctor"
             );
         }
         db.shutdown().await;
@@ -286,32 +304,34 @@ async fn write_skew_is_rejected_under_concurrency() {
 /// only phantom detection on the scanned range keeps the room at five.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scanned_range_admits_no_phantoms_under_concurrency() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path(), false).await;
-    let room = KeyRange::prefix(b"\x02room/");
-    let mut tasks = Vec::new();
-    for w in 0..24u64 {
-        let (db, room) = (db.clone(), room.clone());
-        tasks.push(tokio::spawn(async move {
-            db.run_txn(|t| {
-                let room = room.clone();
-                Box::pin(async move {
-                    let inside = t.scan(&room, 100).await?.len();
-                    pause(w).await;
-                    if inside < 5 {
-                        t.put(format!("\x02room/{w}").as_bytes(), b"seat")?;
-                    }
-                    Ok(())
+    for racing in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), false, racing).await;
+        let room = KeyRange::prefix(b"\x02room/");
+        let mut tasks = Vec::new();
+        for w in 0..24u64 {
+            let (db, room) = (db.clone(), room.clone());
+            tasks.push(tokio::spawn(async move {
+                db.run_txn(|t| {
+                    let room = room.clone();
+                    Box::pin(async move {
+                        let inside = t.scan(&room, 100).await?.len();
+                        pause(w).await;
+                        if inside < 5 {
+                            t.put(format!("\x02room/{w}").as_bytes(), b"seat")?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .await
-            .expect("admission");
-        }));
+                .await
+                .expect("admission");
+            }));
+        }
+        for h in tasks {
+            h.await.expect("task");
+        }
+        let mut t = db.begin().expect("begin");
+        assert_eq!(t.scan(&room, 100).await.expect("scan").len(), 5);
+        db.shutdown().await;
     }
-    for h in tasks {
-        h.await.expect("task");
-    }
-    let mut t = db.begin().expect("begin");
-    assert_eq!(t.scan(&room, 100).await.expect("scan").len(), 5);
-    db.shutdown().await;
 }

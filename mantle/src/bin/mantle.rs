@@ -42,6 +42,13 @@ enum Cmd {
         /// Where to listen.
         #[arg(long, default_value = mantle::DEFAULT_ADDR)]
         listen: std::net::SocketAddr,
+        /// How long committed versions stay in memory before they are flushed to the engines
+        /// (ms). Tiny values make every operation race the flusher, for tests.
+        #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+        mvcc_window_ms: u64,
+        /// How often the flusher runs (ms).
+        #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+        flush_interval_ms: u64,
     },
     /// Makes directories.
     Mkdir {
@@ -181,8 +188,16 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Cmd::Serve { data, listen } = cli.cmd {
-        let cfg = mantle::server::ServerConfig { data, listen };
+    if let Cmd::Serve {
+        data,
+        listen,
+        mvcc_window_ms,
+        flush_interval_ms,
+    } = cli.cmd
+    {
+        let mut cfg = mantle::server::ServerConfig::new(data, listen);
+        cfg.mvcc_window_ms = Some(mvcc_window_ms);
+        cfg.flush_interval_ms = Some(flush_interval_ms);
         return match mantle::server::run(cfg, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -64,6 +64,12 @@ struct Args {
     /// Most Raft entries in flight per tablet (default: the `TabletConfig` default).
     #[arg(long)]
     max_inflight: Option<usize>,
+    /// The MVCC window in ms (default: the `TabletConfig` default, 5000).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    mvcc_window_ms: Option<u64>,
+    /// How often the flusher runs, in ms (default: the `TabletConfig` default, 250).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    flush_interval_ms: Option<u64>,
 }
 
 const HOT: &[u8] = b"\x02hot-counter";
@@ -114,6 +120,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = args.max_inflight {
         cfg.tablet.max_inflight = n;
+    }
+    if let Some(ms) = args.mvcc_window_ms {
+        cfg.tablet.window_ms = ms;
+    }
+    if let Some(ms) = args.flush_interval_ms {
+        cfg.tablet.flush_interval_ms = ms;
     }
     let db = Db::open(cfg).await?;
     if args.workload == Workload::Get {

@@ -27,6 +27,19 @@ struct Args {
     /// First sequence number of every client (runs on the same data use disjoint ranges).
     #[arg(long, default_value_t = 0)]
     start_seq: u64,
+    /// The MVCC window in ms: short, so that kills land after flushes, durable-index updates
+    /// and log purges.
+    #[arg(long)]
+    mvcc_window_ms: Option<u64>,
+    /// How often the flusher runs, in ms.
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
+    /// Log entries between snapshots (each lets the log be purged).
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
+    /// Size at which a Raft log segment is closed.
+    #[arg(long)]
+    log_segment_bytes: Option<u64>,
 }
 
 /// The two keys of transaction `seq` of `client`.
@@ -49,6 +62,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg.split_keys = vec![b"\x02m".to_vec()];
         }
         cfg.lock_ttl_ms = 100;
+        if let Some(ms) = args.mvcc_window_ms {
+            cfg.tablet.window_ms = ms;
+        }
+        if let Some(ms) = args.flush_interval_ms {
+            cfg.tablet.flush_interval_ms = ms;
+        }
+        if let Some(n) = args.snapshot_logs {
+            cfg.tablet.snapshot_logs = n;
+        }
+        if let Some(n) = args.log_segment_bytes {
+            cfg.tablet.log_segment_bytes = n;
+        }
         let db = Db::open(cfg).await?;
         println!("READY");
         std::io::stdout().flush()?;
