@@ -78,7 +78,12 @@ struct BlobState {
     kind: u8,
     /// seq -> chunk id.
     chunks: BTreeMap<u32, u64>,
+    /// The newest version whose record is durable: what readers are told exists.
     version: u64,
+    /// The newest version handed to a queued append (durable or not). Numbers are never
+    /// reused while the store is open; after a reopen the count restarts at the newest
+    /// durable record, which no number handed out but never made durable was visible beyond.
+    assigned: u64,
     lease: Option<Granted>,
     /// ExtentBlobs: start offset -> piece.
     index: BTreeMap<u64, Piece>,
@@ -92,6 +97,7 @@ impl BlobState {
             kind,
             chunks: BTreeMap::new(),
             version: 0,
+            assigned: 0,
             lease: None,
             index: BTreeMap::new(),
             size: 0,
@@ -151,6 +157,9 @@ impl BlobState {
     }
 }
 
+/// A record queued on the disk: what it waits on, its chunk's sequence number, its version.
+type Queued = (crate::disk::Submitted, u32, u64);
+
 /// The blobs of one disk.
 pub struct LogStore {
     disk: Arc<Disk>,
@@ -195,6 +204,7 @@ impl LogStore {
                 if let Some(off) = info.and_then(|i| i.records.last()) {
                     let p = disk.read(*id, *off)?;
                     b.version = split_version(&p)?.0;
+                    b.assigned = b.version;
                     break;
                 }
             }
@@ -277,7 +287,8 @@ impl LogStore {
         v
     }
 
-    /// The blob's version (the number of appends it has seen).
+    /// The blob's version: that of its newest durable append (appends still in flight do not
+    /// count).
     pub fn version(&self, blob: u64) -> Result<u64> {
         let blobs = self.blobs.lock();
         Ok(blobs
@@ -334,6 +345,27 @@ impl LogStore {
         self.append_record(lease, LOG, &[], data)
     }
 
+    /// Appends several records to a `LogBlob` in order and waits until all are durable: they
+    /// are queued together, so the disk's writer commits them with as few syncs as it can
+    /// (usually one). Returns each record's position and version. On an error, the records
+    /// before the failing one may be durable; none after it is acknowledged.
+    pub fn append_batch(&self, lease: &Lease, records: &[&[u8]]) -> Result<Vec<(Position, u64)>> {
+        let mut queued = Vec::with_capacity(records.len());
+        for data in records {
+            queued.push(self.submit_record(lease, LOG, &[], data)?);
+        }
+        let mut out = Vec::with_capacity(queued.len());
+        for q in queued {
+            out.push(self.finish_record(lease, q)?);
+        }
+        Ok(out)
+    }
+
+    /// The largest payload one record of a blob may carry.
+    pub fn max_record(&self) -> usize {
+        (self.disk.config().chunk_capacity() as usize).saturating_sub(frame::HEADER + 8 + 16)
+    }
+
     /// Writes `data` at `offset` of an `ExtentBlob` under `lease`; returns the new version once
     /// it is durable.
     pub fn write_at(&self, lease: &Lease, offset: u64, data: &[u8]) -> Result<u64> {
@@ -372,8 +404,30 @@ impl LogStore {
         prefix: &[u8],
         data: &[u8],
     ) -> Result<(Position, u64)> {
+        let queued = self.submit_record(lease, kind, prefix, data)?;
+        self.finish_record(lease, queued)
+    }
+
+    /// Waits for a queued record; once it is durable, the blob's version covers it.
+    fn finish_record(&self, lease: &Lease, queued: Queued) -> Result<(Position, u64)> {
+        let (submitted, chunk_seq, version) = queued;
+        let offset = submitted.wait()?;
+        if let Some(b) = self.blobs.lock().get_mut(&lease.blob) {
+            b.version = b.version.max(version);
+        }
+        Ok((
+            Position {
+                chunk: chunk_seq,
+                offset,
+            },
+            version,
+        ))
+    }
+
+    /// Queues a record (rolling over to a new chunk when the last one is full).
+    fn submit_record(&self, lease: &Lease, kind: u8, prefix: &[u8], data: &[u8]) -> Result<Queued> {
         let mut payload = Vec::with_capacity(8 + prefix.len() + data.len());
-        let (submitted, chunk_seq, version) = {
+        let queued = {
             let mut blobs = self.blobs.lock();
             let b = blobs
                 .get_mut(&lease.blob)
@@ -409,23 +463,19 @@ impl LogStore {
                 chunk = self.disk.create_chunk(lease.blob, seq, kind)?;
                 b.chunks.insert(seq, chunk);
             }
-            let version = b.version + 1;
+            let version = b.assigned + 1;
             payload.extend_from_slice(&version.to_le_bytes());
             payload.extend_from_slice(prefix);
             payload.extend_from_slice(data);
-            // The version counts only once the record is queued.
+            // The number is taken once the record is queued (in queue order, which is the
+            // order records become durable in), but the blob's version moves only when the
+            // record is durable: a reader must never be told of a version that a crash could
+            // still take back.
             let submitted = self.disk.submit(chunk, payload)?;
-            b.version = version;
+            b.assigned = version;
             (submitted, seq, version)
         };
-        let offset = submitted.wait()?;
-        Ok((
-            Position {
-                chunk: chunk_seq,
-                offset,
-            },
-            version,
-        ))
+        Ok(queued)
     }
 
     /// Reads `len` bytes at `offset` of an `ExtentBlob` (holes and bytes past its end read as

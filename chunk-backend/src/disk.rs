@@ -978,6 +978,14 @@ fn plan_append(
     Ok((offset, need))
 }
 
+/// One group's write and sync (a failpoint for tests sits in front of it).
+fn write_and_sync(ring: &mut Io, file: &File, pieces: &[Piece]) -> std::io::Result<()> {
+    fail::fail_point!("chunk::write", |_| Err(std::io::Error::other(
+        "failpoint chunk::write"
+    )));
+    ring.write_and_sync(file, pieces)
+}
+
 fn writer_loop(
     file: &File,
     cfg: &DiskConfig,
@@ -1055,7 +1063,7 @@ fn writer_loop(
                 "an earlier write or sync failed; reopen the store",
             ))
         } else {
-            ring.write_and_sync(file, &merged)
+            write_and_sync(&mut ring, file, &merged)
         };
         match io {
             Ok(()) => {

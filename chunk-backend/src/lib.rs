@@ -13,9 +13,13 @@
 //! [`replica`] puts chunk servers and a master behind gRPC and writes each record to three
 //! servers at once, sealing and moving on when one fails.
 //!
+//! [`atomic`] is the one way a small state file is replaced durably and read back verified,
+//! for the whole workspace.
+//!
 //! Key types: [`disk::Disk`], [`disk::DiskConfig`], [`blob::LogStore`], [`blob::Position`],
 //! [`replica::client::ReplicatedLog`], [`conformance::LogBlobStore`], [`Error`].
 
+pub mod atomic;
 pub mod blob;
 pub mod conformance;
 pub mod crashload;

@@ -30,6 +30,10 @@ pub async fn fixture() -> Fixture {
 pub async fn fixture_with(tune: impl FnOnce(&mut DbConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = DbConfig::new(dir.path());
+    // The model tests open hundreds of stores one after another, and a store closes a little
+    // after it is dropped: small logs keep the disk space they hold meanwhile small.
+    cfg.tablet.log_store_bytes = 16 << 20;
+    cfg.tablet.log_chunk_bytes = 1 << 20;
     tune(&mut cfg);
     let db = Db::open(cfg).await.expect("open");
     let svc = Service::open(db.clone());

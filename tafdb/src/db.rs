@@ -109,28 +109,21 @@ impl Db {
     pub async fn open(config: DbConfig) -> Result<Arc<Db>> {
         std::fs::create_dir_all(&config.dir)?;
         let layout_path = config.dir.join("layout");
-        let splits: Vec<Key> = match std::fs::read(&layout_path) {
-            Ok(b) => {
+        let splits: Vec<Key> = match chunk_backend::atomic::read(&layout_path)? {
+            Some(b) => {
                 bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("layout: {e}")))?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let mut s = config.split_keys.clone();
                 s.sort();
                 s.dedup();
                 if s.iter().any(|k| k.is_empty()) {
                     return Err(Error::InvalidArgument("an empty split key".into()));
                 }
-                let tmp = config.dir.join("layout.tmp");
-                std::fs::write(
-                    &tmp,
-                    bincode::serialize(&s).map_err(|e| Error::Corruption(e.to_string()))?,
-                )?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &layout_path)?;
-                std::fs::File::open(&config.dir)?.sync_all()?;
+                let bytes = bincode::serialize(&s).map_err(|e| Error::Corruption(e.to_string()))?;
+                chunk_backend::atomic::write(&layout_path, &bytes)?;
                 s
             }
-            Err(e) => return Err(e.into()),
         };
         let tso = Arc::new(Tso::open(&config.dir.join("tso"))?);
         let mut bounds: Vec<Key> = vec![Vec::new()];

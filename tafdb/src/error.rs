@@ -89,6 +89,19 @@ pub enum Error {
     },
 }
 
+impl From<chunk_backend::Error> for Error {
+    fn from(e: chunk_backend::Error) -> Error {
+        match e {
+            chunk_backend::Error::Io(e) => Error::Io(e),
+            chunk_backend::Error::Checksum(m) | chunk_backend::Error::Corrupt(m) => {
+                Error::Corruption(m)
+            }
+            chunk_backend::Error::Shutdown => Error::Shutdown,
+            other => Error::Io(io::Error::other(other.to_string())),
+        }
+    }
+}
+
 impl Error {
     /// Whether running the transaction again may succeed.
     pub fn is_retryable(&self) -> bool {

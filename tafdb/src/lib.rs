@@ -23,7 +23,6 @@ pub mod coprocessor;
 pub mod db;
 pub mod engine;
 pub mod error;
-mod frame;
 pub mod keys;
 pub mod lockq;
 pub mod mvcc;

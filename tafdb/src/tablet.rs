@@ -79,8 +79,11 @@ pub struct TabletConfig {
     /// Threads of the runtime that runs the Raft pipelines of a database's tablets (see
     /// [`PipelineRuntime`]).
     pub pipeline_threads: usize,
-    /// Size at which a Raft log segment file is closed and a new one begun.
-    pub log_segment_bytes: u64,
+    /// The chunk size of the Raft log's chunk store: a purge frees whole chunks.
+    pub log_chunk_bytes: u64,
+    /// The size of the Raft log's chunk store, allocated when the tablet is created (it must
+    /// hold the log between two purges: the MVCC window and `snapshot_logs` entries).
+    pub log_store_bytes: u64,
 }
 
 impl Default for TabletConfig {
@@ -95,7 +98,8 @@ impl Default for TabletConfig {
             max_inflight: 8,
             tables: vec![(1, EngineKind::Hash), (2, EngineKind::Lsm)],
             pipeline_threads: 2,
-            log_segment_bytes: crate::raft::SEGMENT_BYTES,
+            log_chunk_bytes: crate::raft::CHUNK_BYTES,
+            log_store_bytes: crate::raft::STORE_BYTES,
         }
     }
 }
@@ -502,7 +506,11 @@ impl Tablet {
     ) -> Result<Arc<Tablet>> {
         let rt = pipeline.handle()?.clone();
         let state = TabletState::open(&dir.join("state"), &config.tables)?;
-        let log = LogStore::open(&dir.join("raft"), config.log_segment_bytes)?;
+        let log = LogStore::open(
+            &dir.join("raft"),
+            config.log_chunk_bytes,
+            config.log_store_bytes,
+        )?;
         let raft_config = Config {
             cluster_name: format!("tablet-{id}"),
             heartbeat_interval: 500,

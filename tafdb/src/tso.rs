@@ -7,8 +7,6 @@
 //! out, so one `fsync` covers millions of timestamps (the "batch"). After a restart the oracle
 //! starts above the persisted mark.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,27 +66,18 @@ impl std::fmt::Debug for Tso {
 impl Tso {
     /// Opens the oracle whose high-water mark lives in `path`.
     pub fn open(path: &Path) -> Result<Tso> {
-        let start = match std::fs::read(path) {
-            Ok(bytes) => {
-                let arr: [u8; 12] = bytes.as_slice().try_into().map_err(|_| {
+        let start = match chunk_backend::atomic::read(path)? {
+            Some(bytes) => {
+                let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                     Error::Corruption(format!(
-                        "{}: expected 12 bytes, found {}",
+                        "{}: expected 8 bytes, found {}",
                         path.display(),
                         bytes.len()
                     ))
                 })?;
-                let mark = u64::from_le_bytes(arr[..8].try_into().unwrap_or_default());
-                let crc = u32::from_le_bytes(arr[8..].try_into().unwrap_or_default());
-                if crc32c::crc32c(&arr[..8]) != crc {
-                    return Err(Error::Corruption(format!(
-                        "{}: checksum mismatch",
-                        path.display()
-                    )));
-                }
-                mark
+                u64::from_le_bytes(arr)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
+            None => 0,
         };
         let inner = Arc::new(Inner {
             last: AtomicU64::new(start),
@@ -174,16 +163,7 @@ impl Inner {
         }
         let mark = needed + BATCH;
         if let Some(path) = &self.file {
-            let tmp = path.with_extension("tmp");
-            let mut f = File::create(&tmp)?;
-            let mut buf = mark.to_le_bytes().to_vec();
-            buf.extend_from_slice(&crc32c::crc32c(&mark.to_le_bytes()).to_le_bytes());
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
+            chunk_backend::atomic::write(path, &mark.to_le_bytes())?;
         }
         self.limit.store(mark, Ordering::Release);
         Ok(())

@@ -171,7 +171,7 @@ async fn acknowledged_commits_survive_kill_9() {
 }
 
 /// The same with a 30 ms MVCC window, a flush every 5 ms, a snapshot every 300 entries and
-/// 64 KiB log segments: kills land after flushes, durable-index updates, snapshots and log
+/// 64 KiB log chunks: kills land after flushes, durable-index updates, snapshots and log
 /// purges, and the replay starts from a durable index that moves all the time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_commits_survive_kill_9_after_flushes_and_purges() {
@@ -182,7 +182,7 @@ async fn acknowledged_commits_survive_kill_9_after_flushes_and_purges() {
         "5",
         "--snapshot-logs",
         "300",
-        "--log-segment-bytes",
+        "--log-chunk-bytes",
         "65536",
     ];
     crash_rounds(&extra, 800, 1200).await;

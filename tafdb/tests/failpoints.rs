@@ -141,3 +141,82 @@ fn a_failed_flush_loses_nothing_and_the_next_one_succeeds() {
         scenario.teardown();
     }
 }
+
+#[test]
+fn a_failed_hash_engine_sync_latches_until_reopened_and_loses_nothing_persisted() {
+    use tafdb::engine::{BatchOp, HashEngine};
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let put = |k: &[u8]| BatchOp::Put(k.to_vec(), b"v".to_vec());
+    {
+        let e = HashEngine::open(dir.path()).expect("open");
+        e.write(&[put(b"a")]).expect("write");
+        e.persist().expect("persist");
+        e.write(&[put(b"b")]).expect("write");
+        fail::cfg("hash::persist", "1*return").expect("failpoint");
+        let err = e.persist().expect_err("the sync fails");
+        assert!(err.to_string().contains("failpoint"), "{err}");
+        let err = e.write(&[put(b"c")]).expect_err("latched");
+        assert!(err.to_string().contains("reopen"), "{err}");
+        assert!(e.persist().is_err(), "still latched");
+    }
+    let e = HashEngine::open(dir.path()).expect("reopen");
+    assert!(
+        e.get(b"a").expect("get").is_some(),
+        "persisted before the failure"
+    );
+    assert!(e.get(b"c").expect("get").is_none(), "refused while latched");
+    e.write(&[put(b"d")]).expect("writes resume after a reopen");
+    e.persist().expect("persist");
+    scenario.teardown();
+}
+
+#[test]
+fn a_failed_log_write_fails_the_commit_and_a_reopen_keeps_every_acknowledged_one() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cfg = || {
+            let mut c = tafdb::DbConfig::new(dir.path());
+            c.tablet.log_store_bytes = 8 << 20;
+            c.tablet.log_chunk_bytes = 1 << 20;
+            c
+        };
+        let db = tafdb::Db::open(cfg()).await.expect("open");
+        for i in 0..20u32 {
+            let mut t = db.begin().expect("begin");
+            t.put(format!("\x02k{i:02}").as_bytes(), b"v").expect("put");
+            t.commit().await.expect("commit");
+        }
+        fail::cfg("chunk::write", "return").expect("failpoint");
+        let mut t = db.begin().expect("begin");
+        t.put(b"\x02lost", b"v").expect("put");
+        let err = tokio::time::timeout(std::time::Duration::from_secs(20), t.commit())
+            .await
+            .expect("a failed log write must not hang the commit")
+            .expect_err("the commit cannot be acknowledged");
+        assert!(!err.is_retryable(), "{err}");
+        fail::remove("chunk::write");
+        db.shutdown().await;
+        drop(db);
+        let db = tafdb::Db::open(cfg())
+            .await
+            .expect("reopen after the failure");
+        let mut t = db.begin().expect("begin");
+        let rows = t
+            .scan(&KeyRange::prefix(b"\x02k"), 100)
+            .await
+            .expect("scan");
+        assert_eq!(rows.len(), 20, "every acknowledged commit is there");
+        let mut t = db.begin().expect("begin");
+        t.put(b"\x02after", b"v").expect("put");
+        t.commit().await.expect("commits resume after a reopen");
+        db.shutdown().await;
+    });
+    scenario.teardown();
+}

@@ -593,25 +593,48 @@ async fn a_log_of_another_format_is_refused_not_misread() {
     std::fs::remove_file(&format).expect("remove format");
     let err = Db::open(DbConfig::new(dir.path()))
         .await
-        .expect_err("segments without a format record must be refused");
+        .expect_err("a log store without a format record must be refused");
     assert!(err.to_string().contains("format"), "{err}");
-    // A log of format 1, written before the format was recorded: one file, `raft.log`.
-    for e in std::fs::read_dir(&raft).expect("list") {
-        let path = e.expect("entry").path();
-        if path.to_string_lossy().contains("raft-") {
-            std::fs::remove_file(path).expect("remove segment");
-        }
-    }
-    std::fs::write(raft.join("raft.log"), b"old records").expect("write");
+    // Another format's record.
+    chunk_backend::atomic::write(&format, b"9").expect("write");
     let err = Db::open(DbConfig::new(dir.path()))
         .await
-        .expect_err("an old log must be refused");
-    assert!(err.to_string().contains("older build"), "{err}");
-    std::fs::write(&format, b"\0\0\0\09").expect("write");
+        .expect_err("another format must be refused");
+    assert!(err.to_string().contains("format 9"), "{err}");
+    // A damaged format file.
+    std::fs::write(&format, b"\x00\x00\x00\x004").expect("write");
     let err = Db::open(DbConfig::new(dir.path()))
         .await
         .expect_err("a bad format file must be refused");
     assert!(err.to_string().contains("format"), "{err}");
+    // A log of an older build: plain segment files (format 3) or one file (format 1).
+    chunk_backend::atomic::write(&format, b"4").expect("write");
+    for old in ["raft-0000000001.log", "raft.log"] {
+        std::fs::write(raft.join(old), b"old records").expect("write");
+        let err = Db::open(DbConfig::new(dir.path()))
+            .await
+            .expect_err("an old log must be refused");
+        assert!(err.to_string().contains("older build"), "{err}");
+        std::fs::remove_file(raft.join(old)).expect("remove");
+    }
+    let db = Db::open(DbConfig::new(dir.path()))
+        .await
+        .expect("the log opens again");
+    let mut t = db.begin().expect("begin");
+    assert_eq!(t.get(b"\x02k").await.expect("get"), Some(b"v".to_vec()));
+    db.shutdown().await;
+}
+
+/// The chunks of the log's store, by sequence number (opened after the database is closed).
+fn log_chunks(dir: &std::path::Path) -> Vec<u32> {
+    let disk = chunk_backend::disk::Disk::open(
+        &dir.join("tablet-0").join("raft").join("log.chunks"),
+        chunk_backend::disk::DiskConfig::default(),
+    )
+    .expect("open the log store");
+    let mut seqs: Vec<u32> = disk.chunks().iter().map(|(e, _)| e.seq).collect();
+    seqs.sort_unstable();
+    seqs
 }
 
 /// Snapshots only let openraft purge the log: they record the durable index (a small file,
@@ -624,8 +647,9 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
         cfg.tablet.window_ms = 20;
         cfg.tablet.flush_interval_ms = 10;
         cfg.tablet.snapshot_logs = 25;
-        // Tiny segments: the log rolls over many files and purges delete the old ones.
-        cfg.tablet.log_segment_bytes = 4096;
+        // Tiny chunks: the log rolls over many and purges delete the old ones.
+        cfg.tablet.log_chunk_bytes = 4096;
+        cfg.tablet.log_store_bytes = 4 << 20;
         cfg
     };
     let db = Db::open(config()).await.expect("open");
@@ -657,18 +681,14 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
         raft_dir.join("purged").exists(),
         "the log was purged up to a snapshot"
     );
-    let segments: Vec<String> = std::fs::read_dir(&raft_dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("raft-"))
-        .collect();
-    // 400 entries of over 100 bytes fill well over 10 segments of 4 KiB.
-    assert!(
-        !segments.contains(&"raft-0000000001.log".to_string()) && segments.len() < 10,
-        "purges delete whole old segments: {segments:?}"
-    );
     db.shutdown().await;
     drop(db);
+    // 400 entries of over 100 bytes fill well over 10 chunks of 4 KiB.
+    let chunks = log_chunks(dir.path());
+    assert!(
+        chunks.first().is_some_and(|c| *c > 0) && chunks.len() < 10,
+        "purges delete whole old chunks: {chunks:?}"
+    );
     let db = Db::open(config()).await.expect("reopen");
     let mut t = db.begin().expect("begin");
     let rows = t
@@ -679,42 +699,39 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
     db.shutdown().await;
 }
 
-/// Only the last log segment may end in a torn record; damage inside a closed segment is
-/// corruption, and opening says so instead of dropping acknowledged commits.
+/// Damage to an acknowledged record of the log (a flipped bit in the middle of the chain, below
+/// the durable checkpoint) is corruption, and opening says so instead of dropping commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damage_in_a_closed_log_segment_is_reported() {
+async fn damage_to_an_acknowledged_log_record_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = || {
         let mut cfg = DbConfig::new(dir.path());
-        cfg.tablet.log_segment_bytes = 2048;
+        cfg.tablet.log_chunk_bytes = 64 << 10;
+        cfg.tablet.log_store_bytes = 4 << 20;
         cfg
     };
     let db = Db::open(config()).await.expect("open");
     for i in 0..60u32 {
         let mut t = db.begin().expect("begin");
-        t.put(format!("\x02k{i:04}").as_bytes(), &[7u8; 100])
+        let fill = if i == 10 { b'#' } else { b'.' };
+        t.put(format!("\x02k{i:04}").as_bytes(), &[fill; 300])
             .expect("put");
         t.commit().await.expect("commit");
     }
     db.shutdown().await;
     drop(db);
-    let first = dir
-        .path()
-        .join("tablet-0")
-        .join("raft")
-        .join("raft-0000000001.log");
-    let mut bytes = std::fs::read(&first).expect("read segment");
-    assert!(bytes.len() >= 2048, "the first segment was closed full");
-    // The last byte of the segment's last record: the damaged record is the final one of a
-    // segment that has successors, which is not a torn tail.
-    let n = bytes.len() - 1;
-    bytes[n] ^= 0xFF;
-    std::fs::write(&first, &bytes).expect("write");
+    let path = dir.path().join("tablet-0").join("raft").join("log.chunks");
+    let mut bytes = std::fs::read(&path).expect("read the log store");
+    let marked = bytes
+        .windows(300)
+        .position(|w| w.iter().all(|b| *b == b'#'))
+        .expect("the marked record is in the log");
+    bytes[marked + 150] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
     let err = Db::open(config())
         .await
         .expect_err("damage must be reported");
     assert!(matches!(err, Error::Corruption(_)), "{err}");
-    assert!(err.to_string().contains("closed segment"), "{err}");
 }
 
 /// After a shutdown, commits fail at once with `Shutdown` instead of hanging.

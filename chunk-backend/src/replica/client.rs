@@ -350,6 +350,11 @@ impl ReplicatedLog {
                 .filter(|p| p.sealed_len.is_none())
                 .cloned();
             w.open = None;
+            // Freeze and seal the previous writer's last chunk before reading the version: an
+            // append it still makes until then would otherwise carry the number ours gets.
+            if w.tail.is_some() {
+                self.open_next(&mut w).await?;
+            }
             w.version = self.records().await?.last().map_or(0, |r| r.1);
             w.loaded_with = Some(token);
         }

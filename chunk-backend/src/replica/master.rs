@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -116,13 +115,15 @@ impl Master {
     pub fn open(dir: &Path) -> std::io::Result<Master> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("master.state");
-        let mut state = match std::fs::read_to_string(&path) {
-            Ok(text) => State::decode(&text).map_err(std::io::Error::other)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+        let mut state = match crate::atomic::read(&path).map_err(std::io::Error::other)? {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes).map_err(std::io::Error::other)?;
+                State::decode(&text).map_err(std::io::Error::other)?
+            }
+            None => State {
                 next: 1,
                 ..State::default()
             },
-            Err(e) => return Err(e),
         };
         state.epoch += 1;
         let master = Master {
@@ -152,17 +153,7 @@ impl Master {
     }
 
     fn persist(&self, st: &State) -> Result<(), Status> {
-        let write = || -> std::io::Result<()> {
-            let tmp = self.path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(st.encode().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
+        let write = || crate::atomic::write(&self.path, st.encode().as_bytes());
         write().map_err(|e| Status::internal(format!("persisting the master state: {e}")))
     }
 }

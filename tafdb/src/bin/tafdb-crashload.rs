@@ -37,9 +37,9 @@ struct Args {
     /// Log entries between snapshots (each lets the log be purged).
     #[arg(long)]
     snapshot_logs: Option<u64>,
-    /// Size at which a Raft log segment is closed.
+    /// The chunk size of the Raft log's store (a purge frees whole chunks).
     #[arg(long)]
-    log_segment_bytes: Option<u64>,
+    log_chunk_bytes: Option<u64>,
 }
 
 /// The two keys of transaction `seq` of `client`.
@@ -71,8 +71,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(n) = args.snapshot_logs {
             cfg.tablet.snapshot_logs = n;
         }
-        if let Some(n) = args.log_segment_bytes {
-            cfg.tablet.log_segment_bytes = n;
+        if let Some(n) = args.log_chunk_bytes {
+            cfg.tablet.log_chunk_bytes = n;
         }
         let db = Db::open(cfg).await?;
         println!("READY");

@@ -284,29 +284,49 @@ mod tests {
     #[test]
     fn hash_engine_cuts_a_torn_tail_and_rejects_corruption() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let put = |k: &[u8]| BatchOp::Put(k.to_vec(), b"v".to_vec());
         {
             let e = HashEngine::open(dir.path()).expect("open");
-            e.write(&[BatchOp::Put(b"a".to_vec(), b"1".to_vec())])
-                .expect("write");
-            e.write(&[BatchOp::Put(b"b".to_vec(), b"2".to_vec())])
-                .expect("write");
+            e.write(&[put(b"a")]).expect("write");
+            e.persist().expect("persist");
+            // `b`'s record claims `a`'s durable.
+            e.write(&[put(b"b")]).expect("write");
+            e.persist().expect("persist");
+            // Persisted last: no record names that persist as a checkpoint.
+            e.write(&[put(b"c")]).expect("write");
+            e.write(&[put(b"d")]).expect("write");
             e.persist().expect("persist");
         }
         let path = dir.path().join("hash.log");
         let full = std::fs::read(&path).expect("read");
-        // A torn tail: the last record is cut in the middle. The first record survives.
-        std::fs::write(&path, &full[..full.len() - 3]).expect("write");
-        let e = HashEngine::open(dir.path()).expect("reopen after torn tail");
-        assert_eq!(e.get(b"a").expect("get"), Some(b"1".to_vec()));
-        assert_eq!(e.get(b"b").expect("get"), None);
+        let scan = chunk_backend::frame::scan(&full);
+        let at: Vec<usize> = scan.records.iter().map(|r| r.offset as usize).collect();
+        assert_eq!(at.len(), 4);
+        let reopen = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).expect("write");
+            HashEngine::open(dir.path())
+        };
+        let has = |e: &HashEngine, k: &[u8]| e.get(k).expect("get").is_some();
+        // A torn tail: the last record is cut in the middle. The others survive.
+        let e = reopen(&full[..full.len() - 3]).expect("reopen after torn tail");
+        assert!(has(&e, b"a") && has(&e, b"b") && has(&e, b"c") && !has(&e, b"d"));
         drop(e);
-        // A flipped byte in the first record with a valid record after it is corruption.
+        // A flipped byte in `a`'s record, which later records claim was durable: corruption.
         let mut bad = full.clone();
-        bad[10] ^= 0x40;
-        std::fs::write(&path, &bad).expect("write");
-        assert!(matches!(
-            HashEngine::open(dir.path()),
-            Err(Error::Corruption(_))
-        ));
+        bad[at[0] + 30] ^= 0x40;
+        assert!(matches!(reopen(&bad), Err(Error::Corruption(_))));
+        // A flipped byte in `c`'s record, above every checkpoint (`c` and `d` were written
+        // after the last persist that any record names): a batch a power loss persisted out of
+        // order. Cut there, as a torn tail.
+        let mut bad = full.clone();
+        bad[at[2] + 30] ^= 0x40;
+        let e = reopen(&bad).expect("out-of-order loss above the checkpoint");
+        assert!(has(&e, b"a") && has(&e, b"b") && !has(&e, b"c") && !has(&e, b"d"));
+        // Writes go on after the cut.
+        e.write(&[put(b"e")]).expect("write");
+        e.persist().expect("persist");
+        drop(e);
+        let e = HashEngine::open(dir.path()).expect("reopen");
+        assert!(has(&e, b"b") && has(&e, b"e") && !has(&e, b"c"));
     }
 }

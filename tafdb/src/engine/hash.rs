@@ -1,18 +1,27 @@
 //! The hash engine: a dashmap in memory, made durable by an append-only batch file.
 //!
-//! Every [`Engine::write`] appends one framed record (`len:u32le, crc32c:u32le, payload`) holding
-//! the whole batch to `hash.log` through a buffered writer; [`Engine::persist`] flushes the buffer
-//! and calls `fdatasync`. Opening replays the file. A record whose checksum fails at the very end
-//! of the file is a torn write of data that was never persisted and is cut off; a bad record
-//! followed by good ones is corruption and opening fails rather than silently losing data.
+//! Every [`Engine::write`] appends one record holding the whole batch to `hash.log` through a
+//! buffered writer; [`Engine::persist`] flushes the buffer and calls `fdatasync`. Records are
+//! framed as the chunk store frames every write ([`chunk_backend::frame`]: self-checksummed
+//! headers that name their predecessor), and each record's payload starts with the file length
+//! that was durable when it was written (its *checkpoint*). Opening replays the chain:
+//! - a torn tail (a write that was never persisted) is cut off;
+//! - a damaged record below the largest checkpoint any record claims was durable, and could
+//!   only have been damaged afterwards: opening fails with `Corruption` rather than lose data;
+//! - a damaged record above it belongs to writes no `persist` had covered, which a power loss
+//!   persisted out of order: it is cut like a torn tail.
+//!
+//! A write or sync that fails latches the engine: every later write and persist fails until
+//! it is reopened, so nothing is ever appended after bytes of unknown state.
 //! When the file holds far more bytes than the live data, `persist` rewrites it compactly
-//! (write a new file, fsync, rename, fsync the directory).
+//! ([`chunk_backend::atomic::replace`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chunk_backend::frame::{self, Link};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
@@ -23,12 +32,24 @@ use crate::keys::{Key, KeyRange, Value};
 const LOG_NAME: &str = "hash.log";
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
 
+/// The batch file being appended to.
+struct LogFile {
+    out: BufWriter<File>,
+    /// The link of the last record, which the next one names.
+    last: Option<Link>,
+    /// Bytes in the file, buffered ones included.
+    written: u64,
+    /// Bytes made durable by the last `persist`.
+    durable: u64,
+    /// Set by a failed write or sync.
+    failed: bool,
+}
+
 /// An in-memory hash map with an append-only durability file.
 pub struct HashEngine {
     dir: PathBuf,
     map: DashMap<Key, Value>,
-    log: Mutex<BufWriter<File>>,
-    log_bytes: AtomicU64,
+    log: Mutex<LogFile>,
     live_bytes: AtomicU64,
 }
 
@@ -46,7 +67,7 @@ impl HashEngine {
             .open(&path)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
-        let valid = replay(&data, &map, &path)?;
+        let (valid, last) = replay(&data, &map, &path)?;
         if valid < data.len() as u64 {
             tracing::warn!(path = %path.display(), valid, len = data.len(), "hash engine: cutting a torn tail");
             file.set_len(valid)?;
@@ -60,46 +81,62 @@ impl HashEngine {
         Ok(HashEngine {
             dir: dir.to_path_buf(),
             map,
-            log: Mutex::new(BufWriter::with_capacity(1 << 20, file)),
-            log_bytes: AtomicU64::new(valid),
+            log: Mutex::new(LogFile {
+                out: BufWriter::with_capacity(1 << 20, file),
+                last,
+                written: valid,
+                durable: valid,
+                failed: false,
+            }),
             live_bytes: AtomicU64::new(live),
         })
     }
 
-    fn compact(&self, log: &mut BufWriter<File>) -> Result<()> {
-        let tmp = self.dir.join("hash.log.compact");
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    fn compact(&self, log: &mut LogFile) -> Result<()> {
         let mut total = 0u64;
-        let mut batch = Vec::new();
-        let mut payload = Vec::new();
+        let mut last = None;
         // Writes are excluded by the log mutex the caller holds, so the map is stable here.
-        for e in self.map.iter() {
-            batch.push(BatchOp::Put(e.key().clone(), e.value().clone()));
-            if batch.len() == 4096 {
-                total += write_record(&mut out, &batch, &mut payload)?;
+        // The new file is synced whole before it replaces the old one, so each record may
+        // claim everything before it as durable.
+        chunk_backend::atomic::replace(&self.dir.join(LOG_NAME), |out| {
+            let mut batch = Vec::new();
+            let mut payload = Vec::new();
+            let mut flush = |batch: &mut Vec<BatchOp>| -> std::io::Result<()> {
+                let (n, link) = write_record(out, batch, &mut payload, last, total)?;
+                total += n;
+                last = Some(link);
                 batch.clear();
+                Ok(())
+            };
+            for e in self.map.iter() {
+                batch.push(BatchOp::Put(e.key().clone(), e.value().clone()));
+                if batch.len() == 4096 {
+                    flush(&mut batch)?;
+                }
             }
-        }
-        if !batch.is_empty() {
-            total += write_record(&mut out, &batch, &mut payload)?;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(LOG_NAME))?;
-        File::open(&self.dir)?.sync_all()?;
-        *log = BufWriter::with_capacity(
-            1 << 20,
-            OpenOptions::new()
-                .append(true)
-                .open(self.dir.join(LOG_NAME))?,
-        );
-        self.log_bytes.store(total, Ordering::Relaxed);
+            if !batch.is_empty() {
+                flush(&mut batch)?;
+            }
+            Ok(())
+        })?;
+        *log = LogFile {
+            out: BufWriter::with_capacity(
+                1 << 20,
+                OpenOptions::new()
+                    .append(true)
+                    .open(self.dir.join(LOG_NAME))?,
+            ),
+            last,
+            written: total,
+            durable: total,
+            failed: false,
+        };
         Ok(())
     }
 }
 
+/// Appends the encoding of `batch` to `out`.
 fn encode_batch(batch: &[BatchOp], out: &mut Vec<u8>) {
-    out.clear();
     for op in batch {
         match op {
             BatchOp::Put(k, v) => {
@@ -118,43 +155,69 @@ fn encode_batch(batch: &[BatchOp], out: &mut Vec<u8>) {
     }
 }
 
-fn write_record(w: &mut impl Write, batch: &[BatchOp], payload: &mut Vec<u8>) -> Result<u64> {
+/// Appends `batch` as one record after `last`, claiming `checkpoint` bytes durable; returns
+/// the bytes written and the record's link.
+fn write_record(
+    w: &mut impl Write,
+    batch: &[BatchOp],
+    payload: &mut Vec<u8>,
+    last: Option<Link>,
+    checkpoint: u64,
+) -> std::io::Result<(u64, Link)> {
+    payload.clear();
+    payload.extend_from_slice(&checkpoint.to_le_bytes());
     encode_batch(batch, payload);
-    let mut header = [0u8; 8];
-    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[4..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    w.write_all(&header)?;
-    w.write_all(payload)?;
-    Ok(8 + payload.len() as u64)
+    let (bytes, link) = frame::encode(last, payload);
+    w.write_all(&bytes)?;
+    Ok((bytes.len() as u64, link))
 }
 
-/// Replays framed batches into `map`; returns the length of the valid prefix.
-fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<u64> {
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let Some(header) = data.get(pos..pos + 8) else {
-            break;
-        };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if crc32c::crc32c(payload) != crc {
-            // A bad record is a torn tail only if nothing valid follows it.
-            if pos + 8 + len < data.len() && crate::frame::valid_record_at(&data[pos + 8 + len..]) {
-                return Err(Error::Corruption(format!(
-                    "{}: checksum mismatch in the record at offset {pos}",
-                    path.display()
-                )));
-            }
-            break;
-        }
-        apply_payload(payload, map)
-            .map_err(|m| Error::Corruption(format!("{}: offset {pos}: {m}", path.display())))?;
-        pos += 8 + len;
+/// Replays the record chain into `map`; returns the length of the prefix to keep and the link
+/// of its last record (see the module docs for what is cut and what is corruption).
+fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<(u64, Option<Link>)> {
+    let scan = frame::scan(data);
+    let checkpoint_of = |offset: u64| -> Option<u64> {
+        let p = frame::payload(data.get(offset as usize..)?).ok()?;
+        Some(u64::from_le_bytes(p.get(..8)?.try_into().ok()?))
+    };
+    let durable = scan
+        .records
+        .iter()
+        .filter_map(|r| checkpoint_of(r.offset))
+        .max()
+        .unwrap_or(0);
+    if let Some(c) = scan.corrupt.iter().find(|c| **c < durable) {
+        return Err(Error::Corruption(format!(
+            "{}: the record at offset {c} fails its checksum below the durable length {durable}",
+            path.display()
+        )));
     }
-    Ok(pos as u64)
+    // Everything from the first damaged record on was never covered by a persist.
+    let keep = scan.corrupt.first().copied().unwrap_or(scan.end);
+    if keep < durable {
+        return Err(Error::Corruption(format!(
+            "{}: only {keep} bytes can be read, {durable} were durable",
+            path.display()
+        )));
+    }
+    let mut last = None;
+    for r in scan.records.iter().take_while(|r| r.offset < keep) {
+        let p = frame::payload(&data[r.offset as usize..]).map_err(|m| {
+            Error::Corruption(format!("{}: offset {}: {m}", path.display(), r.offset))
+        })?;
+        let batch = p.get(8..).ok_or_else(|| {
+            Error::Corruption(format!(
+                "{}: offset {}: short record",
+                path.display(),
+                r.offset
+            ))
+        })?;
+        apply_payload(batch, map).map_err(|m| {
+            Error::Corruption(format!("{}: offset {}: {m}", path.display(), r.offset))
+        })?;
+        last = Some(r.link);
+    }
+    Ok((keep, last))
 }
 
 fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result<(), &'static str> {
@@ -189,6 +252,21 @@ fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result
     Ok(())
 }
 
+/// Flushes the buffer and syncs the file (a failpoint for tests sits in front of it).
+fn sync(out: &mut BufWriter<File>) -> std::io::Result<()> {
+    fail::fail_point!("hash::persist", |_| Err(std::io::Error::other(
+        "failpoint hash::persist"
+    )));
+    out.flush()?;
+    out.get_ref().sync_data()
+}
+
+fn latched() -> Error {
+    Error::Io(std::io::Error::other(
+        "the hash engine's file failed a write or sync earlier; reopen the store",
+    ))
+}
+
 impl Engine for HashEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Hash
@@ -200,9 +278,21 @@ impl Engine for HashEngine {
 
     fn write(&self, batch: &[BatchOp]) -> Result<()> {
         let mut log = self.log.lock();
+        if log.failed {
+            return Err(latched());
+        }
         let mut payload = Vec::new();
-        let n = write_record(&mut *log, batch, &mut payload)?;
-        self.log_bytes.fetch_add(n, Ordering::Relaxed);
+        let (last, durable) = (log.last, log.durable);
+        match write_record(&mut log.out, batch, &mut payload, last, durable) {
+            Ok((n, link)) => {
+                log.written += n;
+                log.last = Some(link);
+            }
+            Err(e) => {
+                log.failed = true;
+                return Err(e.into());
+            }
+        }
         for op in batch {
             match op {
                 BatchOp::Put(k, v) => {
@@ -236,12 +326,21 @@ impl Engine for HashEngine {
 
     fn persist(&self) -> Result<()> {
         let mut log = self.log.lock();
-        log.flush()?;
-        log.get_ref().sync_data()?;
+        if log.failed {
+            return Err(latched());
+        }
+        let synced = sync(&mut log.out);
+        if let Err(e) = synced {
+            log.failed = true;
+            return Err(e.into());
+        }
+        log.durable = log.written;
         let live = self.live_bytes.load(Ordering::Relaxed);
-        let bytes = self.log_bytes.load(Ordering::Relaxed);
-        if bytes > COMPACT_MIN_BYTES && bytes > 4 * live {
-            self.compact(&mut log)?;
+        if log.written > COMPACT_MIN_BYTES && log.written > 4 * live {
+            if let Err(e) = self.compact(&mut log) {
+                // The old file is still whole and in use: only the compaction is lost.
+                tracing::warn!(error = %e, "hash engine: compaction failed");
+            }
         }
         Ok(())
     }

@@ -1,28 +1,34 @@
-//! The Raft log on disk, with group commit.
+//! The Raft log on disk: a `LogBlob` of a local chunk store, with group commit.
 //!
-//! Append-only *segment* files `raft-NNNNNNNNNN.log` of framed records `len:u32le,
-//! crc32c:u32le, bincode(entry)`; the writer starts a new segment once the current one passes
-//! 32 MiB, and a purge deletes the segments that hold only purged entries. (One file whose
-//! purged prefix was cut off by copying the rest into a new file stalled every commit for the
-//! copy and its `fsync`: the live tail is the whole MVCC window, tens of megabytes.)
-//! openraft hands entries to [`RaftLogStorage::append`], which only queues them for a dedicated
-//! writer thread and returns. The writer drains everything queued, writes it with one `write`,
-//! calls `fdatasync` once and then acknowledges every append of the group: many concurrent
-//! commits share one sync, which is what keeps a disk where one sync costs milliseconds fast.
+//! The log is blob 1 of a [`chunk_backend`] store in `raft/log.chunks`, so it has the chunk
+//! store's guarantees instead of a framing of its own: every record is framed with a
+//! self-checksummed header that names its predecessor, each commit records the length the
+//! previous one made durable (a checkpoint), and recovery keeps exactly the complete records:
+//! a torn tail, or damage above the checkpoint (a batch a power loss persisted out of order), is
+//! cut; damage below it is reported as corruption and the tablet does not open. After any
+//! failed write or sync the store refuses every later append until it is reopened, so nothing
+//! is ever appended after bytes of unknown state.
+//!
+//! openraft hands entries to [`RaftLogStorage::append`], which only queues them for a writer
+//! thread and returns. The writer drains everything queued and appends it as one batch of
+//! records (one record per entry, or several *fragments* for an entry larger than a record may
+//! be); the chunk store's own writer commits the batch with one `fdatasync`, and then every
+//! append of the group is acknowledged. A truncation appends a record naming the first index it
+//! removes; a later entry with the same index replaces the truncated one. A purge deletes the
+//! chunks that hold only purged entries.
 //!
 //! Entries that are not purged yet also stay in memory, so reading them back for apply costs no
-//! I/O. The vote and the last purged log id live in small checksummed files replaced atomically.
-//! Opening replays the segments in order: a bad record at the very end of the last one is a
-//! torn write that was never acknowledged and is cut off; a bad record with valid records after
-//! it, or anywhere in an earlier segment, is corruption and opening fails.
+//! I/O. The vote and the last purged log id live in small files replaced atomically
+//! ([`chunk_backend::atomic`]).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use chunk_backend::blob::{Lease, LogStore as Blobs, Position};
+use chunk_backend::disk::{Disk, DiskConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
@@ -30,42 +36,46 @@ use parking_lot::Mutex;
 use super::{Entry, TypeConfig};
 use crate::error::{Error, Result};
 
-/// The single log file of format 2, refused by name.
-const OLD_LOG_FILE: &str = "raft.log";
-/// A segment is closed once it is this large (by default).
-pub const SEGMENT_BYTES: u64 = 32 << 20;
+/// The chunk size of a tablet's log by default: a purge frees whole chunks.
+pub const CHUNK_BYTES: u64 = 16 << 20;
+/// The size of a tablet's log store by default, allocated when the tablet is created. At
+/// 100k commits/s the log between two purges (the 5 s MVCC window plus up to 20,000 entries)
+/// is about 100 MB.
+pub const STORE_BYTES: u64 = 256 << 20;
 
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("raft-{seq:010}.log"))
-}
+/// The log's blob in its chunk store.
+const BLOB: u64 = 1;
+/// The chunk store file.
+const STORE_FILE: &str = "log.chunks";
+/// The write lease is the tablet's for as long as it runs; renewed at every purge.
+const LEASE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The segment files in `dir`, by sequence number.
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut seqs = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let name = e?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(seq) = name
-            .strip_prefix("raft-")
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            seqs.push(seq);
-        }
-    }
-    seqs.sort_unstable();
-    Ok(seqs)
-}
+/// Record tags.
+const ENTRY: u8 = 0;
+const TRUNCATE: u8 = 1;
+const FRAGMENT: u8 = 2;
 
-/// One segment file.
-struct Segment {
-    seq: u64,
-    /// The index of its first record, if it has one.
-    first: Option<u64>,
-    len: u64,
-}
+/// The version of the log's format. Format 1 stored a batch of commands as a sequence;
+/// format 2 stores a [`crate::command::CommandBatch`] as one byte string; format 3 split the
+/// log into segment files; format 4 is a `LogBlob` of a chunk store.
+const FORMAT: &[u8] = b"4";
 
 type NodeId = u64;
+
+/// The shape of a log's chunk store: chunks of `chunk_bytes` (rounded to 4 KiB blocks) in a
+/// file of `store_bytes`.
+pub fn store_shape(chunk_bytes: u64, store_bytes: u64) -> DiskConfig {
+    let chunk = chunk_bytes.clamp(4096, 64 << 20).div_ceil(4096) * 4096;
+    let block = chunk.min(1 << 20);
+    let chunk_blocks = chunk.div_ceil(block).max(1);
+    let blocks = (store_bytes / block).clamp(chunk_blocks * 4, u64::from(u32::MAX / 2));
+    DiskConfig {
+        block_size: block as u32,
+        blocks: blocks as u32,
+        chunk_slots: (blocks / chunk_blocks + 8) as u32,
+        chunk_blocks: chunk_blocks as u32,
+    }
+}
 
 enum WriterMsg {
     Append {
@@ -106,44 +116,29 @@ fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::<NodeId>::write_logs(openraft::AnyError::error(e.to_string())).into()
 }
 
-fn write_small_file(dir: &Path, name: &str, payload: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(&crc32c::crc32c(payload).to_le_bytes())?;
-    f.write_all(payload)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+fn io_other(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
-
-fn read_small_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(b) if b.len() >= 4 => {
-            let crc = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if crc32c::crc32c(&b[4..]) != crc {
-                return Err(Error::Corruption(format!(
-                    "{}: checksum mismatch",
-                    path.display()
-                )));
-            }
-            Ok(Some(b[4..].to_vec()))
-        }
-        Ok(_) => Err(Error::Corruption(format!("{}: truncated", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The version of the log's format. Format 1 stored a batch of commands as a sequence;
-/// format 2 stores a [`crate::command::CommandBatch`] as one byte string; format 3 splits the
-/// log into segment files.
-const FORMAT: &[u8] = b"3";
 
 /// Refuses a log written in another format, rather than misreading it, and records the format
 /// of a new log.
 fn check_format(dir: &Path) -> Result<()> {
-    match read_small_file(dir, "format")? {
+    let older = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        n == "raft.log" || (n.starts_with("raft-") && n.ends_with(".log"))
+    });
+    if older {
+        return Err(Error::Corruption(format!(
+            "{}: written by an older build (a Raft log in plain files, format 1 to 3); this \
+             build reads format {}. Open it with the build that wrote it, or start from a \
+             fresh data directory",
+            dir.display(),
+            String::from_utf8_lossy(FORMAT)
+        )));
+    }
+    let path = dir.join("format");
+    match chunk_backend::atomic::read(&path)? {
         Some(f) if f == FORMAT => Ok(()),
         Some(f) => Err(Error::Corruption(format!(
             "{}: Raft log format {} is not the format {} this build reads",
@@ -151,132 +146,160 @@ fn check_format(dir: &Path) -> Result<()> {
             String::from_utf8_lossy(&f),
             String::from_utf8_lossy(FORMAT)
         ))),
-        None => {
-            let log = dir.join(OLD_LOG_FILE);
-            if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
-                return Err(Error::Corruption(format!(
-                    "{}: written by an older build (Raft log format 1); this build reads format \
-                     {}. Open it with the build that wrote it, or start from a fresh data \
-                     directory",
-                    log.display(),
-                    String::from_utf8_lossy(FORMAT)
-                )));
-            }
-            let segments = list_segments(dir)?;
-            let written = segments
-                .iter()
-                .any(|seq| std::fs::metadata(segment_path(dir, *seq)).is_ok_and(|m| m.len() > 0));
-            if written {
-                return Err(Error::Corruption(format!(
-                    "{}: log segments without a format record; refusing to guess their format",
-                    dir.display()
-                )));
-            }
-            write_small_file(dir, "format", FORMAT)?;
-            Ok(())
-        }
+        None if dir.join(STORE_FILE).exists() => Err(Error::Corruption(format!(
+            "{}: a log store without a format record; refusing to guess its format",
+            dir.display()
+        ))),
+        None => Ok(chunk_backend::atomic::write(&path, FORMAT)?),
     }
 }
 
+/// What replaying the blob found.
+#[derive(Default)]
+struct Replayed {
+    entries: BTreeMap<u64, Entry>,
+    /// The chunk (sequence number) holding each entry's first record.
+    chunks: BTreeMap<u64, u32>,
+}
+
+fn decode_entry(bytes: &[u8], at: Position) -> Result<Entry> {
+    bincode::deserialize(bytes).map_err(|e| {
+        Error::Corruption(format!(
+            "Raft log record at chunk {} offset {}: {e}",
+            at.chunk, at.offset
+        ))
+    })
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn replay(records: Vec<(Position, u64, Vec<u8>)>) -> Result<Replayed> {
+    let mut out = Replayed::default();
+    // An entry in fragments: its index, total size, first chunk and bytes so far.
+    let mut partial: Option<(u64, usize, u32, Vec<u8>)> = None;
+    let bad = |at: Position, what: &str| {
+        Error::Corruption(format!(
+            "Raft log record at chunk {} offset {}: {what}",
+            at.chunk, at.offset
+        ))
+    };
+    let install = |out: &mut Replayed, entry: Entry, chunk: u32| {
+        let index = entry.get_log_id().index;
+        // A later record with the same index replaced a truncated one.
+        out.entries.split_off(&index);
+        out.chunks.split_off(&index);
+        out.entries.insert(index, entry);
+        out.chunks.insert(index, chunk);
+    };
+    for (at, _, rec) in records {
+        let Some((&tag, body)) = rec.split_first() else {
+            return Err(bad(at, "empty record"));
+        };
+        if tag != FRAGMENT && partial.take().is_some() {
+            // Fragments are appended back to back in one batch, acknowledged only whole: an
+            // entry cut short was never acknowledged.
+            tracing::warn!(
+                chunk = at.chunk,
+                "raft log: dropping an entry whose fragments were not all written"
+            );
+        }
+        match tag {
+            ENTRY => install(&mut out, decode_entry(body, at)?, at.chunk),
+            TRUNCATE => {
+                let from = u64_at(body, 0).ok_or_else(|| bad(at, "short truncation record"))?;
+                out.entries.split_off(&from);
+                out.chunks.split_off(&from);
+            }
+            FRAGMENT => {
+                let index = u64_at(body, 0).ok_or_else(|| bad(at, "short fragment"))?;
+                let total = u64_at(body, 8).ok_or_else(|| bad(at, "short fragment"))? as usize;
+                let part = &body[16..];
+                let p = match partial.take() {
+                    Some(p) if p.0 == index => p,
+                    _ => (index, total, at.chunk, Vec::with_capacity(total)),
+                };
+                let (index, total, chunk, mut buf) = p;
+                buf.extend_from_slice(part);
+                if buf.len() > total {
+                    return Err(bad(at, "fragments longer than their entry"));
+                }
+                if buf.len() == total {
+                    install(&mut out, decode_entry(&buf, at)?, chunk);
+                } else {
+                    partial = Some((index, total, chunk, buf));
+                }
+            }
+            other => return Err(bad(at, &format!("unknown record tag {other}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes an entry as one record, or as fragments no larger than `max` each.
+fn entry_records(bytes: &[u8], index: u64, max: usize) -> Vec<Vec<u8>> {
+    if bytes.len() < max {
+        let mut r = Vec::with_capacity(1 + bytes.len());
+        r.push(ENTRY);
+        r.extend_from_slice(bytes);
+        return vec![r];
+    }
+    let step = max.saturating_sub(17).max(1);
+    bytes
+        .chunks(step)
+        .map(|part| {
+            let mut r = Vec::with_capacity(17 + part.len());
+            r.push(FRAGMENT);
+            r.extend_from_slice(&index.to_le_bytes());
+            r.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            r.extend_from_slice(part);
+            r
+        })
+        .collect()
+}
+
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, replaying what is on disk; segments are closed
-    /// once they reach `segment_bytes`.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<LogStore> {
+    /// Opens (or creates) the log in `dir`, replaying what is on disk. A new log's chunk store
+    /// is shaped by [`store_shape`]`(chunk_bytes, store_bytes)`; an existing one keeps its shape.
+    pub fn open(dir: &Path, chunk_bytes: u64, store_bytes: u64) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         check_format(dir)?;
-        let vote = match read_small_file(dir, "vote")? {
+        let vote = match chunk_backend::atomic::read(&dir.join("vote"))? {
             Some(b) => Some(
                 bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("vote: {e}")))?,
             ),
             None => None,
         };
-        let purged: Option<LogId<NodeId>> = match read_small_file(dir, "purged")? {
-            Some(b) => {
-                bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("purged: {e}")))?
-            }
-            None => None,
-        };
-        let mut seqs = list_segments(dir)?;
-        if seqs.is_empty() {
-            File::create(segment_path(dir, 1))?.sync_all()?;
-            File::open(dir)?.sync_all()?;
-            seqs.push(1);
+        let purged: Option<LogId<NodeId>> =
+            match chunk_backend::atomic::read(&dir.join("purged"))? {
+                Some(b) => bincode::deserialize(&b)
+                    .map_err(|e| Error::Corruption(format!("purged: {e}")))?,
+                None => None,
+            };
+        let disk = Disk::open(&dir.join(STORE_FILE), store_shape(chunk_bytes, store_bytes))?;
+        let blobs = Blobs::open(Arc::new(disk))?;
+        if !blobs.blobs().contains(&BLOB) {
+            blobs.create(BLOB)?;
         }
-        let mut entries = BTreeMap::new();
-        let mut offsets = BTreeMap::new();
-        let mut segments = Vec::new();
-        for (n, &seq) in seqs.iter().enumerate() {
-            let last = n + 1 == seqs.len();
-            let path = segment_path(dir, seq);
-            let data = std::fs::read(&path)?;
-            let mut pos = 0usize;
-            let mut first = None;
-            while pos + 8 <= data.len() {
-                let len =
-                    u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
-                let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
-                let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-                    break;
-                };
-                if crc32c::crc32c(payload) != crc {
-                    if crate::frame::valid_record_at(&data[pos + 8 + len..]) {
-                        return Err(Error::Corruption(format!(
-                            "{}: bad record at offset {pos}",
-                            path.display()
-                        )));
-                    }
-                    break;
-                }
-                let entry: Entry = bincode::deserialize(payload).map_err(|e| {
-                    Error::Corruption(format!("{}: offset {pos}: {e}", path.display()))
-                })?;
-                let index = entry.get_log_id().index;
-                first.get_or_insert(index);
-                // A later record with the same index replaced a truncated one.
-                entries.split_off(&index);
-                offsets.split_off(&index);
-                offsets.insert(index, (seq, pos as u64));
-                entries.insert(index, entry);
-                pos += 8 + len;
-            }
-            if pos < data.len() {
-                if !last {
-                    // Segments before the last were synced whole before the next began.
-                    return Err(Error::Corruption(format!(
-                        "{}: damaged record at offset {pos} of a closed segment",
-                        path.display()
-                    )));
-                }
-                tracing::warn!(path = %path.display(), pos, len = data.len(), "raft log: cutting a torn tail");
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(pos as u64)?;
-                f.sync_data()?;
-            }
-            segments.push(Segment {
-                seq,
-                first,
-                len: pos as u64,
-            });
-        }
+        let lease = blobs.lease(BLOB, "tablet", LEASE_TTL)?;
+        let mut replayed = replay(blobs.records(BLOB)?)?;
         if let Some(p) = purged {
-            entries = entries.split_off(&(p.index + 1));
+            replayed.entries = replayed.entries.split_off(&(p.index + 1));
+            replayed.chunks = replayed.chunks.split_off(&(p.index + 1));
         }
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            entries: Mutex::new(entries),
+            entries: Mutex::new(replayed.entries),
             purged: Mutex::new(purged),
             vote: Mutex::new(vote),
         });
         let (tx, rx) = std::sync::mpsc::channel();
-        let current = segments.last().map_or(1, |s| s.seq);
         let writer = Writer {
-            dir: dir.to_path_buf(),
-            file: OpenOptions::new()
-                .append(true)
-                .open(segment_path(dir, current))?,
-            segments,
-            offsets,
-            segment_bytes: segment_bytes.max(1),
+            max_record: blobs.max_record(),
+            blobs,
+            lease,
+            chunks: replayed.chunks,
         };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -286,14 +309,11 @@ impl LogStore {
 }
 
 struct Writer {
-    dir: PathBuf,
-    /// The current (last) segment, open for appending.
-    file: File,
-    /// Every segment, oldest first; the last is the current one.
-    segments: Vec<Segment>,
-    /// Where each entry is: `(segment, offset)`.
-    offsets: BTreeMap<u64, (u64, u64)>,
-    segment_bytes: u64,
+    blobs: Blobs,
+    lease: Lease,
+    /// The chunk holding each live entry's first record.
+    chunks: BTreeMap<u64, u32>,
+    max_record: usize,
 }
 
 impl Writer {
@@ -303,24 +323,17 @@ impl Writer {
             while let Ok(m) = rx.try_recv() {
                 msgs.push(m);
             }
-            let mut buf = Vec::new();
+            let mut group: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut callbacks = Vec::new();
             for m in msgs {
                 match m {
                     WriterMsg::Append { records, callback } => {
-                        for (index, rec) in records {
-                            let (seq, len) = self.current();
-                            self.offsets.insert(index, (seq, len + buf.len() as u64));
-                            if let Some(cur) = self.segments.last_mut() {
-                                cur.first.get_or_insert(index);
-                            }
-                            buf.extend_from_slice(&rec);
-                        }
+                        group.extend(records);
                         callbacks.push(callback);
                     }
                     other => {
-                        // Flush the group so far before a truncate or purge touches the files.
-                        let res = self.write_group(&mut buf);
+                        // The group so far goes first: a truncate or purge follows it.
+                        let res = self.write_group(&mut group);
                         finish(&mut callbacks, &res);
                         match other {
                             WriterMsg::Truncate { from, done } => {
@@ -334,86 +347,62 @@ impl Writer {
                     }
                 }
             }
-            let res = self.write_group(&mut buf);
+            let res = self.write_group(&mut group);
             finish(&mut callbacks, &res);
         }
     }
 
-    /// The current segment's number and length.
-    fn current(&self) -> (u64, u64) {
-        self.segments.last().map_or((0, 0), |s| (s.seq, s.len))
-    }
-
-    fn write_group(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
-        if buf.is_empty() {
+    /// Appends the entries of `group` (index, encoded entry) and waits until they are durable.
+    fn write_group(&mut self, group: &mut Vec<(u64, Vec<u8>)>) -> std::io::Result<()> {
+        if group.is_empty() {
             return Ok(());
         }
-        self.file.write_all(buf)?;
-        self.file.sync_data()?;
-        if let Some(cur) = self.segments.last_mut() {
-            cur.len += buf.len() as u64;
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+        let mut first_record: Vec<(u64, usize)> = Vec::with_capacity(group.len());
+        for (index, bytes) in group.drain(..) {
+            first_record.push((index, records.len()));
+            records.extend(entry_records(&bytes, index, self.max_record));
         }
-        buf.clear();
-        // Start a new segment between groups, once the current one is full; it was synced
-        // whole above, so only the last segment can ever end in a torn record.
-        let (seq, len) = self.current();
-        if len >= self.segment_bytes {
-            let next = seq + 1;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, next))?;
-            File::open(&self.dir)?.sync_all()?;
-            self.file = file;
-            self.segments.push(Segment {
-                seq: next,
-                first: None,
-                len: 0,
-            });
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let placed = self
+            .blobs
+            .append_batch(&self.lease, &refs)
+            .map_err(io_other)?;
+        for (index, at) in first_record {
+            if let Some((pos, _)) = placed.get(at) {
+                self.chunks.split_off(&index);
+                self.chunks.insert(index, pos.chunk);
+            }
         }
         Ok(())
     }
 
     fn truncate(&mut self, from: u64) -> std::io::Result<()> {
-        let Some((_, &(seq, off))) = self.offsets.range(from..).next() else {
-            return Ok(());
-        };
-        // Later segments go whole; the one holding `from` is cut and becomes the current one.
-        while self.segments.last().is_some_and(|s| s.seq > seq) {
-            if let Some(s) = self.segments.pop() {
-                std::fs::remove_file(segment_path(&self.dir, s.seq))?;
-            }
-        }
-        let file = OpenOptions::new()
-            .append(true)
-            .open(segment_path(&self.dir, seq))?;
-        file.set_len(off)?;
-        file.sync_data()?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = file;
-        if let Some(cur) = self.segments.last_mut() {
-            cur.len = off;
-            if off == 0 {
-                cur.first = None;
-            }
-        }
-        self.offsets.split_off(&from);
+        let mut rec = vec![TRUNCATE];
+        rec.extend_from_slice(&from.to_le_bytes());
+        self.blobs.append(&self.lease, &rec).map_err(io_other)?;
+        self.chunks.split_off(&from);
         Ok(())
     }
 
     fn purge(&mut self, upto: u64) -> std::io::Result<()> {
-        self.offsets = self.offsets.split_off(&(upto + 1));
-        // A segment whose successor starts at or below `upto + 1` holds only purged entries.
-        // The current segment always stays.
-        let mut removed = false;
-        while self.segments.len() > 1 && self.segments[1].first.is_some_and(|f| f <= upto + 1) {
-            let s = self.segments.remove(0);
-            std::fs::remove_file(segment_path(&self.dir, s.seq))?;
-            removed = true;
-        }
-        if removed {
-            File::open(&self.dir)?.sync_all()?;
-        }
+        self.chunks = self.chunks.split_off(&(upto + 1));
+        self.lease = self
+            .blobs
+            .lease(BLOB, "tablet", LEASE_TTL)
+            .map_err(io_other)?;
+        // Chunks before the one holding the first live entry hold only purged (or truncated)
+        // records. With no live entry, everything before the last chunk goes.
+        let keep = self.chunks.values().next().copied().unwrap_or(u32::MAX);
+        self.blobs
+            .reclaim(
+                &self.lease,
+                Position {
+                    chunk: keep,
+                    offset: 0,
+                },
+            )
+            .map_err(io_other)?;
         Ok(())
     }
 }
@@ -481,7 +470,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = bincode::serialize(vote).map_err(io_err)?;
-        write_small_file(&self.shared.dir, "vote", &bytes).map_err(io_err)?;
+        chunk_backend::atomic::write(&self.shared.dir.join("vote"), &bytes).map_err(io_err)?;
         *self.shared.vote.lock() = Some(*vote);
         Ok(())
     }
@@ -505,7 +494,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for e in entries {
                 let bytes = bincode::serialize(&e).map_err(io_err)?;
                 let index = e.get_log_id().index;
-                records.push((index, crate::frame::encode(&bytes)));
+                records.push((index, bytes));
                 map.insert(index, e);
             }
         }
@@ -529,7 +518,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = bincode::serialize(&Some(log_id)).map_err(io_err)?;
-        write_small_file(&self.shared.dir, "purged", &bytes).map_err(io_err)?;
+        chunk_backend::atomic::write(&self.shared.dir.join("purged"), &bytes).map_err(io_err)?;
         *self.shared.purged.lock() = Some(log_id);
         {
             let mut map = self.shared.entries.lock();
@@ -543,5 +532,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .map_err(|_| io_err("log writer thread is gone"))?;
         rx.await.map_err(io_err)?.map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_fit_their_chunks_and_stores() {
+        let s = store_shape(CHUNK_BYTES, STORE_BYTES);
+        assert_eq!(s.chunk_capacity(), CHUNK_BYTES);
+        assert!(s.file_size() >= STORE_BYTES);
+        let tiny = store_shape(2048, 1 << 20);
+        assert_eq!(tiny.block_size, 4096);
+        assert!(tiny.blocks >= 4);
+    }
+
+    #[test]
+    fn a_large_entry_goes_in_fragments_and_comes_back_whole() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let recs = entry_records(&bytes, 7, 1000);
+        assert!(recs.len() > 10 && recs.iter().all(|r| r.len() <= 1000 && r[0] == FRAGMENT));
+        let mut joined = Vec::new();
+        for r in &recs {
+            assert_eq!(u64_at(&r[1..], 0), Some(7));
+            joined.extend_from_slice(&r[17..]);
+        }
+        assert_eq!(joined, bytes);
+        assert_eq!(entry_records(b"small", 1, 1000), vec![b"\0small".to_vec()]);
     }
 }

@@ -8,7 +8,7 @@
 mod log_store;
 mod state_machine;
 
-pub use log_store::{LogReader, LogStore, SEGMENT_BYTES};
+pub use log_store::{store_shape, LogReader, LogStore, CHUNK_BYTES, STORE_BYTES};
 pub use state_machine::{SnapshotPin, StateMachine, TabletState};
 
 use std::io::Cursor;

@@ -299,14 +299,10 @@ impl TabletState {
         let path = self.snapshot_path();
         // openraft asks again as long as the log since the snapshot is long; when the durable
         // index has not moved, the reference on disk already says this.
-        if std::fs::read(&path).is_ok_and(|old| old == data) {
+        if chunk_backend::atomic::read(&path).is_ok_and(|old| old.as_ref() == Some(&data)) {
             return Ok((meta, data));
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &data)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        chunk_backend::atomic::write(&path, &data)?;
         Ok((meta, data))
     }
 
@@ -478,9 +474,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let path = self.state.snapshot_path();
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        let data = match chunk_backend::atomic::read(&path) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
             Err(e) => return Err(sto_err(e)),
         };
         let meta = match bincode::deserialize(&data) {
