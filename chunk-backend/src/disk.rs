@@ -763,6 +763,11 @@ impl Disk {
             .saturating_sub(c.reserved + HEADER as u64))
     }
 
+    /// Data blocks not in any chunk.
+    pub fn free_blocks(&self) -> u64 {
+        self.state.lock().free_blocks.len() as u64
+    }
+
     /// The durable length of `chunk`.
     pub fn len(&self, chunk: u64) -> Result<u64> {
         let st = self.state.lock();

@@ -421,6 +421,18 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// Records a snapshot reference at the durable index and frees the log's disk space up to it.
+async fn reclaim_log(state: &Arc<TabletState>, log: &LogStore) -> Result<()> {
+    let s = state.clone();
+    let durable = tokio::task::spawn_blocking(move || s.reference_durable())
+        .await
+        .map_err(|e| Error::Raft(format!("reclaim task: {e}")))??;
+    match durable {
+        Some(upto) => log.reclaim(upto).await,
+        None => Ok(()),
+    }
+}
+
 /// The threads that run the tablets' Raft pipelines: openraft's core and state-machine tasks,
 /// the proposers and the reply tasks.
 ///
@@ -475,6 +487,9 @@ pub struct Tablet {
     tx: mpsc::UnboundedSender<Ticketed>,
     tso: Arc<Tso>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Tells the flusher to stop after the round it is in.
+    stop_flusher: tokio::sync::watch::Sender<bool>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Keeps the pipeline's threads alive as long as the tablet.
     _pipeline: Arc<PipelineRuntime>,
     /// Set by [`Tablet::shutdown`]: no new tickets, and readers stop waiting.
@@ -511,6 +526,7 @@ impl Tablet {
             config.log_chunk_bytes,
             config.log_store_bytes,
         )?;
+        let log_fill = log.clone();
         let raft_config = Config {
             cluster_name: format!("tablet-{id}"),
             heartbeat_interval: 500,
@@ -563,6 +579,7 @@ impl Tablet {
             seq: Mutex::new(0),
             registrations: std::sync::atomic::AtomicU64::new(0),
         });
+        let (stop_flusher, mut stopped) = tokio::sync::watch::channel(false);
         let tablet = Arc::new(Tablet {
             id,
             range,
@@ -572,11 +589,13 @@ impl Tablet {
             tx,
             tso,
             tasks: Mutex::new(Vec::new()),
+            stop_flusher,
+            flusher: Mutex::new(None),
             _pipeline: pipeline.clone(),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
         let proposer = rt.spawn(run_proposer(
-            raft,
+            raft.clone(),
             rx,
             pending,
             state.clone(),
@@ -585,23 +604,42 @@ impl Tablet {
         ));
         let flusher = {
             let state = state.clone();
+            let mut asked: Option<std::time::Instant> = None;
             let window = config.window_ms;
             let every = Duration::from_millis(config.flush_interval_ms.max(1));
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stopped.changed() => return,
+                    }
                     let s = state.clone();
                     match tokio::task::spawn_blocking(move || s.flush_once(window)).await {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => {
+                            // Free the log's disk space up to the durable index when its store
+                            // is half full, whatever openraft's entry-count policy says
+                            // (entries carry batches of any size).
+                            if log_fill.fill() > 0.5
+                                && asked.is_none_or(|t: std::time::Instant| {
+                                    t.elapsed() > Duration::from_millis(100)
+                                })
+                            {
+                                asked = Some(std::time::Instant::now());
+                                if let Err(e) = reclaim_log(&state, &log_fill).await {
+                                    tracing::warn!(tablet = id, error = %e, "reclaiming the log");
+                                }
+                            }
+                        }
                         Ok(Err(e)) => tracing::error!(tablet = id, error = %e, "flush failed"),
                         Err(_) => return,
                     }
                 }
             })
         };
-        tablet.tasks.lock().extend([proposer, flusher]);
+        tablet.tasks.lock().push(proposer);
+        *tablet.flusher.lock() = Some(flusher);
         Ok(tablet)
     }
 
@@ -630,9 +668,17 @@ impl Tablet {
     pub async fn shutdown(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
+        // The flusher finishes the round it is in (a flush runs on a blocking thread, which an
+        // abort would not stop): once shutdown returns, nothing of the tablet is still running.
+        let _ = self.stop_flusher.send(true);
+        let flusher = self.flusher.lock().take();
+        if let Some(f) = flusher {
+            let _ = f.await;
+        }
         let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
         for t in tasks {
             t.abort();
+            let _ = t.await;
         }
         let _ = self.raft.shutdown().await;
         // Proposals parked in the aborted proposer never release their marks; nothing will

@@ -39,9 +39,12 @@ use crate::error::{Error, Result};
 /// The chunk size of a tablet's log by default: a purge frees whole chunks.
 pub const CHUNK_BYTES: u64 = 16 << 20;
 /// The size of a tablet's log store by default, allocated when the tablet is created. At
-/// 100k commits/s the log between two purges (the 5 s MVCC window plus up to 20,000 entries)
-/// is about 100 MB.
-pub const STORE_BYTES: u64 = 256 << 20;
+/// 100k commits/s the log grows by about 8 MB/s and the durable index (up to which it can be
+/// purged) lags by the 5 s MVCC window; the tablet asks for a snapshot, and so a purge, once the
+/// store is half full (see [`LogStore::fill`]).
+pub const STORE_BYTES: u64 = 512 << 20;
+/// How long an append waits for a purge to make room in a full log store before it fails.
+const ROOM_WAIT: Duration = Duration::from_secs(60);
 
 /// The log's blob in its chunk store.
 const BLOB: u64 = 1;
@@ -90,13 +93,37 @@ enum WriterMsg {
         upto: u64,
         done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
     },
+    /// Frees the disk space of entries up to `upto` without telling openraft (see
+    /// [`LogStore::reclaim`]).
+    Reclaim {
+        upto: LogId<NodeId>,
+        done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+    },
 }
 
 struct Shared {
     dir: PathBuf,
+    /// How full the log's store is, in thousandths (see [`LogStore::fill`]).
+    fill: std::sync::atomic::AtomicU64,
     entries: Mutex<BTreeMap<u64, Entry>>,
     purged: Mutex<Option<LogId<NodeId>>>,
+    /// What the `purged` file says: the larger of openraft's purges and [`LogStore::reclaim`]s.
+    purged_on_disk: Mutex<Option<LogId<NodeId>>>,
     vote: Mutex<Option<Vote<NodeId>>>,
+}
+
+impl Shared {
+    /// Records on disk that entries up to `upto` are gone (never moving backwards).
+    fn record_purged(&self, upto: LogId<NodeId>) -> std::io::Result<()> {
+        let mut on_disk = self.purged_on_disk.lock();
+        if on_disk.is_some_and(|p| p.index >= upto.index) {
+            return Ok(());
+        }
+        let bytes = bincode::serialize(&Some(upto)).map_err(io_other)?;
+        chunk_backend::atomic::write(&self.dir.join("purged"), &bytes)?;
+        *on_disk = Some(upto);
+        Ok(())
+    }
 }
 
 /// The durable Raft log of one tablet replica.
@@ -234,6 +261,22 @@ fn replay(records: Vec<(Position, u64, Vec<u8>)>) -> Result<Replayed> {
             other => return Err(bad(at, &format!("unknown record tag {other}"))),
         }
     }
+    // Entries are acknowledged in order, a group at a time: a record that follows a gap (its
+    // group failed part-way, say on a full store) was never acknowledged.
+    let gap = out
+        .entries
+        .keys()
+        .zip(out.entries.keys().skip(1))
+        .find(|(a, b)| **a + 1 != **b)
+        .map(|(_, b)| *b);
+    if let Some(gap) = gap {
+        tracing::warn!(
+            index = gap,
+            "raft log: dropping entries after a gap (never acknowledged)"
+        );
+        out.entries.split_off(&gap);
+        out.chunks.split_off(&gap);
+    }
     Ok(out)
 }
 
@@ -289,22 +332,51 @@ impl LogStore {
             replayed.chunks = replayed.chunks.split_off(&(p.index + 1));
         }
         let shared = Arc::new(Shared {
+            fill: std::sync::atomic::AtomicU64::new(0),
             dir: dir.to_path_buf(),
             entries: Mutex::new(replayed.entries),
             purged: Mutex::new(purged),
+            purged_on_disk: Mutex::new(purged),
             vote: Mutex::new(vote),
         });
         let (tx, rx) = std::sync::mpsc::channel();
+        let shape = blobs.disk().config();
         let writer = Writer {
             max_record: blobs.max_record(),
             blobs,
             lease,
             chunks: replayed.chunks,
+            backlog: std::collections::VecDeque::new(),
+            shared: shared.clone(),
+            block_size: u64::from(shape.block_size),
+            total_blocks: u64::from(shape.blocks),
+            chunk_blocks: u64::from(shape.chunk_blocks),
         };
+        writer.publish_fill();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer.run(rx))?;
         Ok(LogStore { shared, tx })
+    }
+
+    /// How full the log's store is, from 0 to 1. The tablet reclaims the log up to the durable
+    /// index ([`LogStore::reclaim`]) when it passes one half.
+    pub fn fill(&self) -> f64 {
+        self.shared.fill.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Frees the disk space of the entries up to `upto`, which must be at or below the durable
+    /// index and covered by a snapshot reference on disk. openraft is not told: its own purges
+    /// follow snapshots, which it schedules behind log writes, so a full store waiting for one
+    /// would wait for itself. The entries stay in memory until openraft purges them; after a
+    /// restart the log starts after `upto`, where the engines take over.
+    pub async fn reclaim(&self, upto: LogId<NodeId>) -> Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriterMsg::Reclaim { upto, done })
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)??;
+        Ok(())
     }
 }
 
@@ -314,12 +386,91 @@ struct Writer {
     /// The chunk holding each live entry's first record.
     chunks: BTreeMap<u64, u32>,
     max_record: usize,
+    /// Messages taken from the channel while an append waited for room, in order.
+    backlog: std::collections::VecDeque<WriterMsg>,
+    shared: Arc<Shared>,
+    block_size: u64,
+    total_blocks: u64,
+    chunk_blocks: u64,
 }
 
 impl Writer {
+    fn publish_fill(&self) {
+        let free = self.blobs.disk().free_blocks().min(self.total_blocks);
+        let used = (self.total_blocks - free) * 1000 / self.total_blocks.max(1);
+        self.shared
+            .fill
+            .store(used, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits until the store has room for `bytes` more (and a new chunk), applying the purges
+    /// that arrive meanwhile (they only concern entries already durable, before the waiting
+    /// ones). The store has no other writer, so room seen here is room the append gets.
+    fn ensure_room(
+        &mut self,
+        bytes: u64,
+        records: u64,
+        rx: &std::sync::mpsc::Receiver<WriterMsg>,
+    ) -> std::io::Result<()> {
+        let need = (bytes + records * 64).div_ceil(self.block_size) + self.chunk_blocks + 1;
+        let deadline = std::time::Instant::now() + ROOM_WAIT;
+        let mut warned = false;
+        while self.blobs.disk().free_blocks() < need {
+            if !warned {
+                tracing::warn!(
+                    need_blocks = need,
+                    free_blocks = self.blobs.disk().free_blocks(),
+                    "raft log store is full; waiting for a purge"
+                );
+                warned = true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "the Raft log store is full and no purge made room within {}s; raise \
+                         log_store_bytes",
+                        ROOM_WAIT.as_secs()
+                    ),
+                ));
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(m) => self.backlog.push_back(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(io_other("the log store is closing"))
+                }
+            }
+            // Purges and reclaims may jump the queue (they concern entries already durable,
+            // before the waiting ones); everything else keeps its order.
+            let mut rest = std::collections::VecDeque::new();
+            while let Some(m) = self.backlog.pop_front() {
+                match m {
+                    WriterMsg::Purge { upto, done } => {
+                        let _ = done.send(self.purge(upto));
+                    }
+                    WriterMsg::Reclaim { upto, done } => {
+                        let _ = done.send(self.reclaim(upto));
+                    }
+                    other => rest.push_back(other),
+                }
+            }
+            self.backlog = rest;
+        }
+        Ok(())
+    }
+
     fn run(mut self, rx: std::sync::mpsc::Receiver<WriterMsg>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match self.backlog.pop_front() {
+                Some(m) => m,
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+            };
             let mut msgs = vec![first];
+            msgs.extend(self.backlog.drain(..));
             while let Ok(m) = rx.try_recv() {
                 msgs.push(m);
             }
@@ -333,7 +484,7 @@ impl Writer {
                     }
                     other => {
                         // The group so far goes first: a truncate or purge follows it.
-                        let res = self.write_group(&mut group);
+                        let res = self.write_group(&mut group, &rx);
                         finish(&mut callbacks, &res);
                         match other {
                             WriterMsg::Truncate { from, done } => {
@@ -342,18 +493,25 @@ impl Writer {
                             WriterMsg::Purge { upto, done } => {
                                 let _ = done.send(res.and_then(|_| self.purge(upto)));
                             }
+                            WriterMsg::Reclaim { upto, done } => {
+                                let _ = done.send(res.and_then(|_| self.reclaim(upto)));
+                            }
                             WriterMsg::Append { .. } => {}
                         }
                     }
                 }
             }
-            let res = self.write_group(&mut group);
+            let res = self.write_group(&mut group, &rx);
             finish(&mut callbacks, &res);
         }
     }
 
     /// Appends the entries of `group` (index, encoded entry) and waits until they are durable.
-    fn write_group(&mut self, group: &mut Vec<(u64, Vec<u8>)>) -> std::io::Result<()> {
+    fn write_group(
+        &mut self,
+        group: &mut Vec<(u64, Vec<u8>)>,
+        rx: &std::sync::mpsc::Receiver<WriterMsg>,
+    ) -> std::io::Result<()> {
         if group.is_empty() {
             return Ok(());
         }
@@ -363,6 +521,8 @@ impl Writer {
             first_record.push((index, records.len()));
             records.extend(entry_records(&bytes, index, self.max_record));
         }
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        self.ensure_room(bytes, records.len() as u64, rx)?;
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         let placed = self
             .blobs
@@ -374,6 +534,7 @@ impl Writer {
                 self.chunks.insert(index, pos.chunk);
             }
         }
+        self.publish_fill();
         Ok(())
     }
 
@@ -383,6 +544,12 @@ impl Writer {
         self.blobs.append(&self.lease, &rec).map_err(io_other)?;
         self.chunks.split_off(&from);
         Ok(())
+    }
+
+    /// Records `upto` as purged on disk, then frees the chunks that hold nothing after it.
+    fn reclaim(&mut self, upto: LogId<NodeId>) -> std::io::Result<()> {
+        self.shared.record_purged(upto)?;
+        self.purge(upto.index)
     }
 
     fn purge(&mut self, upto: u64) -> std::io::Result<()> {
@@ -403,6 +570,7 @@ impl Writer {
                 },
             )
             .map_err(io_other)?;
+        self.publish_fill();
         Ok(())
     }
 }
@@ -517,8 +685,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = bincode::serialize(&Some(log_id)).map_err(io_err)?;
-        chunk_backend::atomic::write(&self.shared.dir.join("purged"), &bytes).map_err(io_err)?;
+        self.shared.record_purged(log_id).map_err(io_err)?;
         *self.shared.purged.lock() = Some(log_id);
         {
             let mut map = self.shared.entries.lock();

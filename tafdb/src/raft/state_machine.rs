@@ -291,6 +291,12 @@ impl TabletState {
         })
     }
 
+    /// Records a snapshot reference at the durable index, so that the log may be reclaimed up
+    /// to it (see [`crate::raft::LogStore::reclaim`]); returns that index's log id.
+    pub fn reference_durable(&self) -> Result<Option<LogId<NodeId>>> {
+        Ok(self.snapshot_reference()?.0.durable)
+    }
+
     /// Records a durable reference (a snapshot) at the durable index.
     fn snapshot_reference(&self) -> Result<(MetaRecord, Vec<u8>)> {
         let meta = self.durable.lock().clone();
