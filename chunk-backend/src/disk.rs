@@ -983,12 +983,36 @@ fn plan_append(
     Ok((offset, need))
 }
 
-/// One group's write and sync (a failpoint for tests sits in front of it).
+/// One group's write and sync. Failpoints for tests sit in front of it: `chunk::write` fails
+/// it, `chunk::power-loss` (with a seed) simulates a power cut in the middle of it.
 fn write_and_sync(ring: &mut Io, file: &File, pieces: &[Piece]) -> std::io::Result<()> {
     fail::fail_point!("chunk::write", |_| Err(std::io::Error::other(
         "failpoint chunk::write"
     )));
+    fail::fail_point!("chunk::power-loss", |seed: Option<String>| {
+        lose_power(file, pieces, seed.and_then(|s| s.parse().ok()).unwrap_or(1));
+        Err(std::io::Error::other("failpoint chunk::power-loss"))
+    });
     ring.write_and_sync(file, pieces)
+}
+
+/// A power cut while a group is being written: nothing of the group was synced, so each
+/// 512-byte sector of its pieces reached the medium or not, independently of the others (a
+/// disk persists unsynced writes in any order, a sector at a time). What earlier groups synced
+/// stays. The store then latches, as after any failed write; reopening it is the reboot.
+#[cfg(feature = "failpoints")]
+fn lose_power(file: &File, pieces: &[Piece], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for (off, bytes) in pieces {
+        for (i, sector) in bytes.chunks(512).enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 2 == 0 {
+                let _ = file.write_all_at(sector, off + (i as u64) * 512);
+            }
+        }
+    }
 }
 
 fn writer_loop(

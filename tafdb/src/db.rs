@@ -68,6 +68,8 @@ pub struct Db {
     config: DbConfig,
     /// The background garbage collector.
     gc: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The runtime of the tablets' Raft pipelines.
+    pipeline: Arc<PipelineRuntime>,
 }
 
 /// A snapshot held open on every tablet ([`Db::snapshot`]): reads at its timestamp never fail
@@ -160,6 +162,7 @@ impl Db {
             ),
             config,
             gc: parking_lot::Mutex::new(None),
+            pipeline,
         });
         // Only a store of several tablets has 2PC leftovers to collect.
         if gc_every > 0 && db.tablets.len() > 1 {
@@ -188,6 +191,9 @@ impl Db {
         for t in &self.tablets {
             t.shutdown().await;
         }
+        // openraft's tasks finish on their own after a shutdown; wait for them, so that a
+        // database reopened right after finds its files free.
+        self.pipeline.shutdown().await;
     }
 
     /// Holds a snapshot open on every tablet at a fresh timestamp (see [`Snapshot`]).

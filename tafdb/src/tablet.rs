@@ -442,7 +442,8 @@ async fn reclaim_log(state: &Arc<TabletState>, log: &LogStore) -> Result<()> {
 /// trip for a 0.3 ms `fdatasync` and a 0.5 ms apply) while the cores sat partly idle. A thread
 /// of this runtime is runnable only when a stage has work, so the OS schedules it at once.
 pub struct PipelineRuntime {
-    rt: Option<tokio::runtime::Runtime>,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for PipelineRuntime {
@@ -459,11 +460,29 @@ impl PipelineRuntime {
             .thread_name("tafdb-raft")
             .enable_all()
             .build()?;
-        Ok(PipelineRuntime { rt: Some(rt) })
+        Ok(PipelineRuntime {
+            handle: rt.handle().clone(),
+            rt: Mutex::new(Some(rt)),
+        })
     }
 
     fn handle(&self) -> Result<&tokio::runtime::Handle> {
-        self.rt.as_ref().map(|r| r.handle()).ok_or(Error::Shutdown)
+        if self.rt.lock().is_none() {
+            return Err(Error::Shutdown);
+        }
+        Ok(&self.handle)
+    }
+
+    /// Stops the runtime and waits (up to 10 s) until its tasks are gone, so that nothing they
+    /// held (a tablet's engines, its log) is still open when this returns.
+    pub async fn shutdown(&self) {
+        let rt = self.rt.lock().take();
+        if let Some(rt) = rt {
+            let _ = tokio::task::spawn_blocking(move || {
+                rt.shutdown_timeout(Duration::from_secs(10));
+            })
+            .await;
+        }
     }
 }
 
@@ -471,7 +490,7 @@ impl Drop for PipelineRuntime {
     fn drop(&mut self) {
         // Dropping a runtime blocks until its tasks finish, which is not allowed inside another
         // runtime (where a `Db` is usually dropped); the tasks are only waiting on channels.
-        if let Some(rt) = self.rt.take() {
+        if let Some(rt) = self.rt.get_mut().take() {
             rt.shutdown_background();
         }
     }

@@ -83,6 +83,9 @@ pub struct TabletState {
     /// (fsck, dumps): timestamp -> holders. The flusher leaves every version newer than the
     /// oldest of them in memory.
     pins: Mutex<std::collections::BTreeMap<u64, usize>>,
+    /// Build full snapshots (every engine row, after flushing everything applied) instead of
+    /// durable references: what a replica elsewhere can install. Off in the embedded mode.
+    full_snapshots: std::sync::atomic::AtomicBool,
     /// Woken after every applied batch; readers waiting for a pending commit sleep on it.
     pub applied_notify: tokio::sync::Notify,
 }
@@ -124,6 +127,7 @@ impl TabletState {
             flush_mutex: Mutex::new(()),
             lock_keys: AtomicI64::new(0),
             pins: Mutex::new(Default::default()),
+            full_snapshots: std::sync::atomic::AtomicBool::new(false),
             applied_notify: tokio::sync::Notify::new(),
         };
         state.recount_locks()?;
@@ -291,6 +295,33 @@ impl TabletState {
         })
     }
 
+    /// Makes snapshots full dumps (see [`TabletState`]'s `full_snapshots`) or durable references.
+    pub fn set_full_snapshots(&self, full: bool) {
+        self.full_snapshots.store(full, Ordering::Release);
+    }
+
+    /// A full snapshot: flushes everything applied (so the snapshot covers the last applied
+    /// entry), then dumps every engine row under the flush lock, and keeps it as the current
+    /// snapshot.
+    fn full_snapshot(&self) -> Result<(MetaRecord, Vec<u8>)> {
+        self.flush_once(0)?;
+        let _g = self.flush_mutex.lock();
+        let meta = self.durable.lock().clone();
+        let mut rows = Vec::new();
+        for (i, e) in self.mvcc.engines().all().iter().enumerate() {
+            e.for_each(&mut |k, v| {
+                if k != META_KEY {
+                    rows.push((i as u8, k.to_vec(), v.to_vec()));
+                }
+                Ok(())
+            })?;
+        }
+        let data = bincode::serialize(&SnapshotPayload::Full(meta.clone(), rows))
+            .map_err(|e| Error::Corruption(e.to_string()))?;
+        chunk_backend::atomic::write(&self.snapshot_path(), &data)?;
+        Ok((meta, data))
+    }
+
     /// Records a snapshot reference at the durable index, so that the log may be reclaimed up
     /// to it (see [`crate::raft::LogStore::reclaim`]); returns that index's log id.
     pub fn reference_durable(&self) -> Result<Option<LogId<NodeId>>> {
@@ -412,17 +443,27 @@ fn snapshot_meta(meta: &MetaRecord) -> SnapshotMeta<NodeId, BasicNode> {
     SnapshotMeta {
         last_log_id: meta.durable,
         last_membership: meta.membership.clone(),
-        snapshot_id: format!("{}-{}", meta.durable.map_or(0, |l| l.index), now_ms()),
+        // Named by what it holds, so that building and reading it back agree.
+        snapshot_id: match meta.durable {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_string(),
+        },
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let state = self.state.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || state.snapshot_reference())
-            .await
-            .map_err(sto_err)?
-            .map_err(sto_err)?;
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            if state.full_snapshots.load(Ordering::Acquire) {
+                state.full_snapshot()
+            } else {
+                state.snapshot_reference()
+            }
+        })
+        .await
+        .map_err(sto_err)?
+        .map_err(sto_err)?;
         Ok(Snapshot {
             meta: snapshot_meta(&meta),
             snapshot: Box::new(Cursor::new(data)),
@@ -469,10 +510,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let state = self.state.clone();
         let data = snapshot.into_inner();
-        tokio::task::spawn_blocking(move || state.load(&data))
-            .await
-            .map_err(sto_err)?
-            .map_err(sto_err)?;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            state.load(&data)?;
+            // The installed snapshot is the current one (what a later reader asks for).
+            chunk_backend::atomic::write(&state.snapshot_path(), &data)?;
+            Ok(())
+        })
+        .await
+        .map_err(sto_err)?
+        .map_err(sto_err)?;
         Ok(())
     }
 
