@@ -154,10 +154,12 @@ struct Chain {
     listed: u64,
     /// The folded value at `memo.0`, covering every version with `ts <= memo.0`.
     memo: Option<(u64, Option<Value>)>,
-    /// Versions ever added: a reader that folded the chain remembers the result only if no
-    /// version arrived meanwhile (one could land below the folded timestamp: a 2PC commit
-    /// applied after a later-stamped one, or any write seen by a read at `u64::MAX`).
-    adds: u64,
+    /// Bumped whenever the chain changes in a way that can change a fold up to some timestamp
+    /// it already holds: a version that is not strictly the newest (a 2PC commit applied after a
+    /// later-stamped one, a second delta of one commit seen by a read at `u64::MAX`), or
+    /// versions dropped by a flush. A reader remembers its fold only if the epoch did not move
+    /// meanwhile. (Bumping it on every add kept a hot counter's memo from ever being taken.)
+    epoch: u64,
 }
 
 impl Default for Chain {
@@ -168,7 +170,7 @@ impl Default for Chain {
             index_sorted: true,
             listed: 0,
             memo: None,
-            adds: 0,
+            epoch: 0,
         }
     }
 }
@@ -460,7 +462,7 @@ impl MvccStore {
                     Mutation::Delete => return Ok(None),
                     Mutation::Delta(_) => {}
                 }
-                folded_upto = Some((last.ts, chain.adds));
+                folded_upto = Some((last.ts, chain.epoch));
             }
             let base_pos = visible.iter().rposition(|v| v.mutation.is_base());
             if let Some((m_ts, m_val)) = &chain.memo {
@@ -513,7 +515,7 @@ impl MvccStore {
     /// the chain since it was read (generation `generation`).
     fn remember(&self, key: &[u8], last_ts: u64, generation: u64, value: &Option<Value>) {
         if let Some(mut chain) = self.chains.get_mut(key) {
-            if chain.adds == generation && chain.memo.as_ref().is_none_or(|(m, _)| *m < last_ts) {
+            if chain.epoch == generation && chain.memo.as_ref().is_none_or(|(m, _)| *m < last_ts) {
                 chain.memo = Some((last_ts, value.clone()));
             }
         }
@@ -1143,6 +1145,7 @@ impl Chain {
             .map_or(0, |p| p + 1);
         let before = pos.checked_sub(1).map(|p| live[p].index);
         let after = live.get(pos).map(|v| v.index);
+        let newest = live.last().is_none_or(|l| l.ts < version.ts);
         if before.is_some_and(|i| i > version.index) || after.is_some_and(|i| i < version.index) {
             self.index_sorted = false;
         }
@@ -1151,7 +1154,9 @@ impl Chain {
                 self.memo = None;
             }
         }
-        self.adds += 1;
+        if !newest {
+            self.epoch += 1;
+        }
         self.all.insert(self.start + pos, version);
     }
 
@@ -1172,6 +1177,9 @@ impl Chain {
                 .map(|v| v.ts)
                 .max(),
         };
+        if dropped_ts.is_some() {
+            self.epoch += 1;
+        }
         if let (Some((memo_ts, _)), Some(d)) = (&self.memo, dropped_ts) {
             if *memo_ts < d {
                 self.memo = None;

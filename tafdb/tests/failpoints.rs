@@ -17,6 +17,22 @@ fn store(dir: &std::path::Path) -> Arc<MvccStore> {
     Arc::new(MvccStore::new(EngineSet::new(default, vec![(2, meta)]), 0))
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A database in `dir` with a small Raft log store.
+fn small_log(dir: &std::path::Path) -> tafdb::DbConfig {
+    let mut c = tafdb::DbConfig::new(dir);
+    c.tablet.log_store_bytes = 8 << 20;
+    c.tablet.log_chunk_bytes = 256 << 10;
+    c
+}
+
 fn put(v: &[u8]) -> Mutation {
     Mutation::Put(v.to_vec())
 }
@@ -175,18 +191,8 @@ fn a_failed_hash_engine_sync_latches_until_reopened_and_loses_nothing_persisted(
 fn a_failed_log_write_fails_the_commit_and_a_reopen_keeps_every_acknowledged_one() {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let cfg = || {
-            let mut c = tafdb::DbConfig::new(dir.path());
-            c.tablet.log_store_bytes = 8 << 20;
-            c.tablet.log_chunk_bytes = 1 << 20;
-            c
-        };
+    runtime().block_on(async {
+        let cfg = || small_log(dir.path());
         let db = tafdb::Db::open(cfg()).await.expect("open");
         for i in 0..20u32 {
             let mut t = db.begin().expect("begin");
@@ -230,16 +236,9 @@ fn a_power_cut_in_the_log_keeps_every_acknowledged_commit() {
     for seed in 1..=8u64 {
         let scenario = FailScenario::setup();
         let dir = tempfile::tempdir().expect("tempdir");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        runtime().block_on(async {
             let cfg = || {
-                let mut c = tafdb::DbConfig::new(dir.path());
-                c.tablet.log_store_bytes = 8 << 20;
-                c.tablet.log_chunk_bytes = 256 << 10;
+                let mut c = small_log(dir.path());
                 c.tablet.window_ms = 30;
                 c.tablet.flush_interval_ms = 5;
                 c
