@@ -126,3 +126,34 @@ fn a_power_cut_in_a_group_write_keeps_every_acknowledged_record() {
         scenario.teardown();
     }
 }
+
+/// The atomic-file helper failing at each of its steps (sync, rename, directory sync): the
+/// caller gets the error, the file holds the old contents or (after the rename) the new ones,
+/// whole, and the next write succeeds.
+#[test]
+fn an_atomic_write_failing_at_any_step_leaves_old_or_new_contents_whole() {
+    use chunk_backend::atomic;
+    for point in [
+        "atomic::before-sync",
+        "atomic::before-rename",
+        "atomic::before-dir-sync",
+    ] {
+        let scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        atomic::write(&path, b"old").expect("write");
+        fail::cfg(point, "1*return").expect("failpoint");
+        let err = atomic::write(&path, b"new").expect_err("the step fails");
+        assert!(err.to_string().contains(point), "{point}: {err}");
+        let now = atomic::read(&path).expect("read").expect("a file");
+        let expected: &[u8] = if point == "atomic::before-dir-sync" {
+            b"new"
+        } else {
+            b"old"
+        };
+        assert_eq!(now, expected, "{point}");
+        atomic::write(&path, b"next").expect("the next write");
+        assert_eq!(atomic::read(&path).expect("read"), Some(b"next".to_vec()));
+        scenario.teardown();
+    }
+}
