@@ -310,6 +310,11 @@ impl Db {
         Ok(Txn::new(self.clone(), self.tso.next()?, LockSet::default()))
     }
 
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &DbConfig {
+        &self.config
+    }
+
     /// The hot-key lock queues.
     pub fn lock_table(&self) -> &LockTable {
         &self.locks

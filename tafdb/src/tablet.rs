@@ -635,7 +635,9 @@ impl Tablet {
                         _ = stopped.changed() => return,
                     }
                     let s = state.clone();
-                    match tokio::task::spawn_blocking(move || s.flush_once(window)).await {
+                    // A nearly full log store must be purged even past a pinned snapshot.
+                    let urgent = log_fill.fill() > 0.75;
+                    match tokio::task::spawn_blocking(move || s.flush_with(window, urgent)).await {
                         Ok(Ok(_)) => {
                             // Free the log's disk space up to the durable index when its store
                             // is half full, whatever openraft's entry-count policy says

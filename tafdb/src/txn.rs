@@ -20,6 +20,7 @@ use crate::keys::{check_user_key, check_value, Key, KeyRange, Value};
 use crate::lockq::LockSet;
 use crate::mvcc::{DeltaOp, Mutation, MAX_DELTA_OFFSET};
 use crate::tablet::{ReadSet, Tablet};
+use crate::tso::now_ms;
 
 /// A transaction. Create one with [`Db::begin`], or let [`Db::run_txn`] manage retries.
 pub struct Txn {
@@ -436,6 +437,20 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
             }
         }
         return Err(e);
+    }
+    // A transaction as old as the status horizon may have its status record collected by a
+    // garbage collection running right now; refuse to commit it (half the horizon leaves room
+    // for clock steps) and let the caller retry with a fresh start.
+    let horizon = db.config().status_horizon_ms;
+    if crate::tso::physical_ms(start_ts) + horizon / 2 < now_ms() {
+        for p in &parts {
+            let primary_here = (p.tablet.id() == parts[0].tablet.id()).then(|| primary.clone());
+            let _ = p.tablet.rollback(start_ts, p.keys(), primary_here).await;
+        }
+        return Err(Error::Aborted {
+            start_ts,
+            reason: "the transaction is older than half the status horizon".into(),
+        });
     }
     let commit_ts = db.tso().next()?;
     let first = &parts[0];

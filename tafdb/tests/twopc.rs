@@ -167,7 +167,7 @@ async fn a_reader_rolls_forward_every_delta_of_a_locked_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_coordinators_leave_nothing_after_a_collection() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = open(dir.path(), |c| c.status_horizon_ms = 0).await;
+    let db = open(dir.path(), |c| c.status_horizon_ms = 200).await;
     // Committed 2PC transactions leave status records at their primaries.
     for i in 0..10u8 {
         let (a, z) = (vec![2, b'a', i], vec![2, b'z', i]);
@@ -283,5 +283,37 @@ async fn crashed_coordinators_leave_nothing_after_a_collection() {
             Vec::<u64>::new()
         );
     }
+    db.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_older_than_half_the_status_horizon_does_not_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), |c| c.status_horizon_ms = 100).await;
+    let mut t = db.begin().expect("begin");
+    t.put(b"\x02apple", b"1").expect("put");
+    t.put(b"\x02zebra", b"1").expect("put");
+    // Its status record could be collected by a collection running while it commits.
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let err = t.commit().await.expect_err("too old to commit");
+    assert!(matches!(err, tafdb::Error::Aborted { .. }), "{err}");
+    assert!(err.is_retryable());
+    for k in [b"\x02apple".as_slice(), b"\x02zebra"] {
+        assert_eq!(read(&db, k).await, None);
+        assert!(
+            db.tablet_for(k).locks(k).expect("locks").is_empty(),
+            "no lock left"
+        );
+    }
+    // A fresh attempt commits.
+    db.run_txn(|t| {
+        Box::pin(async move {
+            t.put(b"\x02apple", b"2")?;
+            t.put(b"\x02zebra", b"2")
+        })
+    })
+    .await
+    .expect("a fresh transaction commits");
+    assert_eq!(read(&db, b"\x02zebra").await, Some(b"2".to_vec()));
     db.shutdown().await;
 }

@@ -71,8 +71,10 @@ impl HashEngine {
         if valid < data.len() as u64 {
             tracing::warn!(path = %path.display(), valid, len = data.len(), "hash engine: cutting a torn tail");
             file.set_len(valid)?;
-            file.sync_data()?;
         }
+        // What a crashed process left in the page cache is durable only from here on, and
+        // the next record will claim it as durable.
+        file.sync_data()?;
         let file = OpenOptions::new().append(true).open(&path)?;
         let live: u64 = map
             .iter()
@@ -338,8 +340,11 @@ impl Engine for HashEngine {
         let live = self.live_bytes.load(Ordering::Relaxed);
         if log.written > COMPACT_MIN_BYTES && log.written > 4 * live {
             if let Err(e) = self.compact(&mut log) {
-                // The old file is still whole and in use: only the compaction is lost.
-                tracing::warn!(error = %e, "hash engine: compaction failed");
+                // The rename may have happened, leaving the writer on a file no longer in the
+                // directory: nothing more may be written until a reopen sorts it out.
+                log.failed = true;
+                tracing::error!(error = %e, "hash engine: compaction failed; reopen the store");
+                return Err(e);
             }
         }
         Ok(())

@@ -202,7 +202,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn replay(records: Vec<(Position, u64, Vec<u8>)>) -> Result<Replayed> {
+fn replay(records: Vec<(Position, u64, Vec<u8>)>, purged: Option<u64>) -> Result<Replayed> {
     let mut out = Replayed::default();
     // An entry in fragments: its index, total size, first chunk and bytes so far.
     let mut partial: Option<(u64, usize, u32, Vec<u8>)> = None;
@@ -242,10 +242,15 @@ fn replay(records: Vec<(Position, u64, Vec<u8>)>) -> Result<Replayed> {
             FRAGMENT => {
                 let index = u64_at(body, 0).ok_or_else(|| bad(at, "short fragment"))?;
                 let total = u64_at(body, 8).ok_or_else(|| bad(at, "short fragment"))? as usize;
-                let part = &body[16..];
+                let offset = u64_at(body, 16).ok_or_else(|| bad(at, "short fragment"))? as usize;
+                let part = &body[24..];
+                // A fragment continues the partial entry only if it starts where that one
+                // stopped; a first fragment starts a new one (the rest of an entry cut short
+                // by a crash is never written, a resend starts from offset 0).
                 let p = match partial.take() {
-                    Some(p) if p.0 == index => p,
-                    _ => (index, total, at.chunk, Vec::with_capacity(total)),
+                    Some(p) if offset > 0 && p.0 == index && p.3.len() == offset => p,
+                    _ if offset == 0 => (index, total, at.chunk, Vec::with_capacity(total)),
+                    _ => continue,
                 };
                 let (index, total, chunk, mut buf) = p;
                 buf.extend_from_slice(part);
@@ -260,6 +265,12 @@ fn replay(records: Vec<(Position, u64, Vec<u8>)>) -> Result<Replayed> {
             }
             other => return Err(bad(at, &format!("unknown record tag {other}"))),
         }
+    }
+    // Entries up to the purge point are gone (a purge may jump past the last local entry, as
+    // after installing a snapshot from elsewhere); only the rest must be contiguous.
+    if let Some(p) = purged {
+        out.entries = out.entries.split_off(&(p + 1));
+        out.chunks = out.chunks.split_off(&(p + 1));
     }
     // Entries are acknowledged in order, a group at a time: a record that follows a gap (its
     // group failed part-way, say on a full store) was never acknowledged.
@@ -288,14 +299,16 @@ fn entry_records(bytes: &[u8], index: u64, max: usize) -> Vec<Vec<u8>> {
         r.extend_from_slice(bytes);
         return vec![r];
     }
-    let step = max.saturating_sub(17).max(1);
+    let step = max.saturating_sub(25).max(1);
     bytes
         .chunks(step)
-        .map(|part| {
-            let mut r = Vec::with_capacity(17 + part.len());
+        .enumerate()
+        .map(|(i, part)| {
+            let mut r = Vec::with_capacity(25 + part.len());
             r.push(FRAGMENT);
             r.extend_from_slice(&index.to_le_bytes());
             r.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            r.extend_from_slice(&((i * step) as u64).to_le_bytes());
             r.extend_from_slice(part);
             r
         })
@@ -326,11 +339,7 @@ impl LogStore {
             blobs.create(BLOB)?;
         }
         let lease = blobs.lease(BLOB, "tablet", LEASE_TTL)?;
-        let mut replayed = replay(blobs.records(BLOB)?)?;
-        if let Some(p) = purged {
-            replayed.entries = replayed.entries.split_off(&(p.index + 1));
-            replayed.chunks = replayed.chunks.split_off(&(p.index + 1));
-        }
+        let replayed = replay(blobs.records(BLOB)?, purged.map(|p| p.index))?;
         let shared = Arc::new(Shared {
             fill: std::sync::atomic::AtomicU64::new(0),
             dir: dir.to_path_buf(),
@@ -488,7 +497,7 @@ impl Writer {
                         finish(&mut callbacks, &res);
                         match other {
                             WriterMsg::Truncate { from, done } => {
-                                let _ = done.send(res.and_then(|_| self.truncate(from)));
+                                let _ = done.send(res.and_then(|_| self.truncate(from, &rx)));
                             }
                             WriterMsg::Purge { upto, done } => {
                                 let _ = done.send(res.and_then(|_| self.purge(upto)));
@@ -538,9 +547,14 @@ impl Writer {
         Ok(())
     }
 
-    fn truncate(&mut self, from: u64) -> std::io::Result<()> {
+    fn truncate(
+        &mut self,
+        from: u64,
+        rx: &std::sync::mpsc::Receiver<WriterMsg>,
+    ) -> std::io::Result<()> {
         let mut rec = vec![TRUNCATE];
         rec.extend_from_slice(&from.to_le_bytes());
+        self.ensure_room(rec.len() as u64, 1, rx)?;
         self.blobs.append(&self.lease, &rec).map_err(io_other)?;
         self.chunks.split_off(&from);
         Ok(())
@@ -716,6 +730,79 @@ mod tests {
         assert!(tiny.blocks >= 4);
     }
 
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    fn records_of(entries: impl Iterator<Item = Entry>, max: usize) -> Vec<Vec<u8>> {
+        entries
+            .flat_map(|e| {
+                let bytes = bincode::serialize(&e).expect("encode");
+                entry_records(&bytes, e.get_log_id().index, max)
+            })
+            .collect()
+    }
+
+    fn at(recs: Vec<Vec<u8>>) -> Vec<(Position, u64, Vec<u8>)> {
+        recs.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let pos = Position {
+                    chunk: 0,
+                    offset: i as u64,
+                };
+                (pos, i as u64 + 1, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replay_keeps_what_follows_a_purge_past_the_last_entry_and_stops_at_gaps() {
+        // Entries 90..=100, then a snapshot from elsewhere purged up to 500, then 501..=505.
+        let recs = records_of((90..=100).chain(501..=505).map(blank), 1 << 20);
+        let r = replay(at(recs.clone()), Some(500)).expect("replay");
+        assert_eq!(
+            r.entries.keys().copied().collect::<Vec<_>>(),
+            (501..=505).collect::<Vec<_>>()
+        );
+        // Without that purge, 501.. follow a gap: never acknowledged.
+        let r = replay(at(recs), Some(89)).expect("replay");
+        assert_eq!(
+            r.entries.keys().copied().collect::<Vec<_>>(),
+            (90..=100).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_entry_cut_short_is_dropped_and_its_resend_comes_back_whole() {
+        let big = |i: u64| {
+            let mut e = blank(i);
+            e.payload = openraft::EntryPayload::Membership(openraft::Membership::new(
+                vec![(0..200u64).collect()],
+                None,
+            ));
+            e
+        };
+        let whole = records_of(std::iter::once(big(7)), 256);
+        assert!(whole.len() > 3, "the entry is written in fragments");
+        // The first fragments of entry 7, then (after a crash) the whole entry resent.
+        let mut recs = records_of((1..=6).map(blank), 256);
+        recs.extend(whole[..2].iter().cloned());
+        recs.extend(whole.iter().cloned());
+        let r = replay(at(recs), None).expect("replay");
+        assert_eq!(
+            r.entries.keys().copied().collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            bincode::serialize(&r.entries[&7]).expect("encode"),
+            bincode::serialize(&big(7)).expect("encode")
+        );
+    }
+
     #[test]
     fn a_large_entry_goes_in_fragments_and_comes_back_whole() {
         let bytes: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
@@ -724,7 +811,8 @@ mod tests {
         let mut joined = Vec::new();
         for r in &recs {
             assert_eq!(u64_at(&r[1..], 0), Some(7));
-            joined.extend_from_slice(&r[17..]);
+            assert_eq!(u64_at(&r[1..], 16), Some(joined.len() as u64));
+            joined.extend_from_slice(&r[25..]);
         }
         assert_eq!(joined, bytes);
         assert_eq!(entry_records(b"small", 1, 1000), vec![b"\0small".to_vec()]);

@@ -219,11 +219,22 @@ impl TabletState {
     /// Flushes every version applied more than `window_ms` ago to the engines, persists them
     /// and advances the durable index. Returns the new durable log id, if it moved.
     pub fn flush_once(&self, window_ms: u64) -> Result<Option<LogId<NodeId>>> {
+        self.flush_with(window_ms, false)
+    }
+
+    /// Like [`TabletState::flush_once`]; with `ignore_pins`, pinned snapshots do not hold the
+    /// flush back (the log's store is nearly full: a long fsck must not stop the tablet; its
+    /// reads then fail with `SnapshotTooOld` and it says so).
+    pub fn flush_with(&self, window_ms: u64, ignore_pins: bool) -> Result<Option<LogId<NodeId>>> {
         let _g = self.flush_mutex.lock();
         let cutoff = now_ms().saturating_sub(window_ms);
         // A pinned snapshot keeps every entry with a newer commit in memory, so that the floor
         // stays at or below it.
-        let pinned = self.pins.lock().keys().next().copied().unwrap_or(u64::MAX);
+        let pinned = match ignore_pins {
+            true => u64::MAX,
+            false => self.pins.lock().keys().next().copied().unwrap_or(u64::MAX),
+        };
+        let mut target_ts = 0;
         let (target, membership) = {
             let mut a = self.applied.lock();
             let mut target = None;
@@ -232,7 +243,10 @@ impl TabletState {
                 .front()
                 .is_some_and(|(_, t, ts)| *t <= cutoff && *ts <= pinned)
             {
-                target = a.recent.pop_front().map(|(l, _, _)| l);
+                if let Some((l, _, ts)) = a.recent.pop_front() {
+                    target = Some(l);
+                    target_ts = target_ts.max(ts);
+                }
             }
             let Some(target) = target else {
                 return Ok(None);
@@ -266,7 +280,9 @@ impl TabletState {
         if let Err(e) = result {
             // The entries stay unflushed; the next round takes them again.
             let mut a = self.applied.lock();
-            a.recent.push_front((target, 0, 0));
+            // With the largest commit timestamp it covers, so that a pin taken meanwhile still
+            // holds it back.
+            a.recent.push_front((target, 0, target_ts));
             if let Some(m) = membership {
                 a.memberships.push_front(m);
             }
@@ -325,6 +341,10 @@ impl TabletState {
     /// Records a snapshot reference at the durable index, so that the log may be reclaimed up
     /// to it (see [`crate::raft::LogStore::reclaim`]); returns that index's log id.
     pub fn reference_durable(&self) -> Result<Option<LogId<NodeId>>> {
+        // A replica that ships full snapshots keeps a full one as its current snapshot.
+        if self.full_snapshots.load(Ordering::Acquire) {
+            return Ok(self.full_snapshot()?.0.durable);
+        }
         Ok(self.snapshot_reference()?.0.durable)
     }
 
