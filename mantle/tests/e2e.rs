@@ -263,6 +263,9 @@ fn spawn_server(data: &std::path::Path, port: u16) -> std::process::Child {
         .args(["serve", "--data"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        // A 20 ms MVCC window: between the CLI's calls the flusher moves every version to the
+        // engines, so the kill -9 below lands after flushes and durable-index updates.
+        .args(["--mvcc-window-ms", "20", "--flush-interval-ms", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -10,13 +10,18 @@
 //! ([`mvcc::DeltaOp`]) let many transactions bump one counter without conflicting; stable
 //! reads ([`Txn::get_stable`]) let a transaction depend on a record that others bump by delta.
 //! Configured hot keys take a pessimistic FIFO lock queue instead ([`lockq`]). Timestamps come
-//! from a persistent oracle ([`tso::Tso`]).
+//! from a persistent oracle ([`tso::Tso`]). Each tablet's Raft log is a LogBlob of a local
+//! [`chunk_backend`] store ([`raft::LogStore`]); small state files go through
+//! [`chunk_backend::atomic`]. [`Db::snapshot`] holds one state open for long readers (fsck), and
+//! [`Db::collect_garbage`] clears what crashed 2PC coordinators leave behind. The `failpoints`
+//! feature compiles in the fault-injection points the `failpoints` tests use.
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
 //! crates build on [`Txn`] and register [`Coprocessor`]s.
 //!
-//! Key types: [`Db`] (open, begin, run_txn, coprocessors), [`Txn`], [`engine::Engine`],
-//! [`mvcc::MvccStore`], [`tablet::Tablet`], [`lockq::LockTable`], [`Error`].
+//! Key types: [`Db`] (open, begin, run_txn, snapshot, coprocessors), [`Txn`],
+//! [`engine::Engine`], [`mvcc::MvccStore`], [`tablet::Tablet`], [`raft::LogStore`],
+//! [`lockq::LockTable`], [`Error`].
 
 pub mod command;
 pub mod coprocessor;
