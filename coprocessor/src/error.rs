@@ -48,6 +48,12 @@ pub enum Errno {
     ENODATA,
     /// Too many links.
     EMLINK,
+    /// No space left on the store's disk.
+    ENOSPC,
+    /// The outcome is unknown: the operation may or may not have happened (the store stopped
+    /// or the answer was lost after the commit was proposed). A retry with the same request id
+    /// finds out; without one, look before doing it again.
+    ETIMEDOUT,
 }
 
 impl Errno {
@@ -73,6 +79,8 @@ impl Errno {
             Errno::ENOTEMPTY => 39,
             Errno::ELOOP => 40,
             Errno::ENODATA => 61,
+            Errno::ENOSPC => 28,
+            Errno::ETIMEDOUT => 110,
         }
     }
 
@@ -99,6 +107,8 @@ impl Errno {
             ENOTEMPTY,
             ELOOP,
             ENODATA,
+            ENOSPC,
+            ETIMEDOUT,
         ]
         .into_iter()
         .find(|e| e.code() == code)
@@ -128,6 +138,7 @@ impl FsError {
     pub fn from_store(e: &tafdb::Error) -> FsError {
         let errno = match e {
             tafdb::Error::RetriesExhausted { .. } | tafdb::Error::Shutdown => Errno::EAGAIN,
+            tafdb::Error::Undetermined(_) => Errno::ETIMEDOUT,
             e if e.is_retryable() => Errno::EAGAIN,
             tafdb::Error::InvalidArgument(_) => Errno::EINVAL,
             _ => Errno::EIO,

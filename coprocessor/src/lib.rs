@@ -8,7 +8,8 @@
 //! as TafDB coprocessors, so a client call is one RPC and one transaction next to the data; in
 //! the single-tablet (MantleX) layout every one of them commits in one phase. Parent link
 //! counts and times change through delta records, so concurrent creates in one directory do not
-//! conflict. [`fsck`] checks the namespace invariants.
+//! conflict. [`fsck`] checks the namespace invariants. [`dedup`] makes a retried mutation
+//! (same [`dedup::RequestId`]) answer what its first attempt answered.
 //!
 //! What it is not: no network, no protobuf, no FUSE (those live in `mantle`), and no scripts
 //! (those are `dsl`).
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod ctx;
+pub mod dedup;
 pub mod error;
 pub mod fsck;
 pub mod ops;

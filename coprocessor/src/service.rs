@@ -13,6 +13,7 @@ use serde::Serialize;
 use tafdb::{BoxFuture, Coprocessor, Db, Txn};
 
 use crate::ctx::Ctx;
+use crate::dedup::{self, RequestId, Seen};
 use crate::error::{Errno, FsError, OpResult};
 
 /// A namespace operation.
@@ -21,6 +22,9 @@ pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// What it returns.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// Whether it may write. A mutation called with a [`RequestId`] records its reply, so that
+    /// a retry of the same request answers the same (see [`crate::dedup`]).
+    const MUTATES: bool = true;
     /// Runs the operation in `txn`. Must not have effects outside the transaction.
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Self::Reply>>;
 }
@@ -41,14 +45,25 @@ impl<R: Op> Coprocessor for Cop<R> {
         input: &'a [u8],
     ) -> BoxFuture<'a, tafdb::Result<Vec<u8>>> {
         Box::pin(async move {
-            let req: R = bincode::deserialize(input).map_err(|e| {
+            let (id, req): (Option<RequestId>, R) = bincode::deserialize(input).map_err(|e| {
                 tafdb::Error::InvalidArgument(format!("{}: undecodable request: {e}", R::NAME))
             })?;
+            let id = id.filter(|_| R::MUTATES);
+            if let Some(id) = &id {
+                match dedup::check(txn, id).await.map_err(|e| e.into_store())? {
+                    Seen::Done(reply) => return Ok(reply),
+                    Seen::Fresh => {}
+                }
+            }
             let reply = req.run(&self.ctx, txn).await.map_err(|e| e.into_store())?;
-            bincode::serialize(&reply).map_err(|e| tafdb::Error::Coprocessor {
+            let reply = bincode::serialize(&reply).map_err(|e| tafdb::Error::Coprocessor {
                 name: R::NAME.into(),
                 message: format!("cannot encode the reply: {e}"),
-            })
+            })?;
+            if let Some(id) = &id {
+                dedup::record(txn, id, &reply).map_err(|e| e.into_store())?;
+            }
+            Ok(reply)
         })
     }
 }
@@ -87,7 +102,17 @@ impl Service {
 
     /// Runs `req` as a coprocessor in the store.
     pub async fn call<R: Op>(&self, req: &R) -> Result<R::Reply, FsError> {
-        let input = bincode::serialize(req)
+        self.call_once(req, None).await
+    }
+
+    /// Runs `req` as a coprocessor in the store; a mutation with request id `id` that committed
+    /// before answers what it answered then, without running again (see [`crate::dedup`]).
+    pub async fn call_once<R: Op>(
+        &self,
+        req: &R,
+        id: Option<RequestId>,
+    ) -> Result<R::Reply, FsError> {
+        let input = bincode::serialize(&(id, req))
             .map_err(|e| FsError::new(Errno::EINVAL, format!("cannot encode {}: {e}", R::NAME)))?;
         match self.ctx.db().call_coprocessor(R::NAME, &input).await {
             Ok(out) => bincode::deserialize(&out).map_err(|e| {

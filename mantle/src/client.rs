@@ -3,9 +3,19 @@
 //! A [`Client`] talks to one server, in one namespace, as one identity (by default the uid and
 //! gid of the calling process). Every call is one RPC. A call that fails with `EAGAIN` (the
 //! store gave up on a contended transaction, which therefore did not commit) is retried with
-//! backoff a bounded number of times; every other error is returned as a typed [`FsError`].
+//! backoff a bounded number of times. A call whose answer was lost (the connection broke, the
+//! server restarted) is sent again for up to [`DEFAULT_RETRY_FOR`]: every mutation carries a
+//! request id, and the server answers a retry of a committed mutation with its first reply, so
+//! a retried `mkdir` is never `EEXIST` because of itself. When the budget runs out a mutation
+//! fails with `ETIMEDOUT`: its outcome is unknown. Every other error is returned as a typed
+//! [`FsError`].
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
 use coprocessor::api::DirEntry;
 use coprocessor::fsck::Report;
@@ -13,10 +23,10 @@ use coprocessor::{Errno, FsError};
 use indexnode::Cred;
 use metastore::{Attr, FileType};
 use tonic::transport::Channel;
-use tonic::{Response, Status};
+use tonic::{Code, Response, Status};
 
 use crate::proto::{self, mantle_client::MantleClient};
-use crate::status::from_status;
+use crate::status::{from_status, has_errno};
 
 /// A connection to a Mantle server.
 #[derive(Clone)]
@@ -25,6 +35,110 @@ pub struct Client {
     ns: String,
     cred: Cred,
     retries: u32,
+    retry_for: Duration,
+    session: Arc<Session>,
+}
+
+/// How long a client resends a request whose answer was lost, by default. It must stay well
+/// below the server's request-record retention (`mantle serve --request-retention-s`, 600 s by
+/// default), after which a retry is no longer recognised.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Whether a status without an errno is the transport's (the request may or may not have
+/// reached the server) rather than a definite refusal such as an oversized message.
+fn transport_failure(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Internal
+    )
+}
+
+/// A client's identity for request ids, shared by its clones: a random id, the next sequence
+/// number and the slots of requests in flight.
+struct Session {
+    client: [u8; 16],
+    seq: AtomicU64,
+    free: Mutex<Vec<u32>>,
+    next_slot: AtomicU32,
+    /// One permit per slot, so that no more than `MAX_SLOTS` requests are in flight.
+    slots: Arc<Semaphore>,
+}
+
+/// A slot held by a request in flight.
+struct Slot {
+    slot: u32,
+    seq: u64,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Session {
+    fn new() -> Arc<Session> {
+        Arc::new(Session {
+            client: rand::random::<u128>().to_le_bytes(),
+            seq: AtomicU64::new(1),
+            free: Mutex::new(Vec::new()),
+            next_slot: AtomicU32::new(0),
+            slots: Arc::new(Semaphore::new(coprocessor::dedup::MAX_SLOTS as usize)),
+        })
+    }
+
+    async fn take(&self) -> Slot {
+        // The semaphore is never closed, so the permit always comes.
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        // Reused slots first (the most recent), so a client with few requests in flight keeps
+        // few records on the server.
+        let reused = self.free.lock().pop();
+        let slot = reused.unwrap_or_else(|| self.next_slot.fetch_add(1, Ordering::Relaxed));
+        Slot {
+            slot,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            _permit: permit,
+        }
+    }
+
+    fn give_back(&self, slot: Slot) {
+        self.free.lock().push(slot.slot);
+    }
+}
+
+/// A request that can carry a request id.
+trait Identified {
+    fn set_request(&mut self, id: proto::RequestId);
+}
+
+macro_rules! identified {
+    ($($t:ident),*) => {$(
+        impl Identified for proto::$t {
+            fn set_request(&mut self, id: proto::RequestId) {
+                if let Some(h) = self.header.as_mut() {
+                    h.request = Some(id);
+                }
+            }
+        }
+    )*};
+}
+
+identified!(
+    MkdirRequest,
+    MknodRequest,
+    SymlinkRequest,
+    LinkRequest,
+    UnlinkRequest,
+    RmdirRequest,
+    RenameRequest,
+    SetAttrRequest,
+    XattrSetRequest,
+    XattrRemoveRequest
+);
+
+impl Identified for proto::NsCreateRequest {
+    fn set_request(&mut self, id: proto::RequestId) {
+        self.request = Some(id);
+    }
 }
 
 type Result<T> = std::result::Result<T, FsError>;
@@ -97,6 +211,8 @@ impl Client {
             ns: crate::DEFAULT_NAMESPACE.to_string(),
             cred: crate::server::process_cred(),
             retries: 8,
+            retry_for: DEFAULT_RETRY_FOR,
+            session: Session::new(),
         })
     }
 
@@ -118,6 +234,13 @@ impl Client {
         self
     }
 
+    /// How long a call whose answer was lost (transport failure, server restart) is sent
+    /// again; see [`DEFAULT_RETRY_FOR`].
+    pub fn with_retry_for(mut self, d: Duration) -> Client {
+        self.retry_for = d;
+        self
+    }
+
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.ns
@@ -131,6 +254,7 @@ impl Client {
                 gid: self.cred.gid,
                 groups: self.cred.groups.clone(),
             }),
+            request: None,
         })
     }
 
@@ -139,19 +263,80 @@ impl Client {
         F: FnMut(MantleClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<Response<T>, Status>>,
     {
-        let mut attempt = 0;
+        self.retry(false, || f(self.grpc.clone())).await
+    }
+
+    /// Sends mutation `req` under a fresh request id, and every retry under the same id: the
+    /// server answers a retry of a committed mutation with its first reply.
+    async fn mutate<Q, T, F, Fut>(&self, mut req: Q, mut f: F) -> Result<T>
+    where
+        Q: Identified + Clone,
+        F: FnMut(MantleClient<Channel>, Q) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Response<T>, Status>>,
+    {
+        let slot = self.session.take().await;
+        req.set_request(proto::RequestId {
+            client: self.session.client.to_vec(),
+            slot: slot.slot,
+            seq: slot.seq,
+        });
+        let out = self.retry(true, || f(self.grpc.clone(), req.clone())).await;
+        self.session.give_back(slot);
+        out
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retry budget runs out.
+    ///
+    /// `EAGAIN` from the server means "did not happen, try again": retried `retries` times.
+    /// A transport failure (no errno) or `ETIMEDOUT` may have happened: a read or a mutation
+    /// under a request id is safe to send again, until `retry_for` has passed since the first
+    /// attempt; then a mutation fails with `ETIMEDOUT` (outcome unknown), a read with `EIO`.
+    async fn retry<T, A, Fut>(&self, mutates: bool, mut attempt: A) -> Result<T>
+    where
+        A: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Response<T>, Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut busy = 0u32;
+        let mut lost = 0u32;
         loop {
-            match f(self.grpc.clone()).await {
+            let s = match attempt().await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) => {
-                    let e = from_status(&s);
-                    if e.errno != Errno::EAGAIN || attempt >= self.retries {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(5 << attempt.min(8))).await;
+                Err(s) => s,
+            };
+            let e = from_status(&s);
+            let pause = if has_errno(&s) && e.errno == Errno::EAGAIN {
+                if busy >= self.retries {
+                    return Err(e);
                 }
-            }
+                busy += 1;
+                Duration::from_millis(5 << busy.min(8))
+            } else if (!has_errno(&s) && transport_failure(&s)) || e.errno == Errno::ETIMEDOUT {
+                if started.elapsed() >= self.retry_for {
+                    let errno = if mutates {
+                        Errno::ETIMEDOUT
+                    } else {
+                        Errno::EIO
+                    };
+                    let what = if mutates {
+                        "the outcome is unknown"
+                    } else {
+                        "no answer"
+                    };
+                    return Err(FsError::new(
+                        errno,
+                        format!(
+                            "{what} after retrying for {:?}: {}",
+                            self.retry_for, e.message
+                        ),
+                    ));
+                }
+                lost += 1;
+                Duration::from_millis((10u64 << lost.min(7)).min(1000))
+            } else {
+                return Err(e);
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -208,11 +393,8 @@ impl Client {
             mode,
         };
         attr(
-            self.call(|mut c| {
-                let r = req.clone();
-                async move { c.mkdir(r).await }
-            })
-            .await?,
+            self.mutate(req, |mut c, r| async move { c.mkdir(r).await })
+                .await?,
         )
     }
 
@@ -257,11 +439,8 @@ impl Client {
             rdev,
         };
         attr(
-            self.call(|mut c| {
-                let r = req.clone();
-                async move { c.mknod(r).await }
-            })
-            .await?,
+            self.mutate(req, |mut c, r| async move { c.mknod(r).await })
+                .await?,
         )
     }
 
@@ -273,11 +452,8 @@ impl Client {
             target: target.as_ref().to_vec(),
         };
         attr(
-            self.call(|mut c| {
-                let r = req.clone();
-                async move { c.symlink(r).await }
-            })
-            .await?,
+            self.mutate(req, |mut c, r| async move { c.symlink(r).await })
+                .await?,
         )
     }
 
@@ -289,11 +465,8 @@ impl Client {
             at: path_loc(path),
         };
         attr(
-            self.call(|mut c| {
-                let r = req.clone();
-                async move { c.link(r).await }
-            })
-            .await?,
+            self.mutate(req, |mut c, r| async move { c.link(r).await })
+                .await?,
         )
     }
 
@@ -318,11 +491,8 @@ impl Client {
             header: self.header(),
             at: path_loc(path),
         };
-        self.call(|mut c| {
-            let r = req.clone();
-            async move { c.unlink(r).await }
-        })
-        .await?;
+        self.mutate(req, |mut c, r| async move { c.unlink(r).await })
+            .await?;
         Ok(())
     }
 
@@ -332,11 +502,8 @@ impl Client {
             header: self.header(),
             at: path_loc(path),
         };
-        self.call(|mut c| {
-            let r = req.clone();
-            async move { c.rmdir(r).await }
-        })
-        .await?;
+        self.mutate(req, |mut c, r| async move { c.rmdir(r).await })
+            .await?;
         Ok(())
     }
 
@@ -353,11 +520,8 @@ impl Client {
             to: path_loc(to),
             flags,
         };
-        self.call(|mut c| {
-            let r = req.clone();
-            async move { c.rename(r).await }
-        })
-        .await?;
+        self.mutate(req, |mut c, r| async move { c.rename(r).await })
+            .await?;
         Ok(())
     }
 
@@ -432,11 +596,8 @@ impl Client {
             mtime: time_set(args.mtime),
         };
         attr(
-            self.call(|mut c| {
-                let r = req.clone();
-                async move { c.set_attr(r).await }
-            })
-            .await?,
+            self.mutate(req, |mut c, r| async move { c.set_attr(r).await })
+                .await?,
         )
     }
 
@@ -461,11 +622,8 @@ impl Client {
             value: value.to_vec(),
             flags,
         };
-        self.call(|mut c| {
-            let r = req.clone();
-            async move { c.xattr_set(r).await }
-        })
-        .await?;
+        self.mutate(req, |mut c, r| async move { c.xattr_set(r).await })
+            .await?;
         Ok(())
     }
 
@@ -507,11 +665,8 @@ impl Client {
             obj: path_obj(path, true),
             name: name.as_bytes().to_vec(),
         };
-        self.call(|mut c| {
-            let r = req.clone();
-            async move { c.xattr_remove(r).await }
-        })
-        .await?;
+        self.mutate(req, |mut c, r| async move { c.xattr_remove(r).await })
+            .await?;
         Ok(())
     }
 
@@ -521,12 +676,10 @@ impl Client {
             name: name.to_string(),
             cred: self.header().and_then(|h| h.cred),
             mode,
+            request: None,
         };
-        self.call(|mut c| {
-            let r = req.clone();
-            async move { c.ns_create(r).await }
-        })
-        .await
+        self.mutate(req, |mut c, r| async move { c.ns_create(r).await })
+            .await
     }
 
     /// Every namespace.

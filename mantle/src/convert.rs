@@ -3,6 +3,7 @@
 //! malformed request becomes `InvalidArgument` with `EINVAL` before it reaches the store.
 
 use coprocessor::api::{DirEntry, Loc, NsInfo, Obj, StatFs};
+use coprocessor::dedup::RequestId;
 use coprocessor::fsck::Report;
 use coprocessor::ops::setattr::TimeSet;
 use indexnode::Cred;
@@ -21,6 +22,34 @@ pub struct Header {
     pub ns: Vec<u8>,
     /// The caller.
     pub cred: Cred,
+    /// The request's id, if it is to be answered once.
+    pub request: Option<RequestId>,
+}
+
+/// Converts a request id.
+pub fn request_id(r: Option<proto::RequestId>) -> Result<Option<RequestId>, Status> {
+    let Some(r) = r else {
+        return Ok(None);
+    };
+    let client: [u8; 16] = r.client.as_slice().try_into().map_err(|_| {
+        invalid(format!(
+            "a request id's client is {} bytes, not 16",
+            r.client.len()
+        ))
+    })?;
+    if r.slot >= coprocessor::dedup::MAX_SLOTS || r.seq == 0 {
+        return Err(invalid(format!(
+            "request id slot {} (at most {}) seq {} (from 1)",
+            r.slot,
+            coprocessor::dedup::MAX_SLOTS - 1,
+            r.seq
+        )));
+    }
+    Ok(Some(RequestId {
+        client,
+        slot: r.slot,
+        seq: r.seq,
+    }))
 }
 
 fn check_ns(ns: &str) -> Result<Vec<u8>, Status> {
@@ -56,6 +85,7 @@ impl TryFrom<Option<proto::Header>> for Header {
         Ok(Header {
             ns: check_ns(&h.namespace)?,
             cred: Cred2::try_from(h.cred)?.0,
+            request: request_id(h.request)?,
         })
     }
 }

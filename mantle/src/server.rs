@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use coprocessor::dedup::RequestId;
 use coprocessor::ops::{
     link::Link, mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, ns_list::NsList, readdir::Readdir,
     readlink::Readlink, rename::Rename, rmdir::Rmdir, setattr::SetAttr, stat::Stat, statfs::StatFs,
@@ -32,6 +34,9 @@ use crate::status::{invalid, to_status};
 /// The largest request the server decodes; anything bigger is refused before it is parsed.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
+/// How long mutation replies are kept for retries, by default.
+pub const DEFAULT_REQUEST_RETENTION: Duration = Duration::from_secs(600);
+
 /// What `mantle serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -44,6 +49,9 @@ pub struct ServerConfig {
     pub mvcc_window_ms: Option<u64>,
     /// How often the flusher runs (ms; default 250).
     pub flush_interval_ms: Option<u64>,
+    /// How long the reply of a mutation is kept for retries of the same request id (default
+    /// 600 s; clients must stop retrying before, the SDK does after 60 s).
+    pub request_retention: Duration,
 }
 
 impl ServerConfig {
@@ -54,6 +62,7 @@ impl ServerConfig {
             listen,
             mvcc_window_ms: None,
             flush_interval_ms: None,
+            request_retention: DEFAULT_REQUEST_RETENTION,
         }
     }
 
@@ -93,23 +102,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let listener = TcpListener::bind(config.listen).await?;
-    serve(listener, config.store(), |_| {}, shutdown).await
+    serve(listener, &config, |_| {}, shutdown).await
 }
 
-/// Serves the store `store` on `listener` until `shutdown` resolves; `ready` hears the bound
-/// address once the store is open.
+/// Serves the store of `config` on `listener` (its `listen` is not used) until `shutdown`
+/// resolves; `ready` hears the bound address once the store is open.
 pub async fn serve(
     listener: TcpListener,
-    store: DbConfig,
+    config: &ServerConfig,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
+    let store = config.store();
     let data = store.dir.clone();
     std::fs::create_dir_all(&data)?;
     let db = Db::open(store).await?;
     let svc = Arc::new(Service::open(db.clone()));
     ensure_default_namespace(&svc).await?;
+    let retention = config.request_retention;
+    let expiry = tokio::spawn(coprocessor::dedup::expire_forever(
+        db.clone(),
+        retention,
+        (retention / 10).max(Duration::from_secs(1)),
+    ));
     tracing::info!(%addr, data = %data.display(), "mantle is serving");
     ready(addr);
     let api = MantleServer::new(Api { svc })
@@ -128,6 +144,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     tracing::info!("shutting down the store");
+    expiry.abort();
     db.shutdown().await;
     result.map_err(Into::into)
 }
@@ -163,8 +180,8 @@ struct Api {
 }
 
 impl Api {
-    async fn call<R: Op>(&self, op: R) -> Result<R::Reply, Status> {
-        self.svc.call(&op).await.map_err(|e| to_status(&e))
+    async fn call<R: Op>(&self, op: R, id: Option<RequestId>) -> Result<R::Reply, Status> {
+        self.svc.call_once(&op, id).await.map_err(|e| to_status(&e))
     }
 }
 
@@ -194,11 +211,14 @@ impl proto::mantle_server::Mantle for Api {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
         let a = self
-            .call(Stat {
-                ns: h.ns,
-                cred: h.cred,
-                obj: convert::obj(r.obj)?,
-            })
+            .call(
+                Stat {
+                    ns: h.ns,
+                    cred: h.cred,
+                    obj: convert::obj(r.obj)?,
+                },
+                h.request,
+            )
             .await?;
         Ok(attr_reply(a))
     }
@@ -215,7 +235,7 @@ impl proto::mantle_server::Mantle for Api {
             at: convert::loc(r.at)?,
             mode: perm(r.mode)?,
         };
-        Ok(attr_reply(self.call(op).await?))
+        Ok(attr_reply(self.call(op, h.request).await?))
     }
 
     async fn mknod(
@@ -231,7 +251,7 @@ impl proto::mantle_server::Mantle for Api {
             mode: r.mode,
             rdev: r.rdev,
         };
-        Ok(attr_reply(self.call(op).await?))
+        Ok(attr_reply(self.call(op, h.request).await?))
     }
 
     async fn symlink(
@@ -246,7 +266,7 @@ impl proto::mantle_server::Mantle for Api {
             at: convert::loc(r.at)?,
             target: r.target,
         };
-        Ok(attr_reply(self.call(op).await?))
+        Ok(attr_reply(self.call(op, h.request).await?))
     }
 
     async fn link(
@@ -261,7 +281,7 @@ impl proto::mantle_server::Mantle for Api {
             target: convert::obj(r.target)?,
             at: convert::loc(r.at)?,
         };
-        Ok(attr_reply(self.call(op).await?))
+        Ok(attr_reply(self.call(op, h.request).await?))
     }
 
     async fn unlink(
@@ -270,11 +290,14 @@ impl proto::mantle_server::Mantle for Api {
     ) -> Result<Response<proto::Empty>, Status> {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
-        self.call(Unlink {
-            ns: h.ns,
-            cred: h.cred,
-            at: convert::loc(r.at)?,
-        })
+        self.call(
+            Unlink {
+                ns: h.ns,
+                cred: h.cred,
+                at: convert::loc(r.at)?,
+            },
+            h.request,
+        )
         .await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -285,11 +308,14 @@ impl proto::mantle_server::Mantle for Api {
     ) -> Result<Response<proto::Empty>, Status> {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
-        self.call(Rmdir {
-            ns: h.ns,
-            cred: h.cred,
-            at: convert::loc(r.at)?,
-        })
+        self.call(
+            Rmdir {
+                ns: h.ns,
+                cred: h.cred,
+                at: convert::loc(r.at)?,
+            },
+            h.request,
+        )
         .await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -307,7 +333,7 @@ impl proto::mantle_server::Mantle for Api {
             to: convert::loc(r.to)?,
             flags: r.flags,
         };
-        self.call(op).await?;
+        self.call(op, h.request).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
@@ -318,11 +344,14 @@ impl proto::mantle_server::Mantle for Api {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
         let target = self
-            .call(Readlink {
-                ns: h.ns,
-                cred: h.cred,
-                obj: convert::obj(r.obj)?,
-            })
+            .call(
+                Readlink {
+                    ns: h.ns,
+                    cred: h.cred,
+                    obj: convert::obj(r.obj)?,
+                },
+                h.request,
+            )
             .await?;
         Ok(Response::new(proto::ReadlinkReply { target }))
     }
@@ -341,7 +370,7 @@ impl proto::mantle_server::Mantle for Api {
             limit: r.limit,
             plus: r.plus,
         };
-        let page = self.call(op).await?;
+        let page = self.call(op, h.request).await?;
         Ok(Response::new(proto::ReaddirReply {
             entries: page.entries.into_iter().map(Into::into).collect(),
             next: page.next,
@@ -365,7 +394,7 @@ impl proto::mantle_server::Mantle for Api {
             atime: convert::time_set(r.atime)?,
             mtime: convert::time_set(r.mtime)?,
         };
-        Ok(attr_reply(self.call(op).await?))
+        Ok(attr_reply(self.call(op, h.request).await?))
     }
 
     async fn stat_fs(
@@ -374,10 +403,13 @@ impl proto::mantle_server::Mantle for Api {
     ) -> Result<Response<proto::StatFsReply>, Status> {
         let h = Header::try_from(r.into_inner().header)?;
         let s = self
-            .call(StatFs {
-                ns: h.ns,
-                cred: h.cred,
-            })
+            .call(
+                StatFs {
+                    ns: h.ns,
+                    cred: h.cred,
+                },
+                h.request,
+            )
             .await?;
         Ok(Response::new(s.into()))
     }
@@ -396,7 +428,7 @@ impl proto::mantle_server::Mantle for Api {
             value: r.value,
             flags: r.flags,
         };
-        self.call(op).await?;
+        self.call(op, h.request).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
@@ -407,12 +439,15 @@ impl proto::mantle_server::Mantle for Api {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
         let value = self
-            .call(XattrGet {
-                ns: h.ns,
-                cred: h.cred,
-                obj: convert::obj(r.obj)?,
-                name: r.name,
-            })
+            .call(
+                XattrGet {
+                    ns: h.ns,
+                    cred: h.cred,
+                    obj: convert::obj(r.obj)?,
+                    name: r.name,
+                },
+                h.request,
+            )
             .await?;
         Ok(Response::new(proto::XattrGetReply { value }))
     }
@@ -424,11 +459,14 @@ impl proto::mantle_server::Mantle for Api {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
         let names = self
-            .call(XattrList {
-                ns: h.ns,
-                cred: h.cred,
-                obj: convert::obj(r.obj)?,
-            })
+            .call(
+                XattrList {
+                    ns: h.ns,
+                    cred: h.cred,
+                    obj: convert::obj(r.obj)?,
+                },
+                h.request,
+            )
             .await?;
         Ok(Response::new(proto::XattrListReply { names }))
     }
@@ -439,12 +477,15 @@ impl proto::mantle_server::Mantle for Api {
     ) -> Result<Response<proto::Empty>, Status> {
         let r = r.into_inner();
         let h = Header::try_from(r.header)?;
-        self.call(XattrRemove {
-            ns: h.ns,
-            cred: h.cred,
-            obj: convert::obj(r.obj)?,
-            name: r.name,
-        })
+        self.call(
+            XattrRemove {
+                ns: h.ns,
+                cred: h.cred,
+                obj: convert::obj(r.obj)?,
+                name: r.name,
+            },
+            h.request,
+        )
         .await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -453,15 +494,17 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::NsCreateRequest>,
     ) -> Result<Response<proto::NsInfo>, Status> {
-        let op = convert::ns_create(r.into_inner())?;
-        Ok(Response::new(self.call(op).await?.into()))
+        let r = r.into_inner();
+        let id = convert::request_id(r.request.clone())?;
+        let op = convert::ns_create(r)?;
+        Ok(Response::new(self.call(op, id).await?.into()))
     }
 
     async fn ns_list(
         &self,
         _r: Request<proto::NsListRequest>,
     ) -> Result<Response<proto::NsListReply>, Status> {
-        let list = self.call(NsList {}).await?;
+        let list = self.call(NsList {}, None).await?;
         Ok(Response::new(proto::NsListReply {
             namespaces: list.into_iter().map(Into::into).collect(),
         }))

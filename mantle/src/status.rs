@@ -13,6 +13,8 @@ pub fn to_status(e: &FsError) -> Status {
         Errno::EEXIST => Code::AlreadyExists,
         Errno::EACCES | Errno::EPERM => Code::PermissionDenied,
         Errno::EAGAIN => Code::Unavailable,
+        Errno::ETIMEDOUT => Code::DeadlineExceeded,
+        Errno::ENOSPC => Code::ResourceExhausted,
         Errno::EIO => Code::Internal,
         Errno::EINVAL | Errno::ENAMETOOLONG | Errno::E2BIG | Errno::ERANGE => Code::InvalidArgument,
         _ => Code::FailedPrecondition,
@@ -22,6 +24,12 @@ pub fn to_status(e: &FsError) -> Status {
         s.metadata_mut().insert(ERRNO_KEY, v);
     }
     s
+}
+
+/// Whether the status came from the namespace (it carries an errno), rather than from the
+/// transport or a server that failed before answering.
+pub fn has_errno(s: &Status) -> bool {
+    s.metadata().get(ERRNO_KEY).is_some()
 }
 
 /// The [`FsError`] a status stands for. Statuses without an errno (transport failures, a

@@ -2,8 +2,10 @@
 //! (malformed and oversized requests) and the `mantle` binary (including a `kill -9` and a
 //! restart).
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod common;
+
+use common::mantle_bin;
+use std::process::Command;
 
 use coprocessor::Errno;
 use mantle::client::Client;
@@ -24,10 +26,11 @@ async fn start() -> Server {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let data = dir.path().join("data");
+    let config = mantle::server::ServerConfig::new(data, listener.local_addr().expect("addr"));
     let task = tokio::spawn(async move {
         mantle::server::serve(
             listener,
-            tafdb::DbConfig::new(data),
+            &config,
             move |_| {
                 let _ = ready_tx.send(());
             },
@@ -156,6 +159,7 @@ async fn malformed_and_oversized_requests_are_refused_and_the_server_lives_on() 
         Some(proto::Header {
             namespace: ns.into(),
             cred: cred.clone(),
+            request: None,
         })
     };
     let loc = |p: &[u8]| {
@@ -173,6 +177,7 @@ async fn malformed_and_oversized_requests_are_refused_and_the_server_lives_on() 
             header: Some(proto::Header {
                 namespace: "default".into(),
                 cred: None,
+                request: None,
             }),
             at: loc(b"/a"),
             mode: 0o755,
@@ -211,6 +216,7 @@ async fn malformed_and_oversized_requests_are_refused_and_the_server_lives_on() 
                 gid: 1,
                 groups: vec![7; 10_000],
             }),
+            request: None,
         }),
         obj: Some(proto::Obj {
             kind: Some(proto::obj::Kind::Inode(1)),
@@ -246,44 +252,18 @@ async fn malformed_and_oversized_requests_are_refused_and_the_server_lives_on() 
     s.stop().await;
 }
 
-fn mantle_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mantle"))
+/// The server with a 20 ms MVCC window: between the CLI's calls the flusher moves every
+/// version to the engines, so the kill -9 below lands after flushes and durable-index updates.
+fn spawn_server(data: &std::path::Path) -> (std::process::Child, String) {
+    common::spawn_server(
+        data,
+        &["--mvcc-window-ms", "20", "--flush-interval-ms", "2"],
+    )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn spawn_server(data: &std::path::Path, port: u16) -> std::process::Child {
-    let child = mantle_bin()
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        // A 20 ms MVCC window: between the CLI's calls the flusher moves every version to the
-        // engines, so the kill -9 below lands after flushes and durable-index updates.
-        .args(["--mvcc-window-ms", "20", "--flush-interval-ms", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn mantle serve");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mantle serve did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
     let out = mantle_bin()
-        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--addr", addr])
         .args(args)
         .output()
         .expect("run mantle");
@@ -298,10 +278,10 @@ fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
 fn cli_against_a_real_server_process_with_kill_9_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let port = free_port();
-    let mut server = spawn_server(&data, port);
+    let (mut server, addr) = spawn_server(&data);
+    let server_addr = std::cell::RefCell::new(addr);
     let ok = |args: &[&str]| {
-        let (ok, out, err) = cli(port, args);
+        let (ok, out, err) = cli(&server_addr.borrow(), args);
         assert!(ok, "mantle {args:?} failed: {err}");
         out
     };
@@ -325,18 +305,19 @@ fn cli_against_a_real_server_process_with_kill_9_and_restart() {
         stat.contains("Symlink") && stat.contains("/jobs/run-1"),
         "{stat}"
     );
-    let (fail, _, err) = cli(port, &["rm", "/jobs"]);
+    let (fail, _, err) = cli(&server_addr.borrow(), &["rm", "/jobs"]);
     assert!(!fail && err.contains("EISDIR"), "{err}");
-    let (fail, _, err) = cli(port, &["mkdir", "/jobs"]);
+    let (fail, _, err) = cli(&server_addr.borrow(), &["mkdir", "/jobs"]);
     assert!(!fail && err.contains("EEXIST"), "{err}");
-    let (fail, _, err) = cli(port, &["mkdir", "/bad//path"]);
+    let (fail, _, err) = cli(&server_addr.borrow(), &["mkdir", "/bad//path"]);
     assert!(!fail && err.contains("EINVAL"), "{err}");
     ok(&["ns", "create", "team-b"]);
     assert!(ok(&["ns", "list"]).contains("team-b"));
     // Every acknowledged change survives kill -9.
     server.kill().expect("kill -9");
     server.wait().expect("wait");
-    let mut server = spawn_server(&data, port);
+    let (mut server, addr) = spawn_server(&data);
+    *server_addr.borrow_mut() = addr;
     let tree = ok(&["tree", "/"]);
     assert!(
         tree.contains("part-0") && tree.contains("part-1") && tree.contains("latest"),

@@ -9,6 +9,7 @@
 //! 00 | "ns/" | name                a namespace's registry record
 //! 00 | "alloc"                     the inode id allocator's high-water mark
 //! 00 | "nsstat/" | root:u64        a namespace's usage counters (delta records)
+//! 00 | "req/" | client:16 | slot:u32  the last committed request of a client's slot
 //! ```
 //!
 //! A directory's inode record sorts right before its children, so a directory and its
@@ -133,6 +134,21 @@ pub fn nsstat_key(root: u64) -> Key {
 /// The inode id allocator's record.
 pub fn alloc_key() -> Key {
     vec![SYSTEM_TABLE, b'a', b'l', b'l', b'o', b'c']
+}
+
+/// The request record of slot `slot` of client `client` (see `coprocessor::dedup`).
+pub fn request_key(client: &[u8; 16], slot: u32) -> Key {
+    let mut k = Vec::with_capacity(24);
+    k.push(SYSTEM_TABLE);
+    k.extend_from_slice(b"req/");
+    k.extend_from_slice(client);
+    k.extend_from_slice(&slot.to_be_bytes());
+    k
+}
+
+/// Every request record.
+pub fn request_range() -> KeyRange {
+    KeyRange::prefix(&[SYSTEM_TABLE, b'r', b'e', b'q', b'/'])
 }
 
 #[cfg(test)]

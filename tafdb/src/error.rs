@@ -63,9 +63,15 @@ pub enum Error {
     /// Raft or the tablet runtime failed or is shutting down.
     #[error("raft: {0}")]
     Raft(String),
-    /// The store is shutting down.
+    /// The store is shutting down; the operation did not commit (it never reached the log).
     #[error("the store is shutting down")]
     Shutdown,
+    /// The outcome is unknown: the commit reached the Raft log (or may have), and then the store
+    /// stopped, the log failed or the answer was lost, so it may or may not have happened.
+    /// Never retried blindly: only an operation that can find out whether its first attempt
+    /// committed (a request id recorded in the same transaction) may run again.
+    #[error("outcome unknown: {0}")]
+    Undetermined(String),
     /// The retry budget of [`crate::Db::run_txn`] ran out.
     #[error("gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted {
@@ -112,6 +118,11 @@ impl Error {
                 | Error::Locked { .. }
                 | Error::Aborted { .. }
         )
+    }
+
+    /// Whether the operation may have committed although it failed.
+    pub fn is_undetermined(&self) -> bool {
+        matches!(self, Error::Undetermined(_))
     }
 
     pub(crate) fn conflict(key: &[u8], reason: &'static str) -> Error {

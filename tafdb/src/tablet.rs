@@ -887,8 +887,12 @@ impl Tablet {
         self.state.applied_notify.notify_waiters();
     }
 
+    /// Waits for the result of a proposed command. Once a command is handed to the proposer its
+    /// outcome is the log's: a lost answer is [`Error::Undetermined`], never "did not happen".
     async fn wait_reply(rx: oneshot::Receiver<Result<CommandResult>>) -> Result<CommandResult> {
-        rx.await.map_err(|_| Error::Shutdown)?
+        rx.await.map_err(|_| {
+            Error::Undetermined("the tablet stopped after the command was proposed".into())
+        })?
     }
 
     /// Commits a transaction whose keys all live in this tablet, in one Raft entry.
@@ -1198,6 +1202,19 @@ impl<T> Reorder<T> {
     }
 }
 
+/// The proposals the proposer holds but has not submitted. Whenever the proposer stops (its
+/// channel closed, or its task dropped at runtime shutdown), they are answered "did not happen":
+/// none of them reached the log.
+struct Parked(Reorder<Proposal>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        for p in self.0.slots.drain(..).flatten().flatten() {
+            let _ = p.reply.send(Err(Error::Shutdown));
+        }
+    }
+}
+
 async fn run_proposer(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Ticketed>,
@@ -1207,7 +1224,8 @@ async fn run_proposer(
     max_inflight: usize,
 ) {
     let inflight = Arc::new(tokio::sync::Semaphore::new(max_inflight.max(1)));
-    let mut order = Reorder::default();
+    let mut order = Parked(Reorder::default());
+    let order = &mut order.0;
     loop {
         if !order.head_ready() {
             // Nothing parked, or the head ticket is still being validated: its proposal (or
@@ -1238,20 +1256,33 @@ async fn run_proposer(
         }
         // Submitting in ticket order keeps the log in commit-timestamp order. Encoding here
         // keeps the work off openraft's core task.
+        // A batch that never reached openraft did not happen; once it did, only the answer can
+        // say (see `wait_reply`).
         let submitted = match CommandBatch::new(cmds) {
-            Ok(batch) => raft.client_write_ff(batch).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(batch) => raft
+                .client_write_ff(batch)
+                .await
+                .map_err(|e| Error::Raft(format!("raft refused the proposal: {e}"))),
+            Err(e) => Err(e),
         };
         let pending = pending.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let outcome: std::result::Result<Vec<CommandResult>, String> = match submitted {
+            let outcome: std::result::Result<Vec<CommandResult>, Error> = match submitted {
                 Ok(resp_rx) => match resp_rx.await {
                     Ok(Ok(resp)) => Ok(resp.data),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("raft dropped the proposal".to_string()),
+                    Ok(Err(e)) => Err(Error::Undetermined(format!("raft: {e}"))),
+                    Err(_) => Err(Error::Undetermined(
+                        "raft stopped before the proposal's outcome was known".into(),
+                    )),
                 },
                 Err(e) => Err(e),
+            };
+            // The answer lost after the entry applied, as when the process dies at this point.
+            #[cfg(feature = "failpoints")]
+            let outcome = match fail::eval("tablet::lose-answer", |_| ()) {
+                Some(()) => Err(Error::Undetermined("failpoint: the answer was lost".into())),
+                None => outcome,
             };
             pending.release_many(waiters.iter().map(|(held, _)| held));
             match outcome {
@@ -1260,9 +1291,15 @@ async fn run_proposer(
                         let _ = reply.send(Ok(res));
                     }
                 }
-                Err(msg) => {
+                Err(e) => {
+                    let undetermined = e.is_undetermined();
+                    let msg = e.to_string();
                     for (_, reply) in waiters {
-                        let _ = reply.send(Err(Error::Raft(msg.clone())));
+                        let _ = reply.send(Err(if undetermined {
+                            Error::Undetermined(msg.clone())
+                        } else {
+                            Error::Raft(msg.clone())
+                        }));
                     }
                 }
             }

@@ -294,3 +294,35 @@ fn a_power_cut_in_the_log_keeps_every_acknowledged_commit() {
         scenario.teardown();
     }
 }
+
+#[test]
+fn a_lost_answer_is_undetermined_and_run_txn_does_not_run_the_closure_again() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let db = tafdb::Db::open(small_log(dir.path())).await.expect("open");
+        fail::cfg("tablet::lose-answer", "1*return").expect("failpoint");
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let r = runs.clone();
+        let out = db
+            .run_txn(move |t| {
+                let r = r.clone();
+                Box::pin(async move {
+                    r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    t.put(b"\x02k", b"v")?;
+                    Ok(())
+                })
+            })
+            .await;
+        fail::remove("tablet::lose-answer");
+        let e = out.expect_err("the answer was lost");
+        assert!(e.is_undetermined(), "{e}");
+        assert!(!e.is_retryable(), "{e}");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // "Unknown" really was unknown: the commit applied.
+        let mut t = db.begin().expect("begin");
+        assert_eq!(t.get(b"\x02k").await.expect("get"), Some(b"v".to_vec()));
+        db.shutdown().await;
+    });
+    scenario.teardown();
+}

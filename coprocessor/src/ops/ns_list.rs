@@ -16,6 +16,7 @@ pub struct NsList {}
 impl Op for NsList {
     const NAME: &'static str = "ns.ns_list";
     type Reply = Vec<NsInfo>;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<NsInfo>>> {
         Box::pin(async move {

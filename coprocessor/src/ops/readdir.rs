@@ -48,6 +48,7 @@ pub struct Page {
 impl Op for Readdir {
     const NAME: &'static str = "ns.readdir";
     type Reply = Page;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Page>> {
         Box::pin(async move {

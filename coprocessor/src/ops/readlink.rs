@@ -25,6 +25,7 @@ pub struct Readlink {
 impl Op for Readlink {
     const NAME: &'static str = "ns.readlink";
     type Reply = Vec<u8>;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<u8>>> {
         Box::pin(async move {

@@ -25,6 +25,7 @@ pub struct Stat {
 impl Op for Stat {
     const NAME: &'static str = "ns.stat";
     type Reply = Attr;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {

@@ -23,6 +23,7 @@ pub struct StatFs {
 impl Op for StatFs {
     const NAME: &'static str = "ns.statfs";
     type Reply = Usage;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Usage>> {
         Box::pin(async move {

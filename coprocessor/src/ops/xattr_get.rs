@@ -28,6 +28,7 @@ pub struct XattrGet {
 impl Op for XattrGet {
     const NAME: &'static str = "ns.xattr_get";
     type Reply = Vec<u8>;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<u8>>> {
         Box::pin(async move {

@@ -26,6 +26,7 @@ pub struct XattrList {
 impl Op for XattrList {
     const NAME: &'static str = "ns.xattr_list";
     type Reply = Vec<Vec<u8>>;
+    const MUTATES: bool = false;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<Vec<u8>>>> {
         Box::pin(async move {

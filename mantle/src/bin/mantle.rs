@@ -32,24 +32,42 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `mantle serve`'s flags.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The data directory (created if missing).
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Where to listen (port 0 picks a free port; the bound address is printed on stdout).
+    #[arg(long, default_value = mantle::DEFAULT_ADDR)]
+    listen: std::net::SocketAddr,
+    /// How long committed versions stay in memory before they are flushed to the engines
+    /// (ms). Tiny values make every operation race the flusher, for tests.
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    mvcc_window_ms: u64,
+    /// How often the flusher runs (ms).
+    #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    flush_interval_ms: u64,
+    /// How long the reply of a mutation is kept, so that a client's retry of the same request
+    /// gets it instead of running the mutation again (s). Clients must give up before.
+    #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..))]
+    request_retention_s: u64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> mantle::server::ServerConfig {
+        let mut cfg = mantle::server::ServerConfig::new(self.data.clone(), self.listen);
+        cfg.mvcc_window_ms = Some(self.mvcc_window_ms);
+        cfg.flush_interval_ms = Some(self.flush_interval_ms);
+        cfg.request_retention = std::time::Duration::from_secs(self.request_retention_s);
+        cfg
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the server: one process, one tablet, data under --data.
-    Serve {
-        /// The data directory (created if missing).
-        #[arg(long)]
-        data: std::path::PathBuf,
-        /// Where to listen.
-        #[arg(long, default_value = mantle::DEFAULT_ADDR)]
-        listen: std::net::SocketAddr,
-        /// How long committed versions stay in memory before they are flushed to the engines
-        /// (ms). Tiny values make every operation race the flusher, for tests.
-        #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
-        mvcc_window_ms: u64,
-        /// How often the flusher runs (ms).
-        #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
-        flush_interval_ms: u64,
-    },
+    Serve(ServeArgs),
     /// Makes directories.
     Mkdir {
         /// Make parents as needed; existing directories are fine.
@@ -188,17 +206,22 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Cmd::Serve {
-        data,
-        listen,
-        mvcc_window_ms,
-        flush_interval_ms,
-    } = cli.cmd
-    {
-        let mut cfg = mantle::server::ServerConfig::new(data, listen);
-        cfg.mvcc_window_ms = Some(mvcc_window_ms);
-        cfg.flush_interval_ms = Some(flush_interval_ms);
-        return match mantle::server::run(cfg, shutdown_signal()).await {
+    if let Cmd::Serve(args) = &cli.cmd {
+        let cfg = args.config();
+        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mantle serve: cannot listen on {}: {e}", cfg.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        // The bound address on stdout (port 0 picks one): scripts and tests read it.
+        let ready = |addr| {
+            use std::io::Write;
+            println!("mantle serve: listening on {addr}");
+            let _ = std::io::stdout().flush();
+        };
+        return match mantle::server::serve(listener, &cfg, ready, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mantle serve: {e}");
