@@ -114,6 +114,14 @@ pub async fn attr_stable(txn: &mut Txn, id: u64) -> OpResult<Option<Attr>> {
     }
 }
 
+/// Reads inode `id`'s record stably (see [`attr_stable`]); it must exist.
+pub async fn must_attr_stable(txn: &mut Txn, id: u64) -> OpResult<Attr> {
+    match attr_stable(txn, id).await? {
+        Some(a) => Ok(a),
+        None => fail(Errno::ENOENT, format!("inode {id} does not exist")),
+    }
+}
+
 /// Reads inode `id`'s record, which must exist.
 pub async fn must_attr(txn: &mut Txn, id: u64) -> OpResult<Attr> {
     match attr(txn, id).await? {
@@ -248,7 +256,7 @@ pub async fn locate(txn: &mut Txn, ns: &Ns, loc: &Loc, cred: &Cred) -> OpResult<
         }
         Loc::Entry { parent, name } => {
             name::check_name(name)?;
-            let dir = dir_by_id(txn, ns, *parent).await?;
+            let dir = dir_by_id(txn, ns, *parent, cred).await?;
             top_search(dir, cred)?;
             Ok(Located {
                 dir,
@@ -262,14 +270,48 @@ fn top_search(dir: Dir, cred: &Cred) -> OpResult<()> {
     dir.check(cred, MAY_EXEC, "search in the parent directory")
 }
 
-/// Directory `id` by its inode record, read stably.
-pub async fn dir_by_id(txn: &mut Txn, ns: &Ns, id: u64) -> OpResult<Dir> {
+/// The deepest directory tree [`reachable`] climbs before it calls the parent chain damaged.
+const MAX_DEPTH: usize = 100_000;
+
+/// Fails with `EACCES` unless `cred` could reach directory `a` by a path: search permission
+/// on every directory above it, as a path lookup checks. The by-id forms (an entry of a parent
+/// id, an inode id) check this, so a guessed id does not bypass a 0700 directory. Root reaches
+/// everything. Ancestors are read stably: their modes and owners change only by field sets.
+pub async fn reachable(txn: &mut Txn, a: &Attr, cred: &Cred) -> OpResult<()> {
+    if cred.is_root() || a.parent == a.id {
+        return Ok(());
+    }
+    let mut cur = a.parent;
+    for _ in 0..MAX_DEPTH {
+        let Some(p) = attr_stable(txn, cur).await? else {
+            return fail(Errno::ENOENT, format!("directory {cur} vanished"));
+        };
+        if !cred.may(p.mode, p.uid, p.gid, MAY_EXEC) {
+            return fail(
+                Errno::EACCES,
+                format!("search permission on an ancestor (directory {cur}) denied"),
+            );
+        }
+        if p.parent == p.id {
+            return Ok(());
+        }
+        cur = p.parent;
+    }
+    fail(Errno::EIO, "the parent chain does not reach a root")
+}
+
+/// Directory `id` by its inode record, read stably; `cred` must be able to reach it (see
+/// [`reachable`]).
+pub async fn dir_by_id(txn: &mut Txn, ns: &Ns, id: u64, cred: &Cred) -> OpResult<Dir> {
     match attr_stable(txn, id).await? {
         // An inode of another namespace is as good as absent: ids must not cross namespaces.
         Some(a) if a.ns != ns.root.id => {
             fail(Errno::ENOENT, format!("directory {id} does not exist"))
         }
-        Some(a) if a.kind().is_dir() => Ok(Dir::from(&a)),
+        Some(a) if a.kind().is_dir() => {
+            reachable(txn, &a, cred).await?;
+            Ok(Dir::from(&a))
+        }
         Some(_) => fail(Errno::ENOTDIR, format!("inode {id} is not a directory")),
         None => fail(Errno::ENOENT, format!("directory {id} does not exist")),
     }
@@ -293,6 +335,18 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
             let a = must_attr(txn, *id).await?;
             if a.ns != ns.root.id {
                 return fail(Errno::ENOENT, format!("inode {id} does not exist"));
+            }
+            // Ids are sequential: by id, a caller gets only what a path would give it. A
+            // directory knows its parent, so its ancestors are checked; any other inode may
+            // have many parents (hard links) and no pointer to them, so only its owner (or
+            // root: a mount's attribute reads) may use its id.
+            if a.kind().is_dir() {
+                reachable(txn, &a, cred).await?;
+            } else if !cred.is_root() && cred.uid != a.uid {
+                return fail(
+                    Errno::EACCES,
+                    format!("inode {id} by id is for its owner; use its path"),
+                );
             }
             Ok(Target {
                 id: *id,

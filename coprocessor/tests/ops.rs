@@ -601,3 +601,205 @@ async fn posix_details_of_rename_and_setattr() {
     let report = f.fsck().await;
     assert!(report.is_clean(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_do_not_bypass_a_closed_directory_devices_need_root_and_minus_one_keeps_an_owner() {
+    use coprocessor::ops::{mknod::Mknod, readdir::Readdir, stat::Stat};
+    let f = fixture().await;
+    let (r, a) = (root(), alice());
+    // Root's private tree: /private (0700) holds a directory, a file and a symlink.
+    f.mkdir(&r, "/private", 0o700).await.expect("mkdir");
+    let inner = f.mkdir(&r, "/private/inner", 0o755).await.expect("mkdir");
+    let file = f.create(&r, "/private/inner/secret").await.expect("create");
+    let link = f
+        .svc
+        .call(&Symlink {
+            ns: NS.to_vec(),
+            cred: r.clone(),
+            at: p("/private/inner/target"),
+            target: b"/the/hidden/place".to_vec(),
+        })
+        .await
+        .expect("symlink");
+    let stat = |cred: &indexnode::Cred, obj: Obj| Stat {
+        ns: NS.to_vec(),
+        cred: cred.clone(),
+        obj,
+    };
+    // By path, alice is stopped at /private.
+    assert_eq!(
+        errno(f.stat(&a, "/private/inner/secret", false).await),
+        Errno::EACCES
+    );
+    // By id, too: a directory's ancestors are checked, other inodes are their owner's.
+    for obj in [
+        Obj::Inode(inner.id),
+        Obj::Inode(file.id),
+        Obj::Inode(link.id),
+        Obj::Entry {
+            parent: inner.id,
+            name: b"secret".to_vec(),
+        },
+    ] {
+        assert_eq!(
+            errno(f.svc.call(&stat(&a, obj.clone())).await),
+            Errno::EACCES,
+            "{obj:?}"
+        );
+    }
+    assert_eq!(
+        errno(
+            f.svc
+                .call(&Readlink {
+                    ns: NS.to_vec(),
+                    cred: a.clone(),
+                    obj: Obj::Inode(link.id),
+                })
+                .await
+        ),
+        Errno::EACCES
+    );
+    assert_eq!(
+        errno(
+            f.svc
+                .call(&Readdir {
+                    ns: NS.to_vec(),
+                    cred: a.clone(),
+                    dir: Obj::Inode(inner.id),
+                    after: Vec::new(),
+                    limit: 0,
+                    plus: false,
+                })
+                .await
+        ),
+        Errno::EACCES
+    );
+    let create_by_id = Mknod {
+        ns: NS.to_vec(),
+        cred: a.clone(),
+        at: Loc::Entry {
+            parent: inner.id,
+            name: b"mine".to_vec(),
+        },
+        mode: 0o644,
+        rdev: 0,
+    };
+    assert_eq!(errno(f.svc.call(&create_by_id).await), Errno::EACCES);
+    // Root, and an owner of a reachable inode, still use ids.
+    f.svc
+        .call(&stat(&r, Obj::Inode(file.id)))
+        .await
+        .expect("root by id");
+    f.mkdir(&r, "/open", 0o777).await.expect("mkdir");
+    let hers = f.create(&a, "/open/hers").await.expect("create");
+    f.svc
+        .call(&stat(&a, Obj::Inode(hers.id)))
+        .await
+        .expect("the owner by id");
+    // Device nodes need root; fifos do not.
+    let node = |cred: &indexnode::Cred, path: &str, kind: FileType| Mknod {
+        ns: NS.to_vec(),
+        cred: cred.clone(),
+        at: p(path),
+        mode: kind.bits() | 0o644,
+        rdev: 0x0801,
+    };
+    for kind in [FileType::CharDevice, FileType::BlockDevice] {
+        assert_eq!(
+            errno(f.svc.call(&node(&a, "/open/dev", kind)).await),
+            Errno::EPERM
+        );
+    }
+    f.svc
+        .call(&node(&a, "/open/fifo", FileType::Fifo))
+        .await
+        .expect("fifo");
+    f.svc
+        .call(&node(&r, "/open/sda", FileType::BlockDevice))
+        .await
+        .expect("root makes devices");
+    // chown with -1 leaves that id as it is.
+    let chown = SetAttr {
+        ns: NS.to_vec(),
+        cred: r.clone(),
+        obj: Some(o("/open/hers")),
+        uid: Some(u32::MAX),
+        gid: Some(4242),
+        ..SetAttr::default()
+    };
+    let after = f.svc.call(&chown).await.expect("chown -1:4242");
+    assert_eq!((after.uid, after.gid), (a.uid, 4242));
+    let report = f.fsck().await;
+    assert!(report.is_clean(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xattrs_per_inode_are_bounded_and_their_list_fits_linux_buffers() {
+    use coprocessor::ops::xattr_common::{MAX_LIST, MAX_TOTAL, MAX_VALUE};
+    let f = fixture().await;
+    let r = root();
+    f.create(&r, "/big").await.expect("create");
+    f.create(&r, "/many").await.expect("create");
+    let set = |path: &str, name: Vec<u8>, value: Vec<u8>| XattrSet {
+        ns: NS.to_vec(),
+        cred: r.clone(),
+        obj: o(path),
+        name,
+        value,
+        flags: 0,
+    };
+    // Values: up to MAX_TOTAL bytes in all, then ENOSPC.
+    let mut stored = 0;
+    let mut i = 0;
+    loop {
+        let name = format!("user.v{i}").into_bytes();
+        let n = name.len();
+        match f.svc.call(&set("/big", name, vec![7; MAX_VALUE])).await {
+            Ok(()) => stored += n + MAX_VALUE,
+            Err(e) => {
+                assert_eq!(e.errno, Errno::ENOSPC, "{e}");
+                break;
+            }
+        }
+        i += 1;
+    }
+    assert!(
+        stored <= MAX_TOTAL && stored + MAX_VALUE + 8 > MAX_TOTAL,
+        "{stored}"
+    );
+    // Replacing one in place still works at the limit.
+    f.svc
+        .call(&set("/big", b"user.v0".to_vec(), vec![1; MAX_VALUE]))
+        .await
+        .expect("replace at the limit");
+    // Names: the list stays within MAX_LIST bytes.
+    let mut names = 0;
+    loop {
+        let mut name = format!("user.{names:05}-").into_bytes();
+        name.resize(255, b'n');
+        match f.svc.call(&set("/many", name, b"x".to_vec())).await {
+            Ok(()) => names += 1,
+            Err(e) => {
+                assert_eq!(e.errno, Errno::ENOSPC, "{e}");
+                break;
+            }
+        }
+    }
+    let list = f
+        .svc
+        .call(&XattrList {
+            ns: NS.to_vec(),
+            cred: r.clone(),
+            obj: o("/many"),
+        })
+        .await
+        .expect("list");
+    assert_eq!(list.len(), names);
+    let bytes: usize = list.iter().map(|n| n.len() + 1).sum();
+    assert!(bytes <= MAX_LIST && bytes + 256 > MAX_LIST, "{bytes}");
+    // Unlinking inodes full of attributes drops them all.
+    f.unlink(&r, "/big").await.expect("unlink");
+    f.unlink(&r, "/many").await.expect("unlink");
+    let report = f.fsck().await;
+    assert!(report.is_clean(), "{report}");
+}

@@ -7,22 +7,24 @@
 //!      8     8  entries   delta Add (a directory's number of children)
 //!     16     8  mtime ns  delta Max
 //!     24     8  ctime ns  delta Max
-//!     32     8  atime ns  put
-//!     40     8  size      put
-//!     48     8  id        put (never changes)
-//!     56     8  parent    put (directories: the parent directory's id; the root: itself)
-//!     64     4  mode      put (S_IFMT type bits and permission bits)
-//!     68     4  uid       put
-//!     72     4  gid       put
-//!     76     4  rdev      put
-//!     80     1  format    put (2)
-//!     81     8  ns        put (never changes: the root id of the inode's namespace)
-//!     89     -  a symlink's target; a directory's own name (empty for a root)
+//!     32     8  atime ns  set
+//!     40     8  size      set
+//!     48     8  id        (never changes)
+//!     56     8  parent    set (directories: the parent directory's id; the root: itself)
+//!     64     4  mode      set (S_IFMT type bits and permission bits)
+//!     68     4  uid       set
+//!     72     4  gid       set
+//!     76     4  rdev      set
+//!     80     1  format    (2)
+//!     81     8  ns        (never changes: the root id of the inode's namespace)
+//!     89     -  a symlink's target; a directory's own name (empty for a root): set
 //! ```
 //!
 //! The fields at offsets 0-31 are the ones concurrent operations in one directory touch: they
 //! change only through TafDB delta records ([`delta`]), so a thousand creates in a directory
-//! commute instead of conflicting. Everything else changes by rewriting the record.
+//! commute instead of conflicting. The rest is written whole when an inode is made, and later
+//! changed by field sets ([`delta::changes`]: rename, chmod, chown, utimens, truncate), so a
+//! busy directory can be renamed or chmod'ed while creates stream into it.
 
 use tafdb::DeltaOp;
 
@@ -221,7 +223,7 @@ impl Attr {
 
 /// The delta records the namespace writes to an inode record.
 pub mod delta {
-    use super::DeltaOp;
+    use super::{Attr, DeltaOp};
 
     /// Adds `by` to the link count.
     pub fn nlink(by: i64) -> DeltaOp {
@@ -248,6 +250,41 @@ pub mod delta {
             value: ns,
         }
     }
+
+    fn set(offset: u32, bytes: &[u8], truncate: bool) -> DeltaOp {
+        DeltaOp::Set {
+            offset,
+            bytes: bytes.to_vec(),
+            truncate,
+        }
+    }
+
+    /// The updates that turn record `old` into `new` without rewriting it: a field set for
+    /// every changed field outside the delta-maintained head (atime, size, parent, mode, uid,
+    /// gid, rdev, the name or target), a set of an mtime that changed, and ctime raised. The
+    /// link and entry counts are never touched, so creates and removals in a directory keep
+    /// commuting with a rename or chmod of it. A transaction using them must have read the
+    /// record stably (`Txn::get_stable`): stable readers and other setters conflict with them.
+    pub fn changes(old: &Attr, new: &Attr) -> Vec<DeltaOp> {
+        let mut out = Vec::new();
+        let (o, n) = (old.encode(), new.encode());
+        if old.mtime != new.mtime {
+            out.push(set(16, &n[16..24], false));
+        }
+        // atime and size; id (never changes) and parent; mode, uid, gid, rdev.
+        for (from, to) in [(32usize, 48usize), (56, 64), (64, 80)] {
+            if o[from..to] != n[from..to] {
+                out.push(set(from as u32, &n[from..to], false));
+            }
+        }
+        if old.target != new.target {
+            out.push(set(super::HEAD as u32, &new.target, true));
+        }
+        if new.ctime > old.ctime || !out.is_empty() {
+            out.push(ctime(new.ctime));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +309,46 @@ mod tests {
             ns: 16,
             target: b"a/b".to_vec(),
         }
+    }
+
+    proptest! {
+        #[test]
+        fn changes_turn_the_old_record_into_the_new_one(
+            mode in 0u32..0o7777, uid: u32, gid: u32, size: u64, atime: u64, mtime: u64,
+            ctime in 4u64..u64::MAX, parent: u64, rdev: u32,
+            target in proptest::collection::vec(any::<u8>(), 0..300),
+            entries in 0u64..100, nlink in 0u64..100,
+        ) {
+            let old = sample();
+            let mut new = old.clone();
+            new.mode = FileType::Symlink.bits() | mode;
+            new.uid = uid;
+            new.gid = gid;
+            new.size = size;
+            new.atime = atime;
+            new.mtime = mtime;
+            new.ctime = ctime;
+            new.parent = parent;
+            new.rdev = rdev;
+            new.target = target;
+            let mut v = old.encode();
+            // Concurrent deltas of the counts, before and after.
+            delta::entries(entries as i64).apply(&mut v);
+            for op in delta::changes(&old, &new) {
+                op.apply(&mut v);
+            }
+            delta::nlink(nlink as i64).apply(&mut v);
+            let got = Attr::decode(&v).expect("decodes");
+            let mut want = new.clone();
+            want.entries = old.entries + entries;
+            want.nlink = old.nlink + nlink;
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn no_change_no_updates() {
+        assert!(delta::changes(&sample(), &sample()).is_empty());
     }
 
     #[test]

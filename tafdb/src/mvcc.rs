@@ -52,13 +52,17 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::{FastHash, InlineKey, Key, KeyRange, Value};
 
-/// A commutative update of a fixed-width field inside a value.
+/// An update of a field inside a value, folded by readers instead of replacing the value.
 ///
-/// Fields are little-endian 64-bit integers at a byte offset; a value shorter than the field is
-/// zero-extended first, and an absent value counts as all zeros. This keeps TafDB ignorant of
-/// the record format while letting the namespace layer bump link counts and timestamps without
-/// conflicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Add` and `Max` address little-endian 64-bit integers at a byte offset; a value shorter
+/// than the field is zero-extended first, and an absent value counts as all zeros. They commute
+/// with each other: concurrent writers never conflict. `Set` overwrites bytes at an offset (and
+/// with `truncate`, drops everything after them): it commutes with `Add` and `Max` of other
+/// fields, but a stable reader ([`crate::Txn::get_stable`]) conflicts with it as with a put, so
+/// two transactions that read a record stably and set fields of it are serialized. This keeps
+/// TafDB ignorant of the record format while letting the namespace layer bump link counts and
+/// timestamps without conflicts, and rename or chmod a directory while creates stream into it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeltaOp {
     /// Adds `by` (wrapping, two's complement) to the `i64` at `offset`.
     Add {
@@ -74,6 +78,16 @@ pub enum DeltaOp {
         /// The candidate maximum.
         value: u64,
     },
+    /// Writes `bytes` at `offset` (zero-extending a shorter value); with `truncate`, the value
+    /// then ends right after them.
+    Set {
+        /// Byte offset of the first byte.
+        offset: u32,
+        /// The new bytes.
+        bytes: Vec<u8>,
+        /// Whether the value ends after `bytes`.
+        truncate: bool,
+    },
 }
 
 /// The largest byte offset a delta may address.
@@ -82,8 +96,24 @@ pub const MAX_DELTA_OFFSET: u32 = 4096;
 impl DeltaOp {
     /// Applies the operation to a value in place.
     pub fn apply(&self, value: &mut Vec<u8>) {
-        let offset = match self {
-            DeltaOp::Add { offset, .. } | DeltaOp::Max { offset, .. } => *offset as usize,
+        let (offset, by, max) = match self {
+            DeltaOp::Add { offset, by } => (*offset as usize, Some(*by), None),
+            DeltaOp::Max { offset, value } => (*offset as usize, None, Some(*value)),
+            DeltaOp::Set {
+                offset,
+                bytes,
+                truncate,
+            } => {
+                let (o, end) = (*offset as usize, *offset as usize + bytes.len());
+                if value.len() < end {
+                    value.resize(end, 0);
+                }
+                value[o..end].copy_from_slice(bytes);
+                if *truncate {
+                    value.truncate(end);
+                }
+                return;
+            }
         };
         if value.len() < offset + 8 {
             value.resize(offset + 8, 0);
@@ -92,9 +122,10 @@ impl DeltaOp {
         let cur = u64::from_le_bytes([
             field[0], field[1], field[2], field[3], field[4], field[5], field[6], field[7],
         ]);
-        let new = match self {
-            DeltaOp::Add { by, .. } => cur.wrapping_add(*by as u64),
-            DeltaOp::Max { value, .. } => cur.max(*value),
+        let new = match (by, max) {
+            (Some(by), _) => cur.wrapping_add(by as u64),
+            (None, Some(m)) => cur.max(m),
+            (None, None) => cur,
         };
         field.copy_from_slice(&new.to_le_bytes());
     }
@@ -102,8 +133,23 @@ impl DeltaOp {
     /// The byte offset the op touches.
     pub fn offset(&self) -> u32 {
         match self {
-            DeltaOp::Add { offset, .. } | DeltaOp::Max { offset, .. } => *offset,
+            DeltaOp::Add { offset, .. }
+            | DeltaOp::Max { offset, .. }
+            | DeltaOp::Set { offset, .. } => *offset,
         }
+    }
+
+    /// The byte just past what the op touches.
+    pub fn end(&self) -> u64 {
+        match self {
+            DeltaOp::Set { offset, bytes, .. } => u64::from(*offset) + bytes.len() as u64,
+            other => u64::from(other.offset()) + 8,
+        }
+    }
+
+    /// Whether a stable reader conflicts with it (see [`DeltaOp::Set`]).
+    pub fn sets(&self) -> bool {
+        matches!(self, DeltaOp::Set { .. })
     }
 }
 
@@ -121,6 +167,15 @@ pub enum Mutation {
 impl Mutation {
     fn is_base(&self) -> bool {
         !matches!(self, Mutation::Delta(_))
+    }
+
+    /// Whether a stable reader of the key conflicts with it: a put, a delete or a
+    /// [`DeltaOp::Set`].
+    pub fn unsettles(&self) -> bool {
+        match self {
+            Mutation::Delta(op) => op.sets(),
+            _ => true,
+        }
     }
 
     /// Whether the mutation replaces the value (a put or a delete) rather than folding into it.
@@ -547,7 +602,7 @@ impl MvccStore {
                 .iter()
                 .rev()
                 .take_while(|v| v.ts > start_ts)
-                .any(|v| v.mutation.is_base())
+                .any(|v| v.mutation.unsettles())
         });
         self.too_old(start_ts)?;
         Ok(newer)

@@ -114,6 +114,9 @@ enum MarkKind {
     Delta,
     /// A key a 2PC prewrite read: writers must not slip in before its read lock is applied.
     Read,
+    /// A [`crate::DeltaOp::Set`]: commutes with other deltas, but stable readers and other
+    /// field setters conflict with it, as with a put.
+    Field,
 }
 
 /// One pending mark on a key.
@@ -135,6 +138,10 @@ impl Mark {
         match kind {
             MarkKind::Base => true,
             MarkKind::Delta => self.kind == MarkKind::Read,
+            // A field set is serialized with other sets and puts, not with other deltas.
+            MarkKind::Field => {
+                matches!(self.kind, MarkKind::Read | MarkKind::Base | MarkKind::Field)
+            }
             // A reader's conflicts are found by its validation, which follows.
             MarkKind::Read => false,
         }
@@ -317,7 +324,7 @@ impl Pending {
     fn foreign_base(&self, key: &[u8], owner: u64) -> bool {
         self.point.get(&InlineKey::new(key)).is_some_and(|q| {
             q.iter()
-                .any(|m| m.kind == MarkKind::Base && m.owner != owner)
+                .any(|m| matches!(m.kind, MarkKind::Base | MarkKind::Field) && m.owner != owner)
         })
     }
 
@@ -369,10 +376,23 @@ impl Pending {
     }
 }
 
+/// How a transaction touches a key, for the check against 2PC locks on it.
+#[derive(Clone, Copy)]
+enum Access<'a> {
+    /// An ordinary read: every foreign writer lock conflicts.
+    Read,
+    /// A stable read: only locks of puts, deletes and field sets conflict.
+    Stable,
+    /// A write of this mutation.
+    Write(&'a Mutation),
+}
+
 /// The mark a write takes.
 fn write_kind(m: &Mutation) -> MarkKind {
     if m.replaces() {
         MarkKind::Base
+    } else if m.unsettles() {
+        MarkKind::Field
     } else {
         MarkKind::Delta
     }
@@ -718,14 +738,23 @@ impl Tablet {
         key: &[u8],
         rec: &LockRecord,
         own: u64,
-        delta_write: bool,
+        access: Access<'_>,
         write: bool,
     ) -> Result<()> {
         for w in &rec.writers {
             if w.start_ts == own {
                 continue;
             }
-            if delta_write && matches!(w.mutation, Mutation::Delta(_)) {
+            let commutes = match access {
+                Access::Read => false,
+                Access::Write(m) if m.replaces() => false,
+                // A stable reader and a field setter pass only plain deltas (adds, maxima).
+                Access::Stable => !w.mutation.unsettles(),
+                Access::Write(m) if m.unsettles() => !w.mutation.unsettles(),
+                // A plain delta passes every delta.
+                Access::Write(_) => matches!(w.mutation, Mutation::Delta(_)),
+            };
+            if commutes {
                 continue;
             }
             return Err(Error::Locked {
@@ -766,7 +795,7 @@ impl Tablet {
                 ));
             }
             if locks {
-                self.lock_conflict(k, &command::read_locks(mvcc, k)?, own, false, false)?;
+                self.lock_conflict(k, &command::read_locks(mvcc, k)?, own, Access::Read, false)?;
             }
         }
         for k in rs.stable {
@@ -783,7 +812,13 @@ impl Tablet {
                 ));
             }
             if locks {
-                self.lock_conflict(k, &command::read_locks(mvcc, k)?, own, true, false)?;
+                self.lock_conflict(
+                    k,
+                    &command::read_locks(mvcc, k)?,
+                    own,
+                    Access::Stable,
+                    false,
+                )?;
             }
         }
         for (k, m) in writes {
@@ -796,7 +831,13 @@ impl Tablet {
                 ));
             }
             if locks {
-                self.lock_conflict(k, &command::read_locks(mvcc, k)?, own, delta, true)?;
+                self.lock_conflict(
+                    k,
+                    &command::read_locks(mvcc, k)?,
+                    own,
+                    Access::Write(m),
+                    true,
+                )?;
             }
         }
         for r in rs.scans {
@@ -816,7 +857,7 @@ impl Tablet {
             }
             if locks {
                 for (lk, rec) in self.locks_in(r)? {
-                    self.lock_conflict(&lk, &rec, own, false, false)?;
+                    self.lock_conflict(&lk, &rec, own, Access::Read, false)?;
                 }
             }
         }

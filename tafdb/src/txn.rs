@@ -210,10 +210,11 @@ impl Txn {
     /// see the folded value.
     pub fn delta(&mut self, key: &[u8], op: DeltaOp) -> Result<()> {
         check_user_key(key)?;
-        if op.offset() > MAX_DELTA_OFFSET {
+        if op.end() > u64::from(MAX_DELTA_OFFSET) + 8 {
             return Err(Error::InvalidArgument(format!(
-                "delta offset {} exceeds {MAX_DELTA_OFFSET}",
-                op.offset()
+                "a delta at offset {} reaches byte {}, past {MAX_DELTA_OFFSET} + 8",
+                op.offset(),
+                op.end()
             )));
         }
         self.writes

@@ -359,7 +359,7 @@ proptest! {
                         Op::Delete(k) => { t.delete(&key(*k)).expect("delete"); model.remove(&key(*k)); }
                         Op::Add(k, d) => {
                             let op = DeltaOp::Add { offset: 0, by: *d as i64 };
-                            t.delta(&key(*k), op).expect("delta");
+                            t.delta(&key(*k), op.clone()).expect("delta");
                             op.apply(model.entry(key(*k)).or_default());
                         }
                     }
@@ -792,4 +792,89 @@ async fn a_small_log_store_is_purged_as_it_fills() {
         .expect("scan");
     assert_eq!(rows.len(), 8 * 400);
     db.shutdown().await;
+}
+
+fn set(offset: u32, bytes: &[u8], truncate: bool) -> DeltaOp {
+    DeltaOp::Set {
+        offset,
+        bytes: bytes.to_vec(),
+        truncate,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_sets_commute_with_deltas_but_not_with_stable_readers_or_each_other() {
+    for split in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), split).await;
+        let key = b"\x02rec";
+        let mut t = db.begin().expect("begin");
+        t.put(key, &[0u8; 24]).expect("put");
+        t.commit().await.expect("commit");
+
+        // A setter that read the record stably, racing an adder: both commit, neither update
+        // is lost.
+        let mut setter = db.begin().expect("begin");
+        setter.get_stable(key).await.expect("stable read");
+        setter.delta(key, set(8, b"name", true)).expect("set");
+        let mut adder = db.begin().expect("begin");
+        adder
+            .delta(key, DeltaOp::Add { offset: 0, by: 5 })
+            .expect("add");
+        adder.commit().await.expect("the adder commits");
+        setter
+            .commit()
+            .await
+            .expect("the setter commits after an add");
+        let mut r = db.begin().expect("begin");
+        let v = r.get(key).await.expect("get").expect("value");
+        assert_eq!(counter(&Some(v.clone())), 5, "split {split}");
+        assert_eq!(&v[8..], b"name", "split {split}: set and truncated");
+
+        // Two setters that read stably: the second to commit conflicts.
+        let mut a = db.begin().expect("begin");
+        let mut b = db.begin().expect("begin");
+        a.get_stable(key).await.expect("read");
+        b.get_stable(key).await.expect("read");
+        a.delta(key, set(8, b"aaaa", false)).expect("set");
+        b.delta(key, set(8, b"bbbb", false)).expect("set");
+        a.commit().await.expect("first setter");
+        let e = b.commit().await.expect_err("the second setter conflicts");
+        assert!(e.is_retryable(), "split {split}: {e}");
+
+        // A stable reader conflicts with a set committed after it started.
+        let mut reader = db.begin().expect("begin");
+        reader.get_stable(key).await.expect("read");
+        reader.put(b"\x02other", b"x").expect("put");
+        let mut s = db.begin().expect("begin");
+        s.delta(key, set(8, b"cccc", false)).expect("set");
+        s.commit().await.expect("set");
+        let e = reader.commit().await.expect_err("the reader conflicts");
+        assert!(e.is_retryable(), "split {split}: {e}");
+        // ...but not with a plain delta.
+        let mut reader = db.begin().expect("begin");
+        reader.get_stable(key).await.expect("read");
+        reader.put(b"\x02other", b"y").expect("put");
+        let mut d = db.begin().expect("begin");
+        d.delta(
+            key,
+            DeltaOp::Max {
+                offset: 0,
+                value: 9,
+            },
+        )
+        .expect("max");
+        d.commit().await.expect("max");
+        reader
+            .commit()
+            .await
+            .expect("a stable reader passes a plain delta");
+        // A set reaching past the delta limit is refused.
+        let mut t = db.begin().expect("begin");
+        assert!(matches!(
+            t.delta(key, set(4096, &[0; 9], false)),
+            Err(Error::InvalidArgument(_))
+        ));
+        db.shutdown().await;
+    }
 }

@@ -53,6 +53,11 @@ impl Op for Mknod {
                     }
                 }
             };
+            if matches!(kind, FileType::CharDevice | FileType::BlockDevice) && !self.cred.is_root()
+            {
+                // Linux needs CAP_MKNOD for device nodes; fifos and sockets are for anyone.
+                return fail(Errno::EPERM, "only root may make device nodes");
+            }
             let ns = namespace(txn, &self.ns).await?;
             let loc = locate(txn, &ns, &self.at, &self.cred).await?;
             loc.dir

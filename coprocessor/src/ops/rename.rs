@@ -20,7 +20,9 @@ use crate::api::Loc;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{check_sticky, drop_dir, drop_link, index_entry_of, touch_dir};
-use crate::resolve::{attr_stable, dentry, locate, must_attr, namespace, Located, Ns};
+use crate::resolve::{
+    attr_stable, dentry, locate, must_attr, must_attr_stable, namespace, Located, Ns,
+};
 use crate::service::Op;
 
 /// `RENAME_NOREPLACE`: fail with `EEXIST` instead of replacing.
@@ -70,13 +72,24 @@ async fn not_into_itself(txn: &mut Txn, moved: u64, dir: u64) -> OpResult<()> {
     fail(Errno::EIO, "the parent chain does not reach a root")
 }
 
-/// Rewrites directory `a`'s parent pointer, name and Index entry for its new place.
-fn move_dir(txn: &mut Txn, a: &Attr, from: &Located, to: &Located, now: u64) -> OpResult<()> {
+/// Points directory `a` (read stably) at its new parent and name. Field updates, not a new
+/// record: the counts and times that creates in the directory change by delta records keep
+/// commuting with the move.
+fn relink_dir(txn: &mut Txn, a: &Attr, to: &Located, now: u64) -> OpResult<Attr> {
     let mut b = a.clone();
     b.parent = to.dir.id;
     b.target = to.name.clone();
     b.ctime = b.ctime.max(now);
-    txn.put(&keys::attr_key(a.id), &b.encode())?;
+    let key = keys::attr_key(a.id);
+    for op in metastore::attr::delta::changes(a, &b) {
+        txn.delta(&key, op)?;
+    }
+    Ok(b)
+}
+
+/// Rewrites directory `a`'s parent pointer, name and Index entry for its new place.
+fn move_dir(txn: &mut Txn, a: &Attr, from: &Located, to: &Located, now: u64) -> OpResult<()> {
+    let b = relink_dir(txn, a, to, now)?;
     txn.delete(&indexnode::index_key(from.dir.id, &from.name))?;
     txn.put(
         &indexnode::index_key(to.dir.id, &to.name),
@@ -133,11 +146,14 @@ impl Op for Rename {
                 // Two names of one inode: rename(2) does nothing.
                 return Ok(());
             }
-            let sa = must_attr(txn, sd.id).await?;
+            // Stably: what rename uses of the source (its type, owner and mode, its place)
+            // never changes by delta records, which creates inside a directory write.
+            let sa = must_attr_stable(txn, sd.id).await?;
             check_sticky(&from.dir, sa.uid, &self.cred, &from.name)?;
             let now = now_ns();
             let exchange = self.flags & RENAME_EXCHANGE != 0;
             let da = match dd {
+                Some(d) if exchange => Some(must_attr_stable(txn, d.id).await?),
                 Some(d) => Some(must_attr(txn, d.id).await?),
                 None if exchange => {
                     return fail(
@@ -252,11 +268,7 @@ async fn exchange_entries(
     for (a, old, new) in [(sa, from, to), (da, to, from)] {
         put_entry(txn, new, a)?;
         if a.kind().is_dir() {
-            let mut b = a.clone();
-            b.parent = new.dir.id;
-            b.target = new.name.clone();
-            b.ctime = b.ctime.max(now);
-            txn.put(&keys::attr_key(a.id), &b.encode())?;
+            let b = relink_dir(txn, a, new, now)?;
             txn.put(
                 &indexnode::index_key(new.dir.id, &new.name),
                 &index_entry_of(&b).encode(),

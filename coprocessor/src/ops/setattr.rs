@@ -10,7 +10,7 @@ use crate::api::Obj;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{index_entry_of, index_key_of, usage, S_ISGID, S_ISUID};
-use crate::resolve::{must_attr, namespace, object};
+use crate::resolve::{must_attr_stable, namespace, object};
 use crate::service::Op;
 
 /// A new time: the server's clock, or a given time in ns since the epoch.
@@ -66,11 +66,18 @@ impl Op for SetAttr {
                 },
                 o => o.clone(),
             };
+            // chown(2): an id of -1 leaves that id unchanged.
+            let (uid, gid) = (
+                self.uid.filter(|&u| u != u32::MAX),
+                self.gid.filter(|&g| g != u32::MAX),
+            );
             let t = object(txn, &ns, &obj, &self.cred).await?;
-            let old = must_attr(txn, t.id).await?;
+            // A stable read and field updates: creates streaming into a directory (delta
+            // records on its counts and times) do not conflict with a chmod of it.
+            let old = must_attr_stable(txn, t.id).await?;
             let nothing = self.mode.is_none()
-                && self.uid.is_none()
-                && self.gid.is_none()
+                && uid.is_none()
+                && gid.is_none()
                 && self.size.is_none()
                 && self.atime.is_none()
                 && self.mtime.is_none();
@@ -94,9 +101,9 @@ impl Op for SetAttr {
                 }
                 a.mode = (a.mode & S_IFMT) | perm;
             }
-            if self.uid.is_some() || self.gid.is_some() {
-                let uid = self.uid.unwrap_or(a.uid);
-                let gid = self.gid.unwrap_or(a.gid);
+            if uid.is_some() || gid.is_some() {
+                let uid = uid.unwrap_or(a.uid);
+                let gid = gid.unwrap_or(a.gid);
                 if !cred.is_root() {
                     // As Linux's chown_ok/chgrp_ok: even an unchanged owner or group may only be
                     // given by the owner.
@@ -173,7 +180,10 @@ impl Op for SetAttr {
                 }
             }
             a.ctime = a.ctime.max(now);
-            txn.put(&keys::attr_key(a.id), &a.encode())?;
+            let key = keys::attr_key(a.id);
+            for op in metastore::attr::delta::changes(&old, &a) {
+                txn.delta(&key, op)?;
+            }
             if a.kind().is_dir() && (a.mode != old.mode || a.uid != old.uid || a.gid != old.gid) {
                 txn.put(&index_key_of(&ns, &a), &index_entry_of(&a).encode())?;
             }

@@ -6,14 +6,46 @@
 //! here, its link count and times do not.
 
 use indexnode::{Cred, MAY_READ, MAY_WRITE};
+use metastore::keys;
 use tafdb::Txn;
 
 use crate::api::Obj;
 use crate::error::{fail, Errno, OpResult};
 use crate::resolve::{attr_stable, object, Ns};
 
-/// The longest value.
+/// The longest value (Linux's `XATTR_SIZE_MAX`).
 pub const MAX_VALUE: usize = 65_536;
+/// The most bytes the names of one inode's attributes take in a list, a NUL after each
+/// (Linux's `XATTR_LIST_MAX`), so that every list fits the largest buffer a caller can pass.
+pub const MAX_LIST: usize = 65_536;
+/// The most bytes (names and values) one inode's attributes take together. It bounds what a
+/// set, a list or the unlink that drops them reads and writes in one transaction.
+pub const MAX_TOTAL: usize = 256 << 10;
+
+/// What one inode's attributes take, except `skip` (one being replaced).
+pub struct Usage {
+    /// Bytes of a list of the names (a NUL after each).
+    pub list: usize,
+    /// Bytes of names and values.
+    pub total: usize,
+}
+
+/// Sums up inode `id`'s attributes, except `skip` (a recorded range read: concurrent sets on
+/// one inode are serialized, so together they never pass the limits).
+pub async fn usage(txn: &mut Txn, id: u64, skip: &[u8]) -> OpResult<Usage> {
+    let rows = txn.scan(&keys::xattr_range(id), usize::MAX).await?;
+    let mut u = Usage { list: 0, total: 0 };
+    for (k, v) in &rows {
+        let Some(name) = keys::xattr_name(id, k) else {
+            continue;
+        };
+        if name != skip {
+            u.list += name.len() + 1;
+            u.total += name.len() + v.len();
+        }
+    }
+    Ok(u)
+}
 
 /// What the caller wants to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,9 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::Obj;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
-use crate::ops::xattr_common::{check_access, check_name, Access, MAX_VALUE};
+use crate::ops::xattr_common::{
+    check_access, check_name, usage, Access, MAX_LIST, MAX_TOTAL, MAX_VALUE,
+};
 use crate::resolve::namespace;
 use crate::service::Op;
 
@@ -62,6 +64,18 @@ impl Op for XattrSet {
             }
             if !exists && self.flags & XATTR_REPLACE != 0 {
                 return fail(Errno::ENODATA, "no such attribute");
+            }
+            let used = usage(txn, id, &self.name).await?;
+            if used.list + self.name.len() + 1 > MAX_LIST
+                || used.total + self.name.len() + self.value.len() > MAX_TOTAL
+            {
+                return fail(
+                    Errno::ENOSPC,
+                    format!(
+                        "the inode's extended attributes would take more than {MAX_TOTAL} bytes \
+                         (names and values) or list in more than {MAX_LIST}"
+                    ),
+                );
             }
             txn.put(&key, &self.value)?;
             txn.delta(&keys::attr_key(id), delta::ctime(now_ns()))?;
