@@ -28,6 +28,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Header};
+use crate::limits::{Budget, Guarded};
 use crate::proto::{self, mantle_server::MantleServer};
 use crate::status::{invalid, to_status};
 
@@ -52,6 +53,43 @@ pub struct ServerConfig {
     /// How long the reply of a mutation is kept for retries of the same request id (default
     /// 600 s; clients must stop retrying before, the SDK does after 60 s).
     pub request_retention: Duration,
+    /// What clients may hold of the server.
+    pub limits: Limits,
+}
+
+/// What clients may hold of the server (see [`crate::limits`]); `docs/operations.md` lists
+/// the flags.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Concurrent requests (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// How long a new connection has to send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// How long one request may take, reading its body included.
+    pub request_timeout: Duration,
+    /// Request bytes in flight, summed over every connection.
+    pub max_inflight_request_bytes: usize,
+    /// How often an idle connection is pinged; one that does not answer within the same time
+    /// is closed.
+    pub keepalive: Duration,
+    /// How long a shutdown waits for requests in flight before it closes every connection.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 4096,
+            max_streams_per_connection: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_inflight_request_bytes: 256 << 20,
+            keepalive: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -63,6 +101,7 @@ impl ServerConfig {
             mvcc_window_ms: None,
             flush_interval_ms: None,
             request_retention: DEFAULT_REQUEST_RETENTION,
+            limits: Limits::default(),
         }
     }
 
@@ -128,21 +167,67 @@ pub async fn serve(
     ));
     tracing::info!(%addr, data = %data.display(), "mantle is serving");
     ready(addr);
+    let limits = config.limits.clone();
     let api = MantleServer::new(Api { svc })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(64 << 20);
-    // Small RPCs must not wait for Nagle's algorithm and the peer's delayed ACK (40 ms).
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|c| {
-            if let Err(e) = c.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let handshake = limits.handshake_timeout;
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    let incoming = TcpListenerStream::new(listener).filter_map(move |conn| {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        // Small RPCs must not wait for Nagle's algorithm and the peer's delayed ACK (40 ms).
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        match Guarded::admit(conn, &slots, handshake) {
+            Some(g) => Some(Ok(g)),
+            None => {
+                let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        refused = n + 1,
+                        max = limits.max_connections,
+                        "connection limit reached: closing new connections"
+                    );
+                }
+                None
             }
-        })
+        }
     });
-    let result = tonic::transport::Server::builder()
+    let budget = Budget::new(limits.max_inflight_request_bytes);
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(limits.keepalive))
+        .http2_max_header_list_size(64 << 10)
+        .layer(tower::util::MapRequestLayer::new(move |req| {
+            budget.wrap(req)
+        }))
         .add_service(api)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // A graceful shutdown waits for every connection, and one idle or half-sent connection
+    // would hold it forever: after the grace period the remaining connections are closed.
+    let grace = limits.shutdown_grace;
+    let result = tokio::select! {
+        r = server => r,
+        () = async move {
+            let _ = stopping.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "connections still open after the shutdown grace period: closing them");
+            Ok(())
+        }
+    };
     tracing::info!("shutting down the store");
     expiry.abort();
     db.shutdown().await;

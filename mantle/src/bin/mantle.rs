@@ -52,6 +52,29 @@ struct ServeArgs {
     /// gets it instead of running the mutation again (s). Clients must give up before.
     #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..))]
     request_retention_s: u64,
+    /// Connections open at once; more are accepted and closed at once.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Concurrent requests on one connection (HTTP/2 streams).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// How long a new connection has to start speaking HTTP/2 (ms).
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout_ms: u64,
+    /// How long one request may take, reading its body included (ms).
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+    /// Request bytes in flight over all connections (MiB); a request that does not fit is
+    /// refused with EAGAIN.
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
+    max_inflight_request_mib: u64,
+    /// How often idle connections are pinged; one that does not answer as long is closed (ms).
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    keepalive_ms: u64,
+    /// How long a shutdown (SIGTERM, SIGINT) waits for requests in flight before it closes
+    /// every connection (ms).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
 }
 
 impl ServeArgs {
@@ -60,6 +83,17 @@ impl ServeArgs {
         cfg.mvcc_window_ms = Some(self.mvcc_window_ms);
         cfg.flush_interval_ms = Some(self.flush_interval_ms);
         cfg.request_retention = std::time::Duration::from_secs(self.request_retention_s);
+        let ms = std::time::Duration::from_millis;
+        cfg.limits = mantle::server::Limits {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_streams_per_connection: self.max_streams_per_connection,
+            handshake_timeout: ms(self.handshake_timeout_ms),
+            request_timeout: ms(self.request_timeout_ms),
+            max_inflight_request_bytes: usize::try_from(self.max_inflight_request_mib << 20)
+                .unwrap_or(usize::MAX),
+            keepalive: ms(self.keepalive_ms),
+            shutdown_grace: ms(self.shutdown_grace_ms),
+        };
         cfg
     }
 }
