@@ -156,12 +156,31 @@ fn path_obj(p: impl AsRef<[u8]>, follow: bool) -> Option<proto::Obj> {
     })
 }
 
+fn inode_obj(id: u64) -> Option<proto::Obj> {
+    Some(proto::Obj {
+        kind: Some(proto::obj::Kind::Inode(id)),
+        follow: false,
+    })
+}
+
+fn entry_loc(parent: u64, name: impl AsRef<[u8]>) -> Option<proto::Loc> {
+    Some(proto::Loc {
+        kind: Some(proto::loc::Kind::Entry(proto::Entry {
+            parent,
+            name: name.as_ref().to_vec(),
+        })),
+    })
+}
+
 fn attr(reply: proto::AttrReply) -> Result<Attr> {
     let a = reply
         .attr
         .ok_or_else(|| FsError::new(Errno::EIO, "the server sent no attributes"))?;
     Attr::try_from(a).map_err(|s| from_status(&s))
 }
+
+/// A directory's parent and name, for a removal by inode.
+type NamedBy = (u64, Vec<u8>);
 
 /// Attribute changes for [`Client::setattr`].
 #[derive(Clone, Debug, Default)]
@@ -399,13 +418,13 @@ impl Client {
     }
 
     /// Makes `path` and any missing parents; an existing directory is fine.
-    pub async fn mkdir_p(&self, path: &str, mode: u32) -> Result<Attr> {
-        let names = metastore::name::split_path(path.as_bytes())?;
-        let mut cur = String::new();
+    pub async fn mkdir_p(&self, path: impl AsRef<[u8]>, mode: u32) -> Result<Attr> {
+        let names = metastore::name::split_path(path.as_ref())?;
+        let mut cur: Vec<u8> = Vec::new();
         let mut last = self.stat("/").await?;
         for n in names {
-            cur.push('/');
-            cur.push_str(&String::from_utf8_lossy(n));
+            cur.push(b'/');
+            cur.extend_from_slice(n);
             last = match self.mkdir(&cur, mode).await {
                 Ok(a) => a,
                 Err(e) if e.errno == Errno::EEXIST => {
@@ -413,7 +432,7 @@ impl Client {
                     if !a.kind().is_dir() {
                         return Err(FsError::new(
                             Errno::ENOTDIR,
-                            format!("{cur} is not a directory"),
+                            format!("{} is not a directory", String::from_utf8_lossy(&cur)),
                         ));
                     }
                     a
@@ -498,11 +517,31 @@ impl Client {
 
     /// Removes empty directory `path`.
     pub async fn rmdir(&self, path: impl AsRef<[u8]>) -> Result<()> {
+        self.rmdir_loc(path_loc(path)).await
+    }
+
+    /// Removes empty directory `name` of directory inode `parent`.
+    pub async fn rmdir_at(&self, parent: u64, name: impl AsRef<[u8]>) -> Result<()> {
+        self.rmdir_loc(entry_loc(parent, name)).await
+    }
+
+    async fn rmdir_loc(&self, at: Option<proto::Loc>) -> Result<()> {
         let req = proto::RmdirRequest {
             header: self.header(),
-            at: path_loc(path),
+            at,
         };
         self.mutate(req, |mut c, r| async move { c.rmdir(r).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes non-directory `name` of directory inode `parent`.
+    pub async fn unlink_at(&self, parent: u64, name: impl AsRef<[u8]>) -> Result<()> {
+        let req = proto::UnlinkRequest {
+            header: self.header(),
+            at: entry_loc(parent, name),
+        };
+        self.mutate(req, |mut c, r| async move { c.unlink(r).await })
             .await?;
         Ok(())
     }
@@ -533,9 +572,32 @@ impl Client {
         limit: u32,
         plus: bool,
     ) -> Result<(Vec<DirEntry>, Option<Vec<u8>>)> {
+        self.readdir_obj(path_obj(path, true), after, limit, plus)
+            .await
+    }
+
+    /// A page of directory inode `dir` (see [`Client::readdir`]): walks by inode need no path,
+    /// so they work at any depth and with any names.
+    pub async fn readdir_inode(
+        &self,
+        dir: u64,
+        after: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, Option<Vec<u8>>)> {
+        self.readdir_obj(inode_obj(dir), after, limit, plus).await
+    }
+
+    async fn readdir_obj(
+        &self,
+        dir: Option<proto::Obj>,
+        after: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, Option<Vec<u8>>)> {
         let req = proto::ReaddirRequest {
             header: self.header(),
-            dir: path_obj(path, true),
+            dir,
             after: after.to_vec(),
             limit,
             plus,
@@ -570,11 +632,20 @@ impl Client {
     }
 
     /// Every entry of directory `path`, page by page.
-    pub async fn list(&self, path: &str, plus: bool) -> Result<Vec<DirEntry>> {
+    pub async fn list(&self, path: impl AsRef<[u8]>, plus: bool) -> Result<Vec<DirEntry>> {
+        self.list_obj(path_obj(path, true), plus).await
+    }
+
+    /// Every entry of directory inode `dir`, page by page.
+    pub async fn list_inode(&self, dir: u64, plus: bool) -> Result<Vec<DirEntry>> {
+        self.list_obj(inode_obj(dir), plus).await
+    }
+
+    async fn list_obj(&self, dir: Option<proto::Obj>, plus: bool) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         let mut after = Vec::new();
         loop {
-            let (page, next) = self.readdir(path, &after, 0, plus).await?;
+            let (page, next) = self.readdir_obj(dir.clone(), &after, 0, plus).await?;
             out.extend(page);
             match next {
                 Some(n) => after = n,
@@ -719,7 +790,12 @@ impl Client {
     /// Removes `path` and everything below it, depth first, page by page (memory stays
     /// bounded by the tree's depth times a page). `progress` hears the running count of
     /// removed entries. Returns how many were removed.
-    pub async fn remove_all(&self, path: &str, mut progress: impl FnMut(u64)) -> Result<u64> {
+    pub async fn remove_all(
+        &self,
+        path: impl AsRef<[u8]>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64> {
+        let path = path.as_ref();
         let a = self.lstat(path).await?;
         if !a.kind().is_dir() {
             self.unlink(path).await?;
@@ -727,33 +803,30 @@ impl Client {
             return Ok(1);
         }
         let mut removed = 0u64;
-        // A stack of directories still to empty; a directory is removed once it is empty.
-        let mut stack = vec![path.to_string()];
-        while let Some(dir) = stack.last().cloned() {
-            let (page, _) = self.readdir(&dir, b"", 0, false).await?;
+        // A stack of directories still to empty, by inode: (its id, its parent and name; none
+        // for the starting directory, which is removed by path). Walking by inode works at any
+        // depth (past PATH_MAX) and with any names.
+        let mut stack: Vec<(u64, Option<NamedBy>)> = vec![(a.id, None)];
+        while let Some((dir, at)) = stack.last().cloned() {
+            let (page, _) = self.readdir_inode(dir, b"", 0, false).await?;
             if page.is_empty() {
-                if dir == "/" {
+                stack.pop();
+                match at {
+                    Some((parent, name)) => self.rmdir_at(parent, &name).await?,
                     // The root stays; only its contents go.
-                    stack.pop();
-                    continue;
+                    None if a.parent == a.id => continue,
+                    None => self.rmdir(path).await?,
                 }
-                self.rmdir(&dir).await?;
                 removed += 1;
                 progress(removed);
-                stack.pop();
                 continue;
             }
             for e in page {
-                let child = if dir == "/" {
-                    format!("/{}", String::from_utf8_lossy(&e.name))
-                } else {
-                    format!("{dir}/{}", String::from_utf8_lossy(&e.name))
-                };
                 if e.kind.is_dir() {
-                    stack.push(child);
+                    stack.push((e.id, Some((dir, e.name))));
                     break;
                 }
-                self.unlink(&child).await?;
+                self.unlink_at(dir, &e.name).await?;
                 removed += 1;
                 progress(removed);
             }

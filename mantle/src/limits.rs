@@ -125,14 +125,17 @@ impl tonic::transport::server::Connected for Guarded {
 pub struct Budget {
     bytes: Arc<Semaphore>,
     refused: Arc<AtomicU64>,
+    max_request: usize,
 }
 
 impl Budget {
-    /// A budget of `bytes`.
-    pub fn new(bytes: usize) -> Budget {
+    /// A budget of `bytes`, for requests of at most `max_request` bytes (a bigger one is
+    /// refused with `E2BIG` before anything is reserved for it).
+    pub fn new(bytes: usize, max_request: usize) -> Budget {
         Budget {
             bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
             refused: Arc::new(AtomicU64::new(0)),
+            max_request,
         }
     }
 
@@ -197,6 +200,15 @@ impl Body for Budgeted {
                         self.head[3],
                         self.head[4],
                     ]);
+                    if len as usize > self.budget.max_request {
+                        return Poll::Ready(Some(Err(to_status(&FsError::new(
+                            Errno::E2BIG,
+                            format!(
+                                "a {len}-byte request exceeds the server's limit of {} bytes",
+                                self.budget.max_request
+                            ),
+                        )))));
+                    }
                     match self.budget.bytes.clone().try_acquire_many_owned(len.max(1)) {
                         Ok(p) => self.permit = Some(p),
                         Err(_) => {

@@ -198,7 +198,7 @@ pub async fn serve(
             }
         }
     });
-    let budget = Budget::new(limits.max_inflight_request_bytes);
+    let budget = Budget::new(limits.max_inflight_request_bytes, MAX_REQUEST_BYTES);
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;

@@ -221,15 +221,7 @@ async fn a_mutation_whose_reply_was_lost_to_a_kill_9_answers_its_first_result_on
         .await
         .expect("raw connect");
     let req = proto::MkdirRequest {
-        header: Some(proto::Header {
-            namespace: "default".into(),
-            cred: Some(proto::Cred {
-                uid: 0,
-                gid: 0,
-                groups: vec![],
-            }),
-            request: None,
-        }),
+        header: common::root_header("default"),
         at: Some(proto::Loc {
             kind: Some(proto::loc::Kind::Path(b"/control".to_vec())),
         }),

@@ -1,5 +1,7 @@
 //! `mantle`: the server and the command-line client.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -111,7 +113,7 @@ enum Cmd {
         #[arg(short, long, default_value = "755", value_parser = octal)]
         mode: u32,
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<OsString>,
     },
     /// Lists a directory.
     Ls {
@@ -119,14 +121,14 @@ enum Cmd {
         #[arg(short)]
         l: bool,
         #[arg(default_value = "/")]
-        path: String,
+        path: OsString,
     },
     /// Shows an inode's attributes.
-    Stat { path: String },
+    Stat { path: OsString },
     /// Renames.
     Mv {
-        src: String,
-        dst: String,
+        src: OsString,
+        dst: OsString,
         /// Fail if the destination exists.
         #[arg(short = 'n', long)]
         no_clobber: bool,
@@ -140,25 +142,25 @@ enum Cmd {
         #[arg(short)]
         r: bool,
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<OsString>,
     },
     /// Creates files, or updates their times.
     Touch {
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<OsString>,
     },
     /// Makes links.
     Ln {
         /// A symbolic link.
         #[arg(short)]
         s: bool,
-        target: String,
-        link: String,
+        target: OsString,
+        link: OsString,
     },
     /// Prints a directory tree.
     Tree {
         #[arg(default_value = "/")]
-        path: String,
+        path: OsString,
     },
     /// Namespaces.
     Ns {
@@ -317,13 +319,58 @@ fn mode_string(a: &Attr) -> String {
     s
 }
 
-fn join(dir: &str, name: &[u8]) -> String {
-    let name = String::from_utf8_lossy(name);
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
+/// Writes a line to stdout. A closed pipe (`mantle ls | head -1`) ends the program quietly, as
+/// it ends any Unix tool; another write error is reported once.
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*)) };
+}
+
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("mantle: writing to stdout: {e}");
+        std::process::exit(1);
     }
+}
+
+/// A name or path as printable text: UTF-8 as it is, other bytes, control characters and
+/// backslashes as `\xNN`, so every printed name can be typed back (`$'\xNN'` in a shell).
+fn esc(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                let mut buf = [0u8; 4];
+                for byte in c.encode_utf8(&mut buf).bytes() {
+                    s.push_str(&format!("\\x{byte:02x}"));
+                }
+            } else {
+                s.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            s.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    s
+}
+
+/// An argument's bytes: names need not be UTF-8.
+fn raw(p: &OsStr) -> &[u8] {
+    p.as_bytes()
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
 }
 
 fn spinner(msg: &str) -> indicatif::ProgressBar {
@@ -338,33 +385,36 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
         Cmd::Serve { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Mkdir { p, mode, paths } => {
             for path in paths {
+                let (b, what) = (raw(&path), esc(raw(&path)));
                 if p {
-                    ctx(&path, c.mkdir_p(&path, mode).await)?;
+                    ctx(&what, c.mkdir_p(b, mode).await)?;
                 } else {
-                    ctx(&path, c.mkdir(&path, mode).await)?;
+                    ctx(&what, c.mkdir(b, mode).await)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ls { l, path } => {
-            let a = ctx(&path, c.stat(&path).await)?;
+            let (path, what) = (raw(&path), esc(raw(&path)));
+            let a = ctx(&what, c.stat(path).await)?;
             if !a.kind().is_dir() {
-                println!("{path}");
+                out!("{what}");
                 return Ok(ExitCode::SUCCESS);
             }
             let mut after = Vec::new();
             loop {
-                let (page, next) = ctx(&path, c.readdir(&path, &after, 0, l).await)?;
+                // By inode: a listing needs no path resolution per page.
+                let (page, next) = ctx(&what, c.readdir_inode(a.id, &after, 0, l).await)?;
                 for e in page {
-                    let name = String::from_utf8_lossy(&e.name);
+                    let name = esc(&e.name);
                     match (&e.attr, l) {
                         (Some(a), true) => {
                             let link = if a.kind() == FileType::Symlink {
-                                format!(" -> {}", String::from_utf8_lossy(&a.target))
+                                format!(" -> {}", esc(&a.target))
                             } else {
                                 String::new()
                             };
-                            println!(
+                            out!(
                                 "{} {:>3} {:>5} {:>5} {:>10} {:>10} {name}{link}",
                                 mode_string(a),
                                 a.nlink,
@@ -374,7 +424,7 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
                                 a.id
                             );
                         }
-                        _ => println!("{name}"),
+                        _ => out!("{name}"),
                     }
                 }
                 match next {
@@ -384,27 +434,28 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
             }
         }
         Cmd::Stat { path } => {
-            let a = ctx(&path, c.lstat(&path).await)?;
-            println!("  Path: {path}");
-            println!(
+            let (path, what) = (raw(&path), esc(raw(&path)));
+            let a = ctx(&what, c.lstat(path).await)?;
+            out!("  Path: {what}");
+            out!(
                 "  Type: {:?}    Inode: {}    Links: {}",
                 a.kind(),
                 a.id,
                 a.nlink
             );
-            println!(
+            out!(
                 "  Mode: {:04o} ({})    Uid: {}    Gid: {}",
                 a.perm(),
                 mode_string(&a),
                 a.uid,
                 a.gid
             );
-            println!("  Size: {}    Entries: {}", a.size, a.entries);
-            println!("Access: {}", a.atime);
-            println!("Modify: {}", a.mtime);
-            println!("Change: {}", a.ctime);
+            out!("  Size: {}    Entries: {}", a.size, a.entries);
+            out!("Access: {}", a.atime);
+            out!("Modify: {}", a.mtime);
+            out!("Change: {}", a.ctime);
             if a.kind() == FileType::Symlink {
-                println!("Target: {}", String::from_utf8_lossy(&a.target));
+                out!("Target: {}", esc(&a.target));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -414,6 +465,7 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
             no_clobber,
             exchange,
         } => {
+            let (src, dst) = (raw(&src), raw(&dst));
             let flags = if no_clobber {
                 1
             } else if exchange {
@@ -422,44 +474,46 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
                 0
             };
             // Like mv(1): moving onto an existing directory moves into it.
-            let mut target = dst.clone();
+            let mut target = dst.to_vec();
             if flags == 0 {
-                if let Ok(a) = c.stat(&dst).await {
+                if let Ok(a) = c.stat(dst).await {
                     if a.kind().is_dir() {
-                        let name = src.rsplit('/').next().unwrap_or_default();
-                        target = join(&dst, name.as_bytes());
+                        let name = src.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                        target = join(dst, name);
                     }
                 }
             }
             ctx(
-                &format!("{src} -> {target}"),
-                c.rename(&src, &target, flags).await,
+                &format!("{} -> {}", esc(src), esc(&target)),
+                c.rename(src, &target, flags).await,
             )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rm { r, paths } => {
             for path in paths {
+                let (path, what) = (raw(&path), esc(raw(&path)));
                 if r {
-                    let pb = spinner(&format!("removing {path}"));
+                    let pb = spinner(&format!("removing {what}"));
                     let n = ctx(
-                        &path,
-                        c.remove_all(&path, |n| {
-                            pb.set_message(format!("removing {path}: {n} entries"))
+                        &what,
+                        c.remove_all(path, |n| {
+                            pb.set_message(format!("removing {what}: {n} entries"))
                         })
                         .await,
                     );
                     pb.finish_and_clear();
                     let n = n?;
-                    eprintln!("removed {n} entries under {path}");
+                    eprintln!("removed {n} entries under {what}");
                 } else {
-                    ctx(&path, c.unlink(&path).await)?;
+                    ctx(&what, c.unlink(path).await)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Touch { paths } => {
             for path in paths {
-                match c.create(&path, 0o644).await {
+                let (path, what) = (raw(&path), esc(raw(&path)));
+                match c.create(path, 0o644).await {
                     Ok(_) => {}
                     Err(e) if e.errno == coprocessor::Errno::EEXIST => {
                         let now = SetAttrArgs {
@@ -467,36 +521,38 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
                             mtime: Some(None),
                             ..Default::default()
                         };
-                        ctx(&path, c.setattr(&path, now).await)?;
+                        ctx(&what, c.setattr(path, now).await)?;
                     }
-                    Err(e) => return Err((path, e)),
+                    Err(e) => return Err((what, e)),
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ln { s, target, link } => {
+            let (target, link) = (raw(&target), raw(&link));
             if s {
-                ctx(&link, c.symlink(&target, &link).await)?;
+                ctx(&esc(link), c.symlink(target, link).await)?;
             } else {
-                ctx(&link, c.link(&target, &link).await)?;
+                ctx(&esc(link), c.link(target, link).await)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Tree { path } => {
-            println!("{path}");
-            let (dirs, files) = tree(c, &path).await?;
-            println!("\n{dirs} directories, {files} files");
+            let (path, what) = (raw(&path), esc(raw(&path)));
+            out!("{what}");
+            let (dirs, files) = tree(c, path, &what).await?;
+            out!("\n{dirs} directories, {files} files");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ns { cmd } => {
             match cmd {
                 NsCmd::Create { name, mode } => {
                     let info = ctx(&name, c.ns_create(&name, mode).await)?;
-                    println!("created namespace {} (root inode {})", info.name, info.root);
+                    out!("created namespace {} (root inode {})", info.name, info.root);
                 }
                 NsCmd::List => {
                     for n in ctx("ns list", c.ns_list().await)? {
-                        println!("{}\t{}", n.name, n.root);
+                        out!("{}\t{}", n.name, n.root);
                     }
                 }
             }
@@ -507,7 +563,7 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
             let report = c.fsck(|p| pb.set_message(format!("fsck: {p}"))).await;
             pb.finish_and_clear();
             let report = ctx("fsck", report)?;
-            print!("{report}");
+            out!("{}", report.to_string().trim_end());
             Ok(if report.is_clean() {
                 ExitCode::SUCCESS
             } else {
@@ -517,28 +573,29 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
     }
 }
 
-/// Prints the tree under `path` iteratively (an explicit stack, so depth costs no recursion).
-async fn tree(c: &Client, path: &str) -> Result<(u64, u64), (String, FsError)> {
+/// Prints the tree under `path` iteratively, walking by inode (an explicit stack, so depth
+/// costs no recursion and no path grows past PATH_MAX).
+async fn tree(c: &Client, path: &[u8], what: &str) -> Result<(u64, u64), (String, FsError)> {
     let (mut dirs, mut files) = (0u64, 0u64);
-    // (directory path, prefix for its children, remaining entries in reverse order)
-    let first = ctx(path, c.list(path, false).await)?;
-    let mut stack: Vec<(String, String, Vec<coprocessor::api::DirEntry>)> = vec![(
-        path.to_string(),
-        String::new(),
-        first.into_iter().rev().collect(),
-    )];
-    while let Some((dir, prefix, mut rest)) = stack.pop() {
+    let top = ctx(what, c.stat(path).await)?;
+    let first = ctx(what, c.list_inode(top.id, false).await)?;
+    // (prefix for a directory's children, its remaining entries in reverse order)
+    let mut stack: Vec<(String, Vec<coprocessor::api::DirEntry>)> =
+        vec![(String::new(), first.into_iter().rev().collect())];
+    while let Some((prefix, mut rest)) = stack.pop() {
         let Some(e) = rest.pop() else { continue };
         let last = rest.is_empty();
-        let name = String::from_utf8_lossy(&e.name).into_owned();
-        println!("{prefix}{}{name}", if last { "└── " } else { "├── " });
+        out!(
+            "{prefix}{}{}",
+            if last { "└── " } else { "├── " },
+            esc(&e.name)
+        );
         let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
-        let child = join(&dir, &e.name);
-        stack.push((dir, prefix, rest));
+        stack.push((prefix, rest));
         if e.kind.is_dir() {
             dirs += 1;
-            let entries = ctx(&child, c.list(&child, false).await)?;
-            stack.push((child, child_prefix, entries.into_iter().rev().collect()));
+            let entries = ctx(&esc(&e.name), c.list_inode(e.id, false).await)?;
+            stack.push((child_prefix, entries.into_iter().rev().collect()));
         } else {
             files += 1;
         }

@@ -35,3 +35,31 @@ pub fn spawn_server(data: &std::path::Path, extra: &[&str]) -> (Child, String) {
     };
     (child, addr)
 }
+
+/// A request header for namespace `ns` as root, with no request id.
+pub fn root_header(ns: &str) -> Option<mantle::proto::Header> {
+    Some(mantle::proto::Header {
+        namespace: ns.into(),
+        cred: Some(mantle::proto::Cred {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        }),
+        request: None,
+    })
+}
+
+/// Runs the CLI against `addr`; it must succeed. Returns its stdout.
+pub fn cli_ok(addr: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = mantle_bin()
+        .args(["--addr", addr])
+        .args(args)
+        .output()
+        .expect("run mantle");
+    assert!(
+        out.status.success(),
+        "mantle {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
