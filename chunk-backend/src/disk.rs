@@ -40,6 +40,15 @@ const COPY: usize = 64;
 const FREE: u32 = u32::MAX;
 const END: u32 = u32::MAX - 1;
 
+/// Allocates `len` bytes of disk for `file` (`posix_fallocate`), so that they are taken now
+/// rather than at a later write; falls back to a sparse file where the file system cannot.
+pub fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    preallocate(file, len).map_err(|e| match e {
+        Error::Io(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    })
+}
+
 /// Reserves `len` bytes of disk for `file`, so that a full disk shows up when the store is
 /// formatted rather than in the middle of an append. Falls back to a sparse file where the file
 /// system cannot reserve space.
@@ -60,6 +69,36 @@ fn preallocate(file: &File, len: u64) -> Result<()> {
         }
         e => Err(Error::Io(std::io::Error::from_raw_os_error(e))),
     }
+}
+
+/// The size of the file system holding `path` and the bytes an unprivileged process may still
+/// allocate on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsSpace {
+    /// The file system's size in bytes.
+    pub total: u64,
+    /// Bytes available to unprivileged writers.
+    pub available: u64,
+}
+
+/// [`FsSpace`] of the file system holding `path` (`statvfs`).
+#[allow(unsafe_code)]
+pub fn fs_space(path: &std::path::Path) -> Result<FsSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("{} contains NUL", path.display())))?;
+    // SAFETY: `st` is plain old data that statvfs fills; `c` is a valid NUL-terminated string
+    // that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(Error::Io(std::io::Error::last_os_error()));
+    }
+    let frsize = st.f_frsize as u64;
+    Ok(FsSpace {
+        total: (st.f_blocks as u64).saturating_mul(frsize),
+        available: (st.f_bavail as u64).saturating_mul(frsize),
+    })
 }
 
 /// The shape of a store, fixed when it is formatted.
@@ -311,16 +350,25 @@ impl Disk {
             .truncate(false)
             .open(path)?;
         let cfg = if fresh {
-            cfg.check()?;
-            // The tables must start zeroed; the data area may hold anything (records are
-            // recognised by their chain, not by the space being clean).
-            preallocate(&file, cfg.file_size())?;
-            let table = vec![0xFFu8; cfg.blocks as usize * 4];
-            file.write_all_at(&table, cfg.block_table())?;
-            file.write_all_at(&superblock(&cfg), 0)?;
-            file.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+            let format = || -> Result<()> {
+                cfg.check()?;
+                // The tables must start zeroed; the data area may hold anything (records are
+                // recognised by their chain, not by the space being clean).
+                preallocate(&file, cfg.file_size())?;
+                let table = vec![0xFFu8; cfg.blocks as usize * 4];
+                file.write_all_at(&table, cfg.block_table())?;
+                file.write_all_at(&superblock(&cfg), 0)?;
+                file.sync_all()?;
+                if let Some(dir) = path.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            };
+            if let Err(e) = format() {
+                // A half-formatted store (a full disk, say) must not look like a damaged one
+                // at the next start.
+                let _ = std::fs::remove_file(path);
+                return Err(e);
             }
             cfg
         } else {

@@ -121,6 +121,8 @@ pub async fn expire(db: &Arc<Db>, before_ms: u64) -> tafdb::Result<u64> {
             .run_txn(|t| {
                 let range = range.clone();
                 Box::pin(async move {
+                    // Deleting records frees space; it runs on a short disk too.
+                    t.frees_space();
                     let rows = t.scan(&range, PAGE).await?;
                     let mut n = 0u64;
                     for (k, v) in &rows {

@@ -139,6 +139,8 @@ impl FsError {
         let errno = match e {
             tafdb::Error::RetriesExhausted { .. } | tafdb::Error::Shutdown => Errno::EAGAIN,
             tafdb::Error::Undetermined(_) => Errno::ETIMEDOUT,
+            tafdb::Error::NoSpace(_) => Errno::ENOSPC,
+            tafdb::Error::Io(io) if tafdb::engine::is_no_space(io) => Errno::ENOSPC,
             e if e.is_retryable() => Errno::EAGAIN,
             tafdb::Error::InvalidArgument(_) => Errno::EINVAL,
             _ => Errno::EIO,

@@ -25,6 +25,9 @@ pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Whether it may write. A mutation called with a [`RequestId`] records its reply, so that
     /// a retry of the same request answers the same (see [`crate::dedup`]).
     const MUTATES: bool = true;
+    /// Whether it frees space (a delete): it still runs when the disk is short of space and
+    /// other writes are refused with `ENOSPC`.
+    const FREES_SPACE: bool = false;
     /// Runs the operation in `txn`. Must not have effects outside the transaction.
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Self::Reply>>;
 }
@@ -49,6 +52,9 @@ impl<R: Op> Coprocessor for Cop<R> {
                 tafdb::Error::InvalidArgument(format!("{}: undecodable request: {e}", R::NAME))
             })?;
             let id = id.filter(|_| R::MUTATES);
+            if R::FREES_SPACE {
+                txn.frees_space();
+            }
             if let Some(id) = &id {
                 match dedup::check(txn, id).await.map_err(|e| e.into_store())? {
                     Seen::Done(reply) => return Ok(reply),

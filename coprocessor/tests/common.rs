@@ -17,9 +17,18 @@ use tafdb::{Db, DbConfig};
 pub const NS: &[u8] = b"t";
 
 pub struct Fixture {
-    pub _dir: tempfile::TempDir,
     pub db: Arc<Db>,
     pub svc: Service,
+    // Last: the directory goes after the store (fields drop in order).
+    pub _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Shuts the store down, then removes its directory. A store dropped without this keeps
+    /// its flusher and RocksDB running for a while over a directory that is being deleted.
+    pub async fn close(self) {
+        self.db.shutdown().await;
+    }
 }
 
 pub async fn fixture() -> Fixture {
@@ -44,7 +53,7 @@ pub async fn fixture_with(tune: impl FnOnce(&mut DbConfig)) -> Fixture {
     })
     .await
     .expect("ns create");
-    Fixture { _dir: dir, db, svc }
+    Fixture { db, svc, _dir: dir }
 }
 
 /// A store whose flusher races everything: versions leave memory 20 ms after they were

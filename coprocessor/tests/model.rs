@@ -599,6 +599,7 @@ async fn run_case(
     prop_assert_eq!(service_listing(&f).await, model.listing());
     let report = f.fsck().await;
     prop_assert!(report.is_clean(), "{}", report);
+    f.close().await;
     Ok(())
 }
 

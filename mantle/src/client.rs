@@ -764,7 +764,12 @@ impl Client {
     /// Runs the namespace checker on the server; `progress` hears each phase.
     pub async fn fsck(&self, mut progress: impl FnMut(&str)) -> Result<Report> {
         let mut stream = self
-            .call(|mut c| async move { c.fsck(proto::FsckRequest {}).await })
+            .call(|mut c| {
+                let req = proto::FsckRequest {
+                    cred: self.header().and_then(|h| h.cred),
+                };
+                async move { c.fsck(req).await }
+            })
             .await?;
         loop {
             match stream.message().await {

@@ -55,6 +55,10 @@ pub struct ServerConfig {
     pub request_retention: Duration,
     /// What clients may hold of the server.
     pub limits: Limits,
+    /// Bytes kept free on the data disk (0: the store's default; see `tafdb::space`).
+    pub disk_reserve_bytes: u64,
+    /// Whether administrative calls (fsck) are accepted from other hosts than the server's.
+    pub allow_remote_admin: bool,
 }
 
 /// What clients may hold of the server (see [`crate::limits`]); `docs/operations.md` lists
@@ -102,6 +106,8 @@ impl ServerConfig {
             flush_interval_ms: None,
             request_retention: DEFAULT_REQUEST_RETENTION,
             limits: Limits::default(),
+            disk_reserve_bytes: 0,
+            allow_remote_admin: false,
         }
     }
 
@@ -114,6 +120,9 @@ impl ServerConfig {
         if let Some(ms) = self.flush_interval_ms {
             cfg.tablet.flush_interval_ms = ms;
         }
+        cfg.disk_reserve_bytes = self.disk_reserve_bytes;
+        // A server keeps half its reserve in a ballast file (see `tafdb::space`).
+        cfg.disk_ballast = true;
         cfg
     }
 }
@@ -168,9 +177,12 @@ pub async fn serve(
     tracing::info!(%addr, data = %data.display(), "mantle is serving");
     ready(addr);
     let limits = config.limits.clone();
-    let api = MantleServer::new(Api { svc })
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(64 << 20);
+    let api = MantleServer::new(Api {
+        svc,
+        remote_admin: config.allow_remote_admin,
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(64 << 20);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let handshake = limits.handshake_timeout;
     let refused = std::sync::atomic::AtomicU64::new(0);
@@ -262,9 +274,33 @@ async fn ensure_default_namespace(svc: &Service) -> Result<(), ServerError> {
 
 struct Api {
     svc: Arc<Service>,
+    /// Whether administrative calls are accepted from other hosts.
+    remote_admin: bool,
 }
 
 impl Api {
+    /// Admits an administrative call: root credentials, from the server's own host unless
+    /// remote administration is allowed. (Credentials are the caller's word; the loopback
+    /// check is what keeps other hosts out.)
+    fn admin(&self, r: &Request<proto::FsckRequest>) -> Result<(), Status> {
+        let local = r.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        if !local && !self.remote_admin {
+            return Err(to_status(&coprocessor::FsError::new(
+                coprocessor::Errno::EPERM,
+                "administrative calls are accepted from the server's own host only \
+                 (mantle serve --allow-remote-admin)",
+            )));
+        }
+        let cred = convert::Cred2::try_from(r.get_ref().cred.clone())?.0;
+        if !cred.is_root() {
+            return Err(to_status(&coprocessor::FsError::new(
+                coprocessor::Errno::EPERM,
+                "administrative calls need root",
+            )));
+        }
+        Ok(())
+    }
+
     async fn call<R: Op>(&self, op: R, id: Option<RequestId>) -> Result<R::Reply, Status> {
         self.svc.call_once(&op, id).await.map_err(|e| to_status(&e))
     }
@@ -597,7 +633,8 @@ impl proto::mantle_server::Mantle for Api {
 
     type FsckStream = FsckStream;
 
-    async fn fsck(&self, _r: Request<proto::FsckRequest>) -> Result<Response<FsckStream>, Status> {
+    async fn fsck(&self, r: Request<proto::FsckRequest>) -> Result<Response<FsckStream>, Status> {
+        self.admin(&r)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let db = self.svc.db().clone();
         tokio::spawn(async move {

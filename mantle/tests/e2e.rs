@@ -428,5 +428,15 @@ async fn the_cli_survives_closed_pipes_odd_names_and_trees_deeper_than_path_max(
     );
     let report = c.fsck(|_| {}).await.expect("fsck");
     assert!(report.is_clean(), "{report}");
+    // fsck is an administrative call: root only.
+    let someone = c.clone().with_cred(indexnode::Cred {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    });
+    assert_eq!(
+        someone.fsck(|_| {}).await.expect_err("not root").errno,
+        Errno::EPERM
+    );
     s.stop().await;
 }

@@ -13,6 +13,7 @@ use crate::coprocessor::{BoxFuture, Coprocessor};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyRange, Value};
 use crate::lockq::{LockSet, LockTable};
+use crate::space::SpaceGuard;
 use crate::tablet::{PipelineRuntime, Tablet, TabletConfig};
 use crate::tso::{now_ms, Tso};
 use crate::txn::Txn;
@@ -40,6 +41,14 @@ pub struct DbConfig {
     pub gc_interval_ms: u64,
     /// A 2PC status record is kept at least this long after its transaction started (ms).
     pub status_horizon_ms: u64,
+    /// Bytes kept free on the data directory's disk: below it, writes are refused with
+    /// [`Error::NoSpace`] and only deletes run (0: 5% of the disk, 1..256 MiB; see
+    /// [`crate::space`]).
+    pub disk_reserve_bytes: u64,
+    /// Whether half of the reserve is held by a ballast file that is released when an engine
+    /// needs room to recover (see [`crate::space`]). Servers want it; tests and tools that open
+    /// many short-lived stores do not.
+    pub disk_ballast: bool,
 }
 
 impl DbConfig {
@@ -55,9 +64,16 @@ impl DbConfig {
             lock_wait_ms: 2_000,
             gc_interval_ms: 10_000,
             status_horizon_ms: 60_000,
+            disk_reserve_bytes: 0,
+            disk_ballast: false,
         }
     }
 }
+
+/// Short of disk space, above this fill of a Raft log store nothing commits (openraft would
+/// wait for room that cannot come, then stop the tablet). Half: a log store's blocks are
+/// coarse, and one batch of deletes may need several of them.
+const LOG_FULL: f64 = 0.5;
 
 /// An open database.
 pub struct Db {
@@ -70,6 +86,11 @@ pub struct Db {
     gc: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The runtime of the tablets' Raft pipelines.
     pipeline: Arc<PipelineRuntime>,
+    /// Free space on the data disk (see [`crate::space`]).
+    space: Arc<SpaceGuard>,
+    /// The task that watches it, and how to stop it.
+    space_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop_space: tokio::sync::watch::Sender<bool>,
 }
 
 /// A snapshot held open on every tablet ([`Db::snapshot`]): reads at its timestamp never fail
@@ -110,6 +131,11 @@ impl Db {
     /// Opens (or creates) a database, replaying every tablet's log.
     pub async fn open(config: DbConfig) -> Result<Arc<Db>> {
         std::fs::create_dir_all(&config.dir)?;
+        let space = Arc::new(SpaceGuard::new(
+            config.dir.clone(),
+            config.disk_reserve_bytes,
+            config.disk_ballast,
+        )?);
         let layout_path = config.dir.join("layout");
         let splits: Vec<Key> = match chunk_backend::atomic::read(&layout_path)? {
             Some(b) => {
@@ -163,7 +189,38 @@ impl Db {
             config,
             gc: parking_lot::Mutex::new(None),
             pipeline,
+            space,
+            space_task: parking_lot::Mutex::new(None),
+            stop_space: tokio::sync::watch::channel(false).0,
         });
+        {
+            let weak = Arc::downgrade(&db);
+            let mut stop = db.stop_space.subscribe();
+            *db.space_task.lock() = Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => return,
+                    }
+                    let Some(db) = weak.upgrade() else { return };
+                    let engines: Vec<_> = db
+                        .tablets
+                        .iter()
+                        .flat_map(|t| t.state().mvcc().engines().all())
+                        .collect();
+                    let space = db.space.clone();
+                    drop(db);
+                    if tokio::task::spawn_blocking(move || space.check(&engines))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+        }
         // Only a store of several tablets has 2PC leftovers to collect.
         if gc_every > 0 && db.tablets.len() > 1 {
             let weak = Arc::downgrade(&db);
@@ -188,12 +245,50 @@ impl Db {
         if let Some(gc) = self.gc.lock().take() {
             gc.abort();
         }
+        // Stopped, not aborted: a check in progress holds the engines, which must be closed
+        // by the time shutdown returns (a caller may delete the directory next).
+        let _ = self.stop_space.send(true);
+        let task = self.space_task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
         for t in &self.tablets {
             t.shutdown().await;
         }
         // openraft's tasks finish on their own after a shutdown; wait for them, so that a
         // database reopened right after finds its files free.
         self.pipeline.shutdown().await;
+    }
+
+    /// Whether a writing transaction may commit now: not while the disk is short of space,
+    /// unless it frees space (see [`crate::space`]); and not even then once a Raft log store
+    /// is nearly full. Short of space, the engines may not be writable, so the log cannot be
+    /// purged: waiting for room in it would stop the tablet, while a refusal is a clean "did
+    /// not happen". (With writable engines the log is purged as the flusher goes, and a
+    /// commit waits for room rather than fail.)
+    pub fn admit_write(&self, frees_space: bool) -> Result<()> {
+        self.space.admit(frees_space)?;
+        if !self.space.is_short() {
+            return Ok(());
+        }
+        let fill = self
+            .tablets
+            .iter()
+            .map(|t| t.log_fill())
+            .fold(0.0f64, f64::max);
+        if fill > LOG_FULL {
+            return Err(Error::NoSpace(format!(
+                "the disk is short of space and the Raft log store is {:.0}% full: it cannot \
+                 be purged until the engines can be written again, so nothing is accepted",
+                fill * 100.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// The disk space state (see [`crate::space`]).
+    pub fn space(&self) -> &SpaceGuard {
+        &self.space
     }
 
     /// Holds a snapshot open on every tablet at a fresh timestamp (see [`Snapshot`]).

@@ -63,6 +63,10 @@ pub enum Error {
     /// Raft or the tablet runtime failed or is shutting down.
     #[error("raft: {0}")]
     Raft(String),
+    /// The disk is short of space: the transaction was refused and did not commit. It may be
+    /// tried again once space is freed (deletes are still accepted).
+    #[error("no space: {0}")]
+    NoSpace(String),
     /// The store is shutting down; the operation did not commit (it never reached the log).
     #[error("the store is shutting down")]
     Shutdown,

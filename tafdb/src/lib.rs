@@ -32,6 +32,7 @@ pub mod keys;
 pub mod lockq;
 pub mod mvcc;
 pub mod raft;
+pub mod space;
 pub mod tablet;
 pub mod tso;
 pub mod txn;

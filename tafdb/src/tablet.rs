@@ -518,6 +518,8 @@ impl Drop for PipelineRuntime {
 
 /// One tablet replica (the leader, in the embedded mode).
 pub struct Tablet {
+    /// The Raft log (for its fill level).
+    log: LogStore,
     id: u64,
     range: KeyRange,
     state: Arc<TabletState>,
@@ -627,6 +629,7 @@ impl Tablet {
             pending: pending.clone(),
             tx,
             tso,
+            log: log_fill.clone(),
             tasks: Mutex::new(Vec::new()),
             stop_flusher,
             flusher: Mutex::new(None),
@@ -653,6 +656,11 @@ impl Tablet {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = stopped.changed() => return,
+                    }
+                    // A latched engine (a full disk) takes no writes until the space guard
+                    // recovers it; trying every round would only fill the log with errors.
+                    if state.mvcc().engines().all().iter().any(|e| e.latched()) {
+                        continue;
                     }
                     let s = state.clone();
                     // A nearly full log store must be purged even past a pinned snapshot.
@@ -682,6 +690,11 @@ impl Tablet {
         tablet.tasks.lock().push(proposer);
         *tablet.flusher.lock() = Some(flusher);
         Ok(tablet)
+    }
+
+    /// How full the Raft log's store is, from 0 to 1 (see [`LogStore::fill`]).
+    pub fn log_fill(&self) -> f64 {
+        self.log.fill()
     }
 
     /// The tablet id.

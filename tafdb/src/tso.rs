@@ -7,7 +7,9 @@
 //! out, so one `fsync` covers millions of timestamps (the "batch"). After a restart the oracle
 //! starts above the persisted mark.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use chunk_backend::atomic::SlotFile;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,8 +49,10 @@ pub struct Tso {
 struct Inner {
     last: AtomicU64,
     limit: AtomicU64,
-    file: Option<PathBuf>,
-    extend: Mutex<()>,
+    /// Where the mark lives: rewritten in place, so that the oracle keeps working on a full
+    /// disk (a replacement file would need new blocks, and without timestamps nothing runs,
+    /// not even reads).
+    file: Mutex<Option<SlotFile>>,
 }
 
 /// When the handed-out timestamps come this close to the persisted mark, the background thread
@@ -66,7 +70,8 @@ impl std::fmt::Debug for Tso {
 impl Tso {
     /// Opens the oracle whose high-water mark lives in `path`.
     pub fn open(path: &Path) -> Result<Tso> {
-        let start = match chunk_backend::atomic::read(path)? {
+        let (file, record) = SlotFile::open(path)?;
+        let start = match record {
             Some(bytes) => {
                 let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
                     Error::Corruption(format!(
@@ -82,8 +87,7 @@ impl Tso {
         let inner = Arc::new(Inner {
             last: AtomicU64::new(start),
             limit: AtomicU64::new(start),
-            file: Some(path.to_path_buf()),
-            extend: Mutex::new(()),
+            file: Mutex::new(Some(file)),
         });
         // Raising the mark costs a file write and two `fsync`s. Done inline, it stalled every
         // caller of `next` (every begin and every commit) for milliseconds every three seconds.
@@ -112,8 +116,7 @@ impl Tso {
             inner: Arc::new(Inner {
                 last: AtomicU64::new(0),
                 limit: AtomicU64::new(u64::MAX),
-                file: None,
-                extend: Mutex::new(()),
+                file: Mutex::new(None),
             }),
         }
     }
@@ -157,13 +160,13 @@ impl Tso {
 
 impl Inner {
     fn raise_limit(&self, needed: u64) -> Result<()> {
-        let _guard = self.extend.lock();
+        let mut file = self.file.lock();
         if self.limit.load(Ordering::Acquire) > needed {
             return Ok(());
         }
         let mark = needed + BATCH;
-        if let Some(path) = &self.file {
-            chunk_backend::atomic::write(path, &mark.to_le_bytes())?;
+        if let Some(f) = file.as_mut() {
+            f.write(&mark.to_le_bytes())?;
         }
         self.limit.store(mark, Ordering::Release);
         Ok(())

@@ -34,6 +34,8 @@ pub struct Txn {
     scans: Vec<KeyRange>,
     /// Hot-key locks held (shared with `Db::run_txn`, which carries them across retries).
     locks: LockSet,
+    /// Whether it frees disk space (a delete), and so may commit while space is short.
+    frees_space: bool,
 }
 
 fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
@@ -58,7 +60,15 @@ impl Txn {
             stable: BTreeSet::new(),
             scans: Vec::new(),
             locks,
+            frees_space: false,
         }
+    }
+
+    /// Marks the transaction as one that frees disk space (a delete): it may commit while
+    /// the disk is short of space, when other writing transactions are refused (see
+    /// [`crate::space`]).
+    pub fn frees_space(&mut self) {
+        self.frees_space = true;
     }
 
     /// Takes `key`'s place in the hot-key lock queue if it is configured as hot (see
@@ -255,10 +265,12 @@ impl Txn {
             stable,
             scans,
             locks,
+            frees_space,
         } = self;
         if writes.is_empty() {
             return Ok(start_ts);
         }
+        db.admit_write(frees_space)?;
         // Blind writes of hot keys queue too; in key order, so this never deadlocks.
         for (k, muts) in &writes {
             if muts.first().is_some_and(Mutation::replaces) {

@@ -26,6 +26,7 @@ pub struct Rmdir {
 impl Op for Rmdir {
     const NAME: &'static str = "ns.rmdir";
     type Reply = ();
+    const FREES_SPACE: bool = true;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {

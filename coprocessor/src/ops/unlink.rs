@@ -26,6 +26,7 @@ pub struct Unlink {
 impl Op for Unlink {
     const NAME: &'static str = "ns.unlink";
     type Reply = ();
+    const FREES_SPACE: bool = true;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {

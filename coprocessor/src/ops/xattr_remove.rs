@@ -28,6 +28,7 @@ pub struct XattrRemove {
 impl Op for XattrRemove {
     const NAME: &'static str = "ns.xattr_remove";
     type Reply = ();
+    const FREES_SPACE: bool = true;
 
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {

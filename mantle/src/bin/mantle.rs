@@ -73,6 +73,14 @@ struct ServeArgs {
     /// How often idle connections are pinged; one that does not answer as long is closed (ms).
     #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     keepalive_ms: u64,
+    /// Space kept free on the data disk (MiB): below it, writes get ENOSPC while reads and
+    /// deletes go on (0: 5% of the disk, between 1 and 256 MiB).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    disk_reserve_mib: u64,
+    /// Accept administrative calls (fsck) from other hosts too (root credentials are always
+    /// needed).
+    #[arg(long)]
+    allow_remote_admin: bool,
     /// How long a shutdown (SIGTERM, SIGINT) waits for requests in flight before it closes
     /// every connection (ms).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
@@ -85,6 +93,8 @@ impl ServeArgs {
         cfg.mvcc_window_ms = Some(self.mvcc_window_ms);
         cfg.flush_interval_ms = Some(self.flush_interval_ms);
         cfg.request_retention = std::time::Duration::from_secs(self.request_retention_s);
+        cfg.disk_reserve_bytes = self.disk_reserve_mib << 20;
+        cfg.allow_remote_admin = self.allow_remote_admin;
         let ms = std::time::Duration::from_millis;
         cfg.limits = mantle::server::Limits {
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),

@@ -41,8 +41,28 @@ struct LogFile {
     written: u64,
     /// Bytes made durable by the last `persist`.
     durable: u64,
+    /// The link of the last record below `durable`.
+    durable_last: Option<Link>,
     /// Set by a failed write or sync.
-    failed: bool,
+    failed: Option<Failure>,
+}
+
+/// What latched the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// A write that did not fit a full disk: the file can be cut back to its durable length
+    /// and appended to again.
+    NoSpace,
+    /// Anything else (a failed sync, a failed compaction): only a reopen may sort it out.
+    Other,
+}
+
+fn failure(e: &std::io::Error) -> Failure {
+    if super::is_no_space(e) {
+        Failure::NoSpace
+    } else {
+        Failure::Other
+    }
 }
 
 /// An in-memory hash map with an append-only durability file.
@@ -88,7 +108,8 @@ impl HashEngine {
                 last,
                 written: valid,
                 durable: valid,
-                failed: false,
+                durable_last: last,
+                failed: None,
             }),
             live_bytes: AtomicU64::new(live),
         })
@@ -131,7 +152,8 @@ impl HashEngine {
             last,
             written: total,
             durable: total,
-            failed: false,
+            durable_last: last,
+            failed: None,
         };
         Ok(())
     }
@@ -254,13 +276,22 @@ fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result
     Ok(())
 }
 
-/// Flushes the buffer and syncs the file (a failpoint for tests sits in front of it).
-fn sync(out: &mut BufWriter<File>) -> std::io::Result<()> {
-    fail::fail_point!("hash::persist", |_| Err(std::io::Error::other(
-        "failpoint hash::persist"
+/// Flushes the buffer and syncs the file (a failpoint for tests sits in front of it). A
+/// failure says what failed: a write that did not fit the disk can be undone, a sync cannot.
+fn sync(out: &mut BufWriter<File>) -> std::result::Result<(), (std::io::Error, Failure)> {
+    fail::fail_point!("hash::persist", |_| Err((
+        std::io::Error::other("failpoint hash::persist"),
+        Failure::Other
     )));
-    out.flush()?;
-    out.get_ref().sync_data()
+    fail::fail_point!("hash::persist-no-space", |_| Err((
+        std::io::Error::from_raw_os_error(libc::ENOSPC),
+        Failure::NoSpace
+    )));
+    out.flush().map_err(|e| {
+        let f = failure(&e);
+        (e, f)
+    })?;
+    out.get_ref().sync_data().map_err(|e| (e, Failure::Other))
 }
 
 fn latched() -> Error {
@@ -280,7 +311,7 @@ impl Engine for HashEngine {
 
     fn write(&self, batch: &[BatchOp]) -> Result<()> {
         let mut log = self.log.lock();
-        if log.failed {
+        if log.failed.is_some() {
             return Err(latched());
         }
         let mut payload = Vec::new();
@@ -291,7 +322,7 @@ impl Engine for HashEngine {
                 log.last = Some(link);
             }
             Err(e) => {
-                log.failed = true;
+                log.failed = Some(failure(&e));
                 return Err(e.into());
             }
         }
@@ -328,21 +359,21 @@ impl Engine for HashEngine {
 
     fn persist(&self) -> Result<()> {
         let mut log = self.log.lock();
-        if log.failed {
+        if log.failed.is_some() {
             return Err(latched());
         }
-        let synced = sync(&mut log.out);
-        if let Err(e) = synced {
-            log.failed = true;
+        if let Err((e, f)) = sync(&mut log.out) {
+            log.failed = Some(f);
             return Err(e.into());
         }
         log.durable = log.written;
+        log.durable_last = log.last;
         let live = self.live_bytes.load(Ordering::Relaxed);
         if log.written > COMPACT_MIN_BYTES && log.written > 4 * live {
             if let Err(e) = self.compact(&mut log) {
                 // The rename may have happened, leaving the writer on a file no longer in the
                 // directory: nothing more may be written until a reopen sorts it out.
-                log.failed = true;
+                log.failed = Some(Failure::Other);
                 tracing::error!(error = %e, "hash engine: compaction failed; reopen the store");
                 return Err(e);
             }
@@ -355,5 +386,35 @@ impl Engine for HashEngine {
             f(e.key(), e.value())?;
         }
         Ok(())
+    }
+
+    fn latched(&self) -> bool {
+        self.log.lock().failed.is_some()
+    }
+
+    /// After a write that did not fit the disk: drops what is buffered, cuts the file back to
+    /// its durable length and appends from there. The records cut belonged to flushes that
+    /// never completed (their `persist` failed), so the MVCC chains still hold their versions
+    /// and the next flush writes them again.
+    fn recover(&self) -> Result<bool> {
+        let mut log = self.log.lock();
+        match log.failed {
+            None => return Ok(true),
+            Some(Failure::Other) => return Ok(false),
+            Some(Failure::NoSpace) => {}
+        }
+        let path = self.dir.join(LOG_NAME);
+        let file = OpenOptions::new().write(true).open(&path)?;
+        file.set_len(log.durable)?;
+        file.sync_data()?;
+        let out = OpenOptions::new().append(true).open(&path)?;
+        // Replacing the writer must not flush its buffer into the file: take it apart.
+        let old = std::mem::replace(&mut log.out, BufWriter::with_capacity(1 << 20, out));
+        drop(old.into_parts());
+        log.written = log.durable;
+        log.last = log.durable_last;
+        log.failed = None;
+        tracing::info!(path = %path.display(), "hash engine: appending again after a full disk");
+        Ok(true)
     }
 }

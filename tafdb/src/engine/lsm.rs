@@ -5,40 +5,139 @@
 
 use std::path::Path;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::{BatchOp, Engine, EngineKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::{Key, KeyRange, Value};
 
 /// RocksDB behind the [`Engine`] trait.
 pub struct LsmEngine {
-    db: DB,
+    dir: std::path::PathBuf,
+    /// The instance; replaced by [`Engine::recover`] (`None` only while a reopen failed).
+    db: RwLock<Option<DB>>,
+    /// Set by a failed write or WAL sync. RocksDB asserts (and aborts the process) if the
+    /// write path of an instance is used again after a failed WAL write, and closing the
+    /// instance flushes its WAL: a latched instance only serves reads, and is never closed (it
+    /// is leaked at drop). Only a restart makes it writable again.
+    failed: AtomicBool,
+    /// Opened read-only because the disk had no room to open it for writing: this instance has
+    /// no WAL writer, so it may be closed and reopened once space is back.
+    read_only: AtomicBool,
+}
+
+impl Drop for LsmEngine {
+    fn drop(&mut self) {
+        if self.failed.load(Ordering::Acquire) && !self.read_only.load(Ordering::Acquire) {
+            if let Some(db) = self.db.get_mut().take() {
+                // See `failed`: closing would abort the process.
+                std::mem::forget(db);
+            }
+        }
+    }
+}
+
+/// The memtable size of an engine on a file system of `total` bytes: RocksDB's 64 MiB, less
+/// on a small disk. A reopen turns what the WAL holds (up to two memtables) into a table file,
+/// and that must fit the disk reserve ([`crate::space::default_reserve`]).
+pub fn memtable_bytes(total: u64) -> u64 {
+    (total / 64).clamp(4 << 20, 64 << 20)
+}
+
+fn options(dir: &Path) -> Options {
+    let mut opts = Options::default();
+    let total = chunk_backend::disk::fs_space(dir).map_or(u64::MAX, |s| s.total);
+    opts.set_write_buffer_size(memtable_bytes(total) as usize);
+    opts.create_if_missing(true);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
+    opts.set_manual_wal_flush(true);
+    // No compression for the first levels, which are rewritten soonest (RocksDB's own
+    // advice); the flusher writes every key of the window, and compressing L0 files cost
+    // CPU that commits needed.
+    opts.set_compression_per_level(&[
+        rocksdb::DBCompressionType::None,
+        rocksdb::DBCompressionType::None,
+        rocksdb::DBCompressionType::Snappy,
+        rocksdb::DBCompressionType::Snappy,
+        rocksdb::DBCompressionType::Snappy,
+        rocksdb::DBCompressionType::Snappy,
+        rocksdb::DBCompressionType::Snappy,
+    ]);
+    opts
 }
 
 impl LsmEngine {
     /// Opens (or creates) a RocksDB instance in `dir`.
+    ///
+    /// Opening writes (RocksDB turns its WAL into a table file); on a full disk that fails,
+    /// and the instance opens read-only instead, latched: it serves reads, and the space
+    /// guard reopens it for writing once space is back ([`Engine::recover`]).
     pub fn open(dir: &Path) -> Result<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_max_background_jobs(2);
-        opts.set_bytes_per_sync(1 << 20);
-        opts.set_manual_wal_flush(true);
-        // No compression for the first levels, which are rewritten soonest (RocksDB's own
-        // advice); the flusher writes every key of the window, and compressing L0 files cost
-        // CPU that commits needed.
-        opts.set_compression_per_level(&[
-            rocksdb::DBCompressionType::None,
-            rocksdb::DBCompressionType::None,
-            rocksdb::DBCompressionType::Snappy,
-            rocksdb::DBCompressionType::Snappy,
-            rocksdb::DBCompressionType::Snappy,
-            rocksdb::DBCompressionType::Snappy,
-            rocksdb::DBCompressionType::Snappy,
-        ]);
-        let db = DB::open(&opts, dir)?;
-        Ok(LsmEngine { db })
+        let (db, failed) = match DB::open(&options(dir), dir) {
+            Ok(db) => (db, false),
+            Err(e) => match rocks_error(e) {
+                Error::Io(io) if super::is_no_space(&io) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        error = %io,
+                        "no space to open RocksDB for writing: opened read-only until space is freed"
+                    );
+                    (DB::open_for_read_only(&options(dir), dir, false)?, true)
+                }
+                other => return Err(other),
+            },
+        };
+        Ok(LsmEngine {
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Some(db)),
+            failed: AtomicBool::new(failed),
+            read_only: AtomicBool::new(failed),
+        })
     }
+
+    fn with_db<T>(&self, f: impl FnOnce(&DB) -> Result<T>) -> Result<T> {
+        match self.db.read().as_ref() {
+            Some(db) => f(db),
+            None => Err(Error::Io(std::io::Error::other(
+                "the RocksDB engine is closed after a failed reopen",
+            ))),
+        }
+    }
+
+    fn write_batch(&self, wb: WriteBatch) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(latched());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.with_db(|db| {
+            db.write_opt(wb, &wo).map_err(|e| {
+                self.failed.store(true, Ordering::Release);
+                rocks_error(e)
+            })
+        })
+    }
+}
+
+/// A RocksDB error, with a full disk told apart (RocksDB reports it only in its message).
+fn rocks_error(e: rocksdb::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
+        Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, msg))
+    } else {
+        Error::Rocks(e)
+    }
+}
+
+fn latched() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "the RocksDB engine failed a write earlier and takes no more until it is reopened",
+    ))
 }
 
 impl Engine for LsmEngine {
@@ -47,7 +146,7 @@ impl Engine for LsmEngine {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
-        Ok(self.db.get(key)?)
+        self.with_db(|db| Ok(db.get(key)?))
     }
 
     fn write(&self, batch: &[BatchOp]) -> Result<()> {
@@ -58,10 +157,7 @@ impl Engine for LsmEngine {
                 BatchOp::Delete(k) => wb.delete(k),
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        self.db.write_opt(wb, &wo)?;
-        Ok(())
+        self.write_batch(wb)
     }
 
     fn write_refs(&self, batch: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
@@ -72,10 +168,7 @@ impl Engine for LsmEngine {
                 None => wb.delete(k),
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        self.db.write_opt(wb, &wo)?;
-        Ok(())
+        self.write_batch(wb)
     }
 
     fn supports_scan(&self) -> bool {
@@ -91,29 +184,71 @@ impl Engine for LsmEngine {
         if limit == 0 {
             return Ok(out);
         }
-        let iter = self
-            .db
-            .iterator_opt(IteratorMode::From(&range.start, Direction::Forward), ro);
-        for item in iter {
-            let (k, v) = item?;
-            out.push((k.into_vec(), v.into_vec()));
-            if out.len() >= limit {
-                break;
+        self.with_db(|db| {
+            let iter = db.iterator_opt(IteratorMode::From(&range.start, Direction::Forward), ro);
+            for item in iter {
+                let (k, v) = item?;
+                out.push((k.into_vec(), v.into_vec()));
+                if out.len() >= limit {
+                    break;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn persist(&self) -> Result<()> {
-        self.db.flush_wal(true)?;
-        Ok(())
+        if self.failed.load(Ordering::Acquire) {
+            return Err(latched());
+        }
+        self.with_db(|db| {
+            db.flush_wal(true).map_err(|e| {
+                self.failed.store(true, Ordering::Release);
+                rocks_error(e)
+            })
+        })
     }
 
     fn for_each(&self, f: &mut super::Visitor<'_>) -> Result<()> {
-        for item in self.db.iterator(IteratorMode::Start) {
-            let (k, v) = item?;
-            f(&k, &v)?;
+        self.with_db(|db| {
+            for item in db.iterator(IteratorMode::Start) {
+                let (k, v) = item?;
+                f(&k, &v)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn latched(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Reopens an instance that was opened read-only for lack of space. One that failed a
+    /// write cannot be reopened in this process (see `failed`): that needs a restart, which
+    /// replays the WAL and the Raft log.
+    fn recover(&self) -> Result<bool> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(true);
         }
-        Ok(())
+        if !self.read_only.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let mut slot = self.db.write();
+        // Close first: an instance holds the directory's lock.
+        drop(slot.take());
+        match DB::open(&options(&self.dir), &self.dir) {
+            Ok(db) => {
+                *slot = Some(db);
+                self.read_only.store(false, Ordering::Release);
+                self.failed.store(false, Ordering::Release);
+                tracing::info!(dir = %self.dir.display(), "RocksDB engine reopened after a failed write");
+                Ok(true)
+            }
+            Err(e) => {
+                // Keep serving reads meanwhile.
+                *slot = DB::open_for_read_only(&options(&self.dir), &self.dir, false).ok();
+                Err(rocks_error(e))
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ mod lsm;
 pub mod conformance;
 
 pub use hash::HashEngine;
-pub use lsm::LsmEngine;
+pub use lsm::{memtable_bytes, LsmEngine};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,4 +95,24 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Visits every entry, in no particular order (used for snapshots and checks).
     fn for_each(&self, f: &mut Visitor<'_>) -> Result<()>;
+
+    /// Whether a failed write latched the engine (see [`Engine::recover`]).
+    fn latched(&self) -> bool {
+        false
+    }
+
+    /// Makes a latched engine writable again, if the failure allows it (a write that did not
+    /// fit a full disk; never a failed sync, after which the page cache cannot be trusted).
+    /// Returns whether the engine is writable. Nothing acknowledged depends on a latched
+    /// engine: the Raft log holds every commit, and the flusher writes them again.
+    fn recover(&self) -> Result<bool> {
+        Ok(!self.latched())
+    }
+}
+
+/// Whether an I/O error is a full disk (or quota): a write that did not happen for lack of
+/// space, which the caller may try again once space is back.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 
 use super::{Entry, TypeConfig};
 use crate::error::{Error, Result};
+use chunk_backend::atomic::SlotFile;
 
 /// The chunk size of a tablet's log by default: a purge frees whole chunks.
 pub const CHUNK_BYTES: u64 = 16 << 20;
@@ -67,6 +68,51 @@ type NodeId = u64;
 
 /// The shape of a log's chunk store: chunks of `chunk_bytes` (rounded to 4 KiB blocks) in a
 /// file of `store_bytes`.
+/// The smallest log store a tablet is made with.
+const MIN_STORE_BYTES: u64 = 8 << 20;
+
+/// The chunk and store sizes for a log store in `dir`. An existing store keeps its shape. A new
+/// one takes at most a quarter of the space left on the disk (the engines, their compactions
+/// and the disk reserve need the rest): a small disk gets a small log, with smaller chunks, and
+/// says so, rather than failing to start.
+fn fit_to_disk(dir: &Path, chunk_bytes: u64, store_bytes: u64) -> Result<(u64, u64)> {
+    if dir.join(STORE_FILE).exists() {
+        return Ok((chunk_bytes, store_bytes));
+    }
+    let space = chunk_backend::disk::fs_space(dir)?;
+    let fits = space.available / 4;
+    if store_bytes <= fits {
+        return Ok((chunk_bytes, store_bytes));
+    }
+    let fits = if fits < MIN_STORE_BYTES && space.available >= 2 * MIN_STORE_BYTES {
+        MIN_STORE_BYTES
+    } else {
+        fits
+    };
+    if fits < MIN_STORE_BYTES {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "{} has {} MiB free: a tablet's Raft log needs {} MiB, and as much again must \
+                 stay free",
+                dir.display(),
+                space.available >> 20,
+                MIN_STORE_BYTES >> 20
+            ),
+        )));
+    }
+    let store = fits / (1 << 20) * (1 << 20);
+    let chunk = chunk_bytes.min(store / 8).max(256 << 10);
+    tracing::warn!(
+        dir = %dir.display(),
+        free_mib = space.available >> 20,
+        log_mib = store >> 20,
+        wanted_mib = store_bytes >> 20,
+        "little free space: the Raft log store is smaller than configured"
+    );
+    Ok((chunk, store))
+}
+
 pub fn store_shape(chunk_bytes: u64, store_bytes: u64) -> DiskConfig {
     let chunk = chunk_bytes.clamp(4096, 64 << 20).div_ceil(4096) * 4096;
     let block = chunk.min(1 << 20);
@@ -102,7 +148,6 @@ enum WriterMsg {
 }
 
 struct Shared {
-    dir: PathBuf,
     /// How full the log's store is, in thousandths (see [`LogStore::fill`]).
     fill: std::sync::atomic::AtomicU64,
     entries: Mutex<BTreeMap<u64, Entry>>,
@@ -110,6 +155,10 @@ struct Shared {
     /// What the `purged` file says: the larger of openraft's purges and [`LogStore::reclaim`]s.
     purged_on_disk: Mutex<Option<LogId<NodeId>>>,
     vote: Mutex<Option<Vote<NodeId>>>,
+    /// The `vote` and `purged` files, rewritten in place: they must stay writable on a full
+    /// disk, where a failed vote or purge would stop the tablet.
+    vote_file: Mutex<SlotFile>,
+    purged_file: Mutex<SlotFile>,
 }
 
 impl Shared {
@@ -120,7 +169,7 @@ impl Shared {
             return Ok(());
         }
         let bytes = bincode::serialize(&Some(upto)).map_err(io_other)?;
-        chunk_backend::atomic::write(&self.dir.join("purged"), &bytes)?;
+        self.purged_file.lock().write(&bytes)?;
         *on_disk = Some(upto);
         Ok(())
     }
@@ -321,18 +370,21 @@ impl LogStore {
     pub fn open(dir: &Path, chunk_bytes: u64, store_bytes: u64) -> Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         check_format(dir)?;
-        let vote = match chunk_backend::atomic::read(&dir.join("vote"))? {
+        let (vote_file, vote) = SlotFile::open(&dir.join("vote"))?;
+        let vote = match vote {
             Some(b) => Some(
                 bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("vote: {e}")))?,
             ),
             None => None,
         };
-        let purged: Option<LogId<NodeId>> =
-            match chunk_backend::atomic::read(&dir.join("purged"))? {
-                Some(b) => bincode::deserialize(&b)
-                    .map_err(|e| Error::Corruption(format!("purged: {e}")))?,
-                None => None,
-            };
+        let (purged_file, purged) = SlotFile::open(&dir.join("purged"))?;
+        let purged: Option<LogId<NodeId>> = match purged {
+            Some(b) => {
+                bincode::deserialize(&b).map_err(|e| Error::Corruption(format!("purged: {e}")))?
+            }
+            None => None,
+        };
+        let (chunk_bytes, store_bytes) = fit_to_disk(dir, chunk_bytes, store_bytes)?;
         let disk = Disk::open(&dir.join(STORE_FILE), store_shape(chunk_bytes, store_bytes))?;
         let blobs = Blobs::open(Arc::new(disk))?;
         if !blobs.blobs().contains(&BLOB) {
@@ -342,11 +394,12 @@ impl LogStore {
         let replayed = replay(blobs.records(BLOB)?, purged.map(|p| p.index))?;
         let shared = Arc::new(Shared {
             fill: std::sync::atomic::AtomicU64::new(0),
-            dir: dir.to_path_buf(),
             entries: Mutex::new(replayed.entries),
             purged: Mutex::new(purged),
             purged_on_disk: Mutex::new(purged),
             vote: Mutex::new(vote),
+            vote_file: Mutex::new(vote_file),
+            purged_file: Mutex::new(purged_file),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let shape = blobs.disk().config();
@@ -652,7 +705,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = bincode::serialize(vote).map_err(io_err)?;
-        chunk_backend::atomic::write(&self.shared.dir.join("vote"), &bytes).map_err(io_err)?;
+        self.shared.vote_file.lock().write(&bytes).map_err(io_err)?;
         *self.shared.vote.lock() = Some(*vote);
         Ok(())
     }

@@ -359,7 +359,13 @@ impl TabletState {
         if chunk_backend::atomic::read(&path).is_ok_and(|old| old.as_ref() == Some(&data)) {
             return Ok((meta, data));
         }
-        chunk_backend::atomic::write(&path, &data)?;
+        // The reference names what the engines already hold durably (the durable index is in
+        // the default engine), so it is true whether or not this file is written; the file
+        // only spares the next start some log. A failure to write it (a full disk) must not
+        // stop the tablet: openraft treats a snapshot error as fatal.
+        if let Err(e) = chunk_backend::atomic::write(&path, &data) {
+            tracing::warn!(error = %e, "cannot record the snapshot reference; continuing without");
+        }
         Ok((meta, data))
     }
 
