@@ -72,7 +72,17 @@ struct Session {
 struct Slot {
     slot: u32,
     seq: u64,
+    session: Arc<Session>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    /// The slot goes back however the request ended, a dropped (cancelled) call included.
+    /// Reusing it while an old attempt may still be in flight is safe: the old attempt finds
+    /// a higher sequence number in the slot and does not run.
+    fn drop(&mut self) {
+        self.session.free.lock().push(self.slot);
+    }
 }
 
 impl Session {
@@ -86,7 +96,7 @@ impl Session {
         })
     }
 
-    async fn take(&self) -> Slot {
+    async fn take(self: &Arc<Self>) -> Slot {
         // The semaphore is never closed, so the permit always comes.
         let permit = self.slots.clone().acquire_owned().await.ok();
         // Reused slots first (the most recent), so a client with few requests in flight keeps
@@ -96,12 +106,9 @@ impl Session {
         Slot {
             slot,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            session: self.clone(),
             _permit: permit,
         }
-    }
-
-    fn give_back(&self, slot: Slot) {
-        self.free.lock().push(slot.slot);
     }
 }
 
@@ -300,7 +307,7 @@ impl Client {
             seq: slot.seq,
         });
         let out = self.retry(true, || f(self.grpc.clone(), req.clone())).await;
-        self.session.give_back(slot);
+        drop(slot);
         out
     }
 
@@ -326,6 +333,18 @@ impl Client {
             let e = from_status(&s);
             let pause = if has_errno(&s) && e.errno == Errno::EAGAIN {
                 if busy >= self.retries {
+                    if mutates && lost > 0 {
+                        // This attempt did not happen, but an earlier one may have: giving
+                        // up must not claim the mutation did not commit.
+                        return Err(FsError::new(
+                            Errno::ETIMEDOUT,
+                            format!(
+                                "the outcome is unknown: an earlier attempt's answer was lost, \
+                                 and the retries gave up: {}",
+                                e.message
+                            ),
+                        ));
+                    }
                     return Err(e);
                 }
                 busy += 1;

@@ -154,15 +154,22 @@ async fn across_a_kill<T: Send + 'static>(
     call.await.expect("the call's task")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mutation_whose_reply_was_lost_to_a_kill_9_answers_its_first_result_on_retry() {
+/// A server on a fresh data directory (`DIR/data`), the proxy in front of it, and a client of
+/// the proxy.
+async fn behind_a_proxy() -> (tempfile::TempDir, Proxy, Client) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let (server, addr) = spawn_server(&data);
+    let (server, addr) = spawn_server(&dir.path().join("data"));
     let proxy = Proxy::start(server, addr).await;
     let c = Client::connect(&proxy.addr.to_string())
         .await
         .expect("connect");
+    (dir, proxy, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_whose_reply_was_lost_to_a_kill_9_answers_its_first_result_on_retry() {
+    let (dir, proxy, c) = behind_a_proxy().await;
+    let data = dir.path().join("data");
 
     // mkdir: the retry returns the directory the first attempt made, not EEXIST.
     let c2 = c.clone();
@@ -245,5 +252,48 @@ async fn a_mutation_whose_reply_was_lost_to_a_kill_9_answers_its_first_result_on
     );
     let fsck = c.fsck(|_| {}).await.expect("fsck");
     assert!(fsck.problems.is_empty(), "{:?}", fsck.problems);
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refused_as_busy_after_a_lost_answer_reports_an_unknown_outcome() {
+    let (dir, proxy, c) = behind_a_proxy().await;
+    let data = dir.path().join("data");
+    // No EAGAIN retries: the first refusal ends the call.
+    let c = c.with_retries(0);
+    proxy.arm();
+    let c2 = c.clone();
+    let call = tokio::spawn(async move { c2.mkdir("/b", 0o755).await });
+    tokio::time::timeout(std::time::Duration::from_secs(30), proxy.killed.notified())
+        .await
+        .expect("the proxy killed the server at the reply");
+    // The restarted server's whole request budget (2 MiB) is held by two stalled 1 MiB
+    // requests, so the retry is refused with EAGAIN: that attempt did not happen, but the
+    // first one did.
+    let (child, new) = common::spawn_server(&data, &["--max-inflight-request-mib", "2"]);
+    let mut h = common::h2_connect(&new).await;
+    let held = [
+        common::stalled_stream(&mut h, &new, 1 << 20, 10).await,
+        common::stalled_stream(&mut h, &new, 1 << 20, 10).await,
+    ];
+    let (probe, _body) = common::stalled_stream(&mut h, &new, 10, 1).await;
+    assert_eq!(
+        common::errno_of(probe).await,
+        Some(11),
+        "the budget is spent"
+    );
+    *proxy.server.lock() = Some(child);
+    *proxy.target.lock() = Some(new.parse().expect("address"));
+    let e = call.await.expect("task").expect_err("refused");
+    assert_eq!(
+        e.errno,
+        Errno::ETIMEDOUT,
+        "after a lost answer, giving up is 'unknown', never 'did not happen': {e}"
+    );
+    drop(held);
+    let fresh = Client::connect(&proxy.addr.to_string())
+        .await
+        .expect("connect");
+    fresh.stat("/b").await.expect("the first attempt committed");
     proxy.stop();
 }

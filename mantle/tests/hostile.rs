@@ -8,66 +8,14 @@
 
 mod common;
 
+use common::{errno_of, h2_connect, stalled_stream};
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use coprocessor::Errno;
 use mantle::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A stream that announces a `len`-byte Mkdir request and sends only `sent` bytes of it; keeps
-/// the stream (and its connection) open while the returned handles live.
-async fn stalled_stream(
-    client: &mut h2::client::SendRequest<Bytes>,
-    addr: &str,
-    len: u32,
-    sent: usize,
-) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/mantle.v1.Mantle/Mkdir"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
-    *client = client.clone().ready().await.expect("h2 ready");
-    let (resp, mut body) = client.send_request(req, false).expect("send");
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend(std::iter::repeat_n(0u8, sent));
-    body.send_data(Bytes::from(frame), false).expect("data");
-    (resp, body)
-}
-
-async fn h2_connect(addr: &str) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// The errno in a gRPC response's headers or trailers.
-async fn errno_of(resp: h2::client::ResponseFuture) -> Option<i32> {
-    let resp = resp.await.ok()?;
-    let find = |h: &http::HeaderMap| {
-        h.get("x-errno")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    };
-    if let Some(e) = find(resp.headers()) {
-        return Some(e);
-    }
-    let mut body = resp.into_body();
-    while let Some(d) = body.data().await {
-        if d.is_err() {
-            break;
-        }
-    }
-    body.trailers().await.ok().flatten().as_ref().and_then(find)
-}
 
 /// Waits until the server closes `s` (EOF or reset), at most `within`.
 async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {

@@ -261,7 +261,10 @@ pub mod delta {
 
     /// The updates that turn record `old` into `new` without rewriting it: a field set for
     /// every changed field outside the delta-maintained head (atime, size, parent, mode, uid,
-    /// gid, rdev, the name or target), a set of an mtime that changed, and ctime raised. The
+    /// gid, rdev, the name or target), a set of an mtime that changed, and ctime raised. A
+    /// set of the mtime does not commute with the `Max` deltas creates write on a directory's
+    /// mtime: for a directory whose mtime changes, rewrite the record after a full read
+    /// instead. The
     /// link and entry counts are never touched, so creates and removals in a directory keep
     /// commuting with a rename or chmod of it. A transaction using them must have read the
     /// record stably (`Txn::get_stable`): stable readers and other setters conflict with them.

@@ -191,7 +191,8 @@ impl SpaceGuard {
         if self.ballast.as_ref().is_some_and(|b| !b.exists()) && available >= self.reserve {
             self.refill_ballast(available);
         }
-        let stuck = engines.iter().any(|e| e.latched()) && available < threshold;
+        // Only an engine that room would make writable again is worth the ballast.
+        let stuck = engines.iter().any(|e| e.recoverable()) && available < threshold;
         if stuck && self.release_ballast() {
             available = chunk_backend::disk::fs_space(&self.dir).map_or(available, |s| s.available);
         }

@@ -10,7 +10,7 @@ use crate::api::Obj;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{index_entry_of, index_key_of, usage, S_ISGID, S_ISUID};
-use crate::resolve::{must_attr_stable, namespace, object};
+use crate::resolve::{must_attr, must_attr_stable, namespace, object};
 use crate::service::Op;
 
 /// A new time: the server's clock, or a given time in ns since the epoch.
@@ -74,7 +74,15 @@ impl Op for SetAttr {
             let t = object(txn, &ns, &obj, &self.cred).await?;
             // A stable read and field updates: creates streaming into a directory (delta
             // records on its counts and times) do not conflict with a chmod of it.
-            let old = must_attr_stable(txn, t.id).await?;
+            // A directory's mtime also moves by the creates' `Max` deltas, which a field set of
+            // it would not commute with: setting a directory's mtime reads and rewrites the
+            // whole record (and so conflicts with those creates, as it must).
+            let whole = t.kind.is_dir() && self.mtime.is_some();
+            let old = if whole {
+                must_attr(txn, t.id).await?
+            } else {
+                must_attr_stable(txn, t.id).await?
+            };
             let nothing = self.mode.is_none()
                 && uid.is_none()
                 && gid.is_none()
@@ -181,8 +189,12 @@ impl Op for SetAttr {
             }
             a.ctime = a.ctime.max(now);
             let key = keys::attr_key(a.id);
-            for op in metastore::attr::delta::changes(&old, &a) {
-                txn.delta(&key, op)?;
+            if whole {
+                txn.put(&key, &a.encode())?;
+            } else {
+                for op in metastore::attr::delta::changes(&old, &a) {
+                    txn.delta(&key, op)?;
+                }
             }
             if a.kind().is_dir() && (a.mode != old.mode || a.uid != old.uid || a.gid != old.gid) {
                 txn.put(&index_key_of(&ns, &a), &index_entry_of(&a).encode())?;

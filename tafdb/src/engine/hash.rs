@@ -392,6 +392,10 @@ impl Engine for HashEngine {
         self.log.lock().failed.is_some()
     }
 
+    fn recoverable(&self) -> bool {
+        self.log.lock().failed == Some(Failure::NoSpace)
+    }
+
     /// After a write that did not fit the disk: drops what is buffered, cuts the file back to
     /// its durable length and appends from there. The records cut belonged to flushes that
     /// never completed (their `persist` failed), so the MVCC chains still hold their versions

@@ -223,6 +223,10 @@ impl Engine for LsmEngine {
         self.failed.load(Ordering::Acquire)
     }
 
+    fn recoverable(&self) -> bool {
+        self.failed.load(Ordering::Acquire) && self.read_only.load(Ordering::Acquire)
+    }
+
     /// Reopens an instance that was opened read-only for lack of space. One that failed a
     /// write cannot be reopened in this process (see `failed`): that needs a restart, which
     /// replays the WAL and the Raft log.

@@ -101,6 +101,12 @@ pub trait Engine: Send + Sync + 'static {
         false
     }
 
+    /// Whether a latched engine could be made writable again by [`Engine::recover`] once
+    /// there is room (and so whether giving it room is worth anything).
+    fn recoverable(&self) -> bool {
+        false
+    }
+
     /// Makes a latched engine writable again, if the failure allows it (a write that did not
     /// fit a full disk; never a failed sync, after which the page cache cannot be trusted).
     /// Returns whether the engine is writable. Nothing acknowledged depends on a latched

@@ -364,7 +364,21 @@ impl TabletState {
         // only spares the next start some log. A failure to write it (a full disk) must not
         // stop the tablet: openraft treats a snapshot error as fatal.
         if let Err(e) = chunk_backend::atomic::write(&path, &data) {
-            tracing::warn!(error = %e, "cannot record the snapshot reference; continuing without");
+            // The log may be purged up to whatever reference this returns, and after a
+            // restart openraft starts from the reference on disk: answer with that one, so
+            // the two agree. Only with none on disk is the failure the caller's.
+            let old = chunk_backend::atomic::read(&path).ok().flatten();
+            let old = old.and_then(|b| match bincode::deserialize(&b) {
+                Ok(SnapshotPayload::Durable(m)) => Some((m, b)),
+                _ => None,
+            });
+            match old {
+                Some(old) => {
+                    tracing::warn!(error = %e, "cannot record the snapshot reference; keeping the previous one");
+                    return Ok(old);
+                }
+                None => return Err(e.into()),
+            }
         }
         Ok((meta, data))
     }
