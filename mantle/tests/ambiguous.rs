@@ -272,16 +272,21 @@ async fn a_retry_refused_as_busy_after_a_lost_answer_reports_an_unknown_outcome(
     // first one did.
     let (child, new) = common::spawn_server(&data, &["--max-inflight-request-mib", "2"]);
     let mut h = common::h2_connect(&new).await;
-    let held = [
-        common::stalled_stream(&mut h, &new, 1 << 20, 10).await,
-        common::stalled_stream(&mut h, &new, 1 << 20, 10).await,
-    ];
-    let (probe, _body) = common::stalled_stream(&mut h, &new, 10, 1).await;
-    assert_eq!(
-        common::errno_of(probe).await,
-        Some(11),
-        "the budget is spent"
-    );
+    // Stalled 1 MiB requests until one is refused: the server takes them in any order, and
+    // a refusal means the 2 MiB are held (two requests of exactly 1 MiB leave nothing).
+    let mut held = Vec::new();
+    loop {
+        let (resp, body) = common::stalled_stream(&mut h, &new, 1 << 20, 10).await;
+        let mut answer = tokio::spawn(common::errno_of(resp));
+        match tokio::time::timeout(std::time::Duration::from_secs(1), &mut answer).await {
+            Ok(r) => {
+                assert_eq!(r.expect("join"), Some(11), "a request past the budget");
+                break;
+            }
+            Err(_) => held.push((answer, body)),
+        }
+        assert!(held.len() < 10, "the budget never ran out");
+    }
     *proxy.server.lock() = Some(child);
     *proxy.target.lock() = Some(new.parse().expect("address"));
     let e = call.await.expect("task").expect_err("refused");
@@ -290,7 +295,12 @@ async fn a_retry_refused_as_busy_after_a_lost_answer_reports_an_unknown_outcome(
         Errno::ETIMEDOUT,
         "after a lost answer, giving up is 'unknown', never 'did not happen': {e}"
     );
-    drop(held);
+    // Reset the stalled streams (their response futures live in the answer tasks), which
+    // gives their budget back.
+    for (answer, body) in held {
+        answer.abort();
+        drop(body);
+    }
     let fresh = Client::connect(&proxy.addr.to_string())
         .await
         .expect("connect");
