@@ -8,8 +8,10 @@
 //! as TafDB coprocessors, so a client call is one RPC and one transaction next to the data; in
 //! the single-tablet (MantleX) layout every one of them commits in one phase. Parent link
 //! counts and times change through delta records, so concurrent creates in one directory do not
-//! conflict. [`fsck`] checks the namespace invariants. [`dedup`] makes a retried mutation
-//! (same [`dedup::RequestId`]) answer what its first attempt answered.
+//! conflict; a rename or chmod of a busy directory writes field sets, so it commutes with them.
+//! [`fsck`] checks the namespace invariants. [`dedup`] makes a retried mutation (same
+//! [`dedup::RequestId`]) answer what its first attempt answered. Operations that free space
+//! (`Op::FREES_SPACE`: unlink, rmdir, xattr removal) still run when the disk is short of space.
 //!
 //! What it is not: no network, no protobuf, no FUSE (those live in `mantle`), and no scripts
 //! (those are `dsl`).

@@ -13,7 +13,11 @@
 //! from a persistent oracle ([`tso::Tso`]). Each tablet's Raft log is a LogBlob of a local
 //! [`chunk_backend`] store ([`raft::LogStore`]); small state files go through
 //! [`chunk_backend::atomic`]. [`Db::snapshot`] holds one state open for long readers (fsck), and
-//! [`Db::collect_garbage`] clears what crashed 2PC coordinators leave behind. The `failpoints`
+//! [`Db::collect_garbage`] clears what crashed 2PC coordinators leave behind. Field sets
+//! ([`mvcc::DeltaOp::Set`]) change parts of a record that others bump by delta. On a full disk
+//! the [`space`] guard refuses writes with [`Error::NoSpace`] while reads and deletes go on,
+//! and recovers by itself once space is back. Errors tell "did not happen" (retryable ones,
+//! `Shutdown`, `NoSpace`) from "may have happened" ([`Error::Undetermined`]). The `failpoints`
 //! feature compiles in the fault-injection points the `failpoints` tests use.
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
