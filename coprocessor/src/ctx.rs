@@ -89,8 +89,3 @@ pub fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
-
-/// Now, in ms since the epoch.
-pub fn now_ms() -> u64 {
-    now_ns() / 1_000_000
-}

@@ -104,7 +104,7 @@ pub(crate) async fn check(txn: &mut Txn, id: &RequestId) -> OpResult<Seen> {
 
 /// Records that the request committed with `reply`, in the operation's own transaction.
 pub(crate) fn record(txn: &mut Txn, id: &RequestId, reply: &[u8]) -> OpResult<()> {
-    txn.put(&key(id), &encode(id.seq, crate::ctx::now_ms(), reply))?;
+    txn.put(&key(id), &encode(id.seq, tafdb::tso::now_ms(), reply))?;
     Ok(())
 }
 
@@ -161,7 +161,7 @@ pub async fn expire_forever(
 ) {
     loop {
         tokio::time::sleep(every).await;
-        let before = crate::ctx::now_ms().saturating_sub(retention.as_millis() as u64);
+        let before = tafdb::tso::now_ms().saturating_sub(retention.as_millis() as u64);
         match expire(&db, before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(n, "expired request records"),

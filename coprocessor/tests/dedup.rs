@@ -95,7 +95,7 @@ async fn a_retry_answers_the_first_reply_and_a_superseded_request_does_not_run()
     f.svc.call_once(&stat, id(5, 10)).await.expect("stat again");
     // Expiry: everything written before now goes: slot 0's record (slot 1's request was
     // refused, and a refusal records nothing).
-    let removed = dedup::expire(&f.db, coprocessor::ctx::now_ms() + 1)
+    let removed = dedup::expire(&f.db, tafdb::tso::now_ms() + 1)
         .await
         .expect("expire");
     assert_eq!(removed, 1);

@@ -4,13 +4,16 @@
 //! What it is: the `mantle.v1` gRPC API ([`proto`], from `proto/mantle.proto`), the
 //! validation that turns protobuf messages into the namespace's domain requests ([`convert`]),
 //! the server ([`server::run`]: one process, one TafDB tablet holding the Index and Meta tables,
-//! single-voter Raft, data in one directory), the async client SDK ([`client::Client`]) and the
-//! `mantle` CLI built on it.
+//! single-voter Raft, data in one directory; [`limits`] bounds what clients may hold of it), the
+//! async client SDK ([`client::Client`], whose mutations carry request ids so that a retry
+//! after a lost answer returns the first result) and the `mantle` CLI built on it.
+//! `docs/operations.md` is the operator's side: flags, limits, a full disk, shutdown.
 //!
 //! What it is not: the namespace logic itself (the `coprocessor` crate) or the store (`tafdb`).
 //! This crate only moves requests in and out.
 //!
-//! Key types: [`server::ServerConfig`], [`server::run`], [`client::Client`], [`status`].
+//! Key types: [`server::ServerConfig`], [`server::Limits`], [`server::serve`],
+//! [`client::Client`], [`status`].
 
 pub mod client;
 pub mod convert;

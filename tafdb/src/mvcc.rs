@@ -353,6 +353,12 @@ impl EngineSet {
         &self.default
     }
 
+    /// Whether an engine latched after a failed write (see [`Engine::latched`]); without the
+    /// allocation of [`EngineSet::all`], for the flusher's every round.
+    pub fn any_latched(&self) -> bool {
+        self.default.latched() || self.by_table.iter().flatten().any(|e| e.latched())
+    }
+
     /// Every distinct engine, the default last.
     pub fn all(&self) -> Vec<Arc<dyn Engine>> {
         let mut out: Vec<Arc<dyn Engine>> = Vec::new();

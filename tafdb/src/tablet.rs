@@ -659,7 +659,7 @@ impl Tablet {
                     }
                     // A latched engine (a full disk) takes no writes until the space guard
                     // recovers it; trying every round would only fill the log with errors.
-                    if state.mvcc().engines().all().iter().any(|e| e.latched()) {
+                    if state.mvcc().engines().any_latched() {
                         continue;
                     }
                     let s = state.clone();
