@@ -198,8 +198,15 @@ impl Fixture {
             .expect("statfs")
     }
 
+    /// fsck with tiny pages and a tiny sort budget, so that every check pages through the
+    /// tables and merges spilled runs (while flushes and operations run alongside).
     pub async fn fsck(&self) -> coprocessor::fsck::Report {
-        coprocessor::fsck::check(&self.db, &|_| {})
+        let opts = coprocessor::fsck::Options {
+            memory: 16 << 10,
+            page: 16,
+            ..Default::default()
+        };
+        coprocessor::fsck::check_with(&self.db, &opts, &|_| {})
             .await
             .expect("fsck")
     }

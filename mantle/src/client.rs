@@ -780,8 +780,8 @@ impl Client {
             .namespaces)
     }
 
-    /// Runs the namespace checker on the server; `progress` hears each phase.
-    pub async fn fsck(&self, mut progress: impl FnMut(&str)) -> Result<Report> {
+    /// Runs the namespace checker on the server; `progress` hears where it is.
+    pub async fn fsck(&self, mut progress: impl FnMut(&proto::FsckProgress)) -> Result<Report> {
         let mut stream = self
             .call(|mut c| {
                 let req = proto::FsckRequest {
@@ -801,6 +801,7 @@ impl Client {
                             files: r.files,
                             entries: r.entries,
                             problems: r.problems,
+                            omitted: r.omitted,
                         })
                     }
                     None => {}

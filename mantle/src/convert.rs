@@ -239,6 +239,7 @@ impl From<Report> for proto::FsckReport {
             files: r.files,
             entries: r.entries,
             problems: r.problems,
+            omitted: r.omitted,
         }
     }
 }

@@ -23,7 +23,7 @@ use coprocessor::{Op, Service};
 use indexnode::Cred;
 use tafdb::{Db, DbConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -180,6 +180,7 @@ pub async fn serve(
     let api = MantleServer::new(Api {
         svc,
         remote_admin: config.allow_remote_admin,
+        fsck_spill: data.clone(),
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(64 << 20);
@@ -276,6 +277,9 @@ struct Api {
     svc: Arc<Service>,
     /// Whether administrative calls are accepted from other hosts.
     remote_admin: bool,
+    /// Where fsck spills its sort runs (the data directory: the system's temporary directory
+    /// may be a small tmpfs).
+    fsck_spill: PathBuf,
 }
 
 impl Api {
@@ -321,7 +325,7 @@ fn perm(mode: u32) -> Result<u32, Status> {
     Ok(mode)
 }
 
-type FsckStream = UnboundedReceiverStream<Result<proto::FsckEvent, Status>>;
+type FsckStream = ReceiverStream<Result<proto::FsckEvent, Status>>;
 
 #[tonic::async_trait]
 impl proto::mantle_server::Mantle for Api {
@@ -635,23 +639,36 @@ impl proto::mantle_server::Mantle for Api {
 
     async fn fsck(&self, r: Request<proto::FsckRequest>) -> Result<Response<FsckStream>, Status> {
         self.admin(&r)?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Progress events are dropped when the client reads slowly (the report is not); a
+        // client that goes away cancels the check.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let db = self.svc.db().clone();
+        let opts = coprocessor::fsck::Options {
+            spill_dir: self.fsck_spill.clone(),
+            ..Default::default()
+        };
         tokio::spawn(async move {
             let progress_tx = tx.clone();
-            let progress = move |line: &str| {
-                let _ = progress_tx.send(Ok(proto::FsckEvent {
-                    kind: Some(proto::fsck_event::Kind::Progress(line.to_string())),
+            let progress = move |p: coprocessor::fsck::Progress| {
+                let _ = progress_tx.try_send(Ok(proto::FsckEvent {
+                    kind: Some(proto::fsck_event::Kind::Progress(proto::FsckProgress {
+                        phase: p.phase.to_string(),
+                        done: p.done,
+                        total: p.total,
+                    })),
                 }));
             };
-            let event = match coprocessor::fsck::check(&db, &progress).await {
-                Ok(report) => Ok(proto::FsckEvent {
-                    kind: Some(proto::fsck_event::Kind::Report(report.into())),
-                }),
-                Err(e) => Err(to_status(&coprocessor::FsError::from_store(&e))),
+            let event = tokio::select! {
+                r = coprocessor::fsck::check_with(&db, &opts, &progress) => match r {
+                    Ok(report) => Ok(proto::FsckEvent {
+                        kind: Some(proto::fsck_event::Kind::Report(report.into())),
+                    }),
+                    Err(e) => Err(to_status(&coprocessor::FsError::from_store(&e))),
+                },
+                () = tx.closed() => return,
             };
-            let _ = tx.send(event);
+            let _ = tx.send(event).await;
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -569,8 +569,30 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Fsck => {
-            let pb = spinner("fsck");
-            let report = c.fsck(|p| pb.set_message(format!("fsck: {p}"))).await;
+            let pb = indicatif::ProgressBar::new(0);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "fsck: {msg} [{bar:30}] {human_pos}/~{human_len} ({per_sec}, {elapsed})",
+                )
+                .map_err(|e| {
+                    (
+                        "fsck".to_string(),
+                        FsError::new(coprocessor::Errno::EIO, e.to_string()),
+                    )
+                })?
+                .progress_chars("=> "),
+            );
+            pb.enable_steady_tick(Duration::from_millis(200));
+            let report = c
+                .fsck(|p| {
+                    if pb.message() != p.phase {
+                        pb.set_message(p.phase.clone());
+                        pb.reset();
+                    }
+                    pb.set_length(p.total.max(p.done));
+                    pb.set_position(p.done);
+                })
+                .await;
             pb.finish_and_clear();
             let report = ctx("fsck", report)?;
             out!("{}", report.to_string().trim_end());
