@@ -81,9 +81,30 @@ pub struct FsSpace {
     pub available: u64,
 }
 
-/// [`FsSpace`] of the file system holding `path` (`statvfs`).
-#[allow(unsafe_code)]
+/// [`FsSpace`] of the file system holding `path` (`statvfs`), or, for a path not made yet, of
+/// the file system it will be made on: that of its nearest existing ancestor. (Sizing by a
+/// path that does not exist yet is common: an engine's options are chosen before it creates
+/// its directory, and a failure there once sized a 64 MiB disk's memtables for a big one.)
 pub fn fs_space(path: &std::path::Path) -> Result<FsSpace> {
+    let mut last = None;
+    for p in path.ancestors() {
+        let p = if p.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            p
+        };
+        match statvfs(p) {
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no existing ancestor")
+    })))
+}
+
+#[allow(unsafe_code)]
+fn statvfs(path: &std::path::Path) -> Result<FsSpace> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument(format!("{} contains NUL", path.display())))?;

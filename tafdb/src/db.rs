@@ -70,10 +70,16 @@ impl DbConfig {
     }
 }
 
-/// Short of disk space, above this fill of a Raft log store nothing commits (openraft would
-/// wait for room that cannot come, then stop the tablet). Half: a log store's blocks are
-/// coarse, and one batch of deletes may need several of them.
+/// Short of disk space with a latched engine, above this fill of a Raft log store nothing
+/// commits: the log cannot be purged until the engine recovers, and openraft would wait for
+/// room that cannot come, then stop the tablet. Half: a log store's blocks are coarse, and one
+/// batch of deletes may need several of them.
 const LOG_FULL: f64 = 0.5;
+
+/// Short of disk space with working engines, the flusher purges the log as it goes (it
+/// reclaims at half full), so deletes go on up to this fill, which leaves room for the batches
+/// in flight while a purge catches up.
+const LOG_FULL_FLUSHING: f64 = 0.85;
 
 /// An open database.
 pub struct Db {
@@ -271,17 +277,25 @@ impl Db {
         if !self.space.is_short() {
             return Ok(());
         }
-        let fill = self
-            .tablets
-            .iter()
-            .map(|t| t.log_fill())
-            .fold(0.0f64, f64::max);
-        if fill > LOG_FULL {
-            return Err(Error::NoSpace(format!(
-                "the disk is short of space and the Raft log store is {:.0}% full: it cannot \
-                 be purged until the engines can be written again, so nothing is accepted",
-                fill * 100.0
-            )));
+        for t in &self.tablets {
+            let fill = t.log_fill();
+            let latched = t.engines_latched();
+            if fill <= LOG_FULL || (!latched && fill <= LOG_FULL_FLUSHING) {
+                continue;
+            }
+            return Err(Error::NoSpace(if latched {
+                format!(
+                    "the disk is short of space and the Raft log store is {:.0}% full: it cannot \
+                     be purged until the engines can be written again, so nothing is accepted",
+                    fill * 100.0
+                )
+            } else {
+                format!(
+                    "the disk is short of space and the Raft log store is {:.0}% full: nothing \
+                     is accepted until the flusher has purged it (moments)",
+                    fill * 100.0
+                )
+            }));
         }
         Ok(())
     }

@@ -114,7 +114,7 @@ impl SpaceGuard {
     }
 
     /// Deletes the ballast, giving its space to the engines. Returns whether there was one.
-    fn release_ballast(&self) -> bool {
+    fn release_ballast(&self, why: &str) -> bool {
         let Some(path) = &self.ballast else {
             return false;
         };
@@ -122,7 +122,7 @@ impl SpaceGuard {
             Ok(()) => {
                 tracing::warn!(
                     mib = (self.reserve / 2) >> 20,
-                    "released the disk reserve ballast so that the engines can recover"
+                    "released the disk reserve ballast: {why}"
                 );
                 true
             }
@@ -191,9 +191,18 @@ impl SpaceGuard {
         if self.ballast.as_ref().is_some_and(|b| !b.exists()) && available >= self.reserve {
             self.refill_ballast(available);
         }
-        // Only an engine that room would make writable again is worth the ballast.
+        // Only an engine that room would make writable again is worth the ballast; and so is
+        // the moment before one fails: with almost nothing free, the flusher's next write (of
+        // versions already acknowledged, or of deletes) may fail, and a RocksDB engine that
+        // fails a write takes no more until a restart.
         let stuck = engines.iter().any(|e| e.recoverable()) && available < threshold;
-        if stuck && self.release_ballast() {
+        let nearly_out = available < self.reserve / 8;
+        let why = if stuck {
+            "so that the engines can recover"
+        } else {
+            "the disk is nearly full, and the engines' next writes need room"
+        };
+        if (stuck || nearly_out) && self.release_ballast(why) {
             available = chunk_backend::disk::fs_space(&self.dir).map_or(available, |s| s.available);
         }
         self.available.store(available, Ordering::Relaxed);

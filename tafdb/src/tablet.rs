@@ -697,6 +697,12 @@ impl Tablet {
         self.log.fill()
     }
 
+    /// Whether an engine of this tablet is latched by a failed write: then the flusher cannot
+    /// move the durable index, and the log cannot be purged, until the engine recovers.
+    pub fn engines_latched(&self) -> bool {
+        self.state.mvcc().engines().any_latched()
+    }
+
     /// The tablet id.
     pub fn id(&self) -> u64 {
         self.id

@@ -86,7 +86,9 @@ impl LsmEngine {
                         error = %io,
                         "no space to open RocksDB for writing: opened read-only until space is freed"
                     );
-                    (DB::open_for_read_only(&options(dir), dir, false)?, true)
+                    let db = DB::open_for_read_only(&options(dir), dir, false)?;
+                    remove_orphan_tables(&db, dir);
+                    (db, true)
                 }
                 other => return Err(other),
             },
@@ -120,6 +122,51 @@ impl LsmEngine {
                 rocks_error(e)
             })
         })
+    }
+}
+
+/// Deletes the table files of `dir` that `db`, open read-only (so its view is the MANIFEST's),
+/// does not use and that were made after every file it does use: the partial output of opens
+/// that failed for lack of space. RocksDB leaves them behind, and each failed attempt would
+/// otherwise eat room the next one needs, until none can succeed. Only files numbered above
+/// every live one are touched, so a file the MANIFEST knows is never deleted.
+fn remove_orphan_tables(db: &DB, dir: &Path) {
+    let number = |name: &str| -> Option<u64> {
+        name.trim_start_matches('/')
+            .strip_suffix(".sst")?
+            .parse()
+            .ok()
+    };
+    let live = match db.live_files() {
+        Ok(files) => files
+            .iter()
+            .filter_map(|f| number(&f.name))
+            .max()
+            .unwrap_or(0),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list RocksDB's live files");
+            return;
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(number) else {
+            continue;
+        };
+        if n > live {
+            let bytes = entry.metadata().map_or(0, |m| m.len());
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), bytes, "removed the partial table file of a failed RocksDB open")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a partial RocksDB table file")
+                }
+            }
+        }
     }
 }
 
@@ -238,6 +285,9 @@ impl Engine for LsmEngine {
             return Ok(false);
         }
         let mut slot = self.db.write();
+        if let Some(db) = slot.as_ref() {
+            remove_orphan_tables(db, &self.dir);
+        }
         // Close first: an instance holds the directory's lock.
         drop(slot.take());
         match DB::open(&options(&self.dir), &self.dir) {
@@ -254,5 +304,54 @@ impl Engine for LsmEngine {
                 Err(rocks_error(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_tables_of_failed_opens_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = DB::open(&options(dir.path()), dir.path()).expect("open");
+            db.put(b"k", b"v").expect("put");
+            db.flush().expect("flush");
+        }
+        let tables = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .expect("read_dir")
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".sst"))
+                .collect();
+            v.sort();
+            v
+        };
+        let live = tables();
+        assert_eq!(live.len(), 1, "{live:?}");
+        // What a flush that failed for lack of space leaves: a table file the MANIFEST does
+        // not name, numbered above every live one.
+        std::fs::write(dir.path().join("999999.sst"), vec![0u8; 4096]).expect("write");
+        let ro = DB::open_for_read_only(&options(dir.path()), dir.path(), false).expect("ro");
+        remove_orphan_tables(&ro, dir.path());
+        drop(ro);
+        assert_eq!(tables(), live);
+        let db = DB::open(&options(dir.path()), dir.path()).expect("reopen");
+        assert_eq!(db.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn memtables_are_sized_by_the_disk_the_directory_will_be_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let total = chunk_backend::disk::fs_space(dir.path())
+            .expect("space")
+            .total;
+        let later = dir.path().join("not/made/yet");
+        assert_eq!(
+            chunk_backend::disk::fs_space(&later).expect("space").total,
+            total
+        );
     }
 }
