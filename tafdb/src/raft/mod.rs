@@ -6,9 +6,11 @@
 //! transactions). Applying a batch yields one [`CommandResult`] per command.
 
 mod log_store;
+pub mod net;
 mod state_machine;
 
 pub use log_store::{store_shape, LogReader, LogStore, CHUNK_BYTES, STORE_BYTES};
+pub use net::{GrpcNetwork, Peers, RaftRouter};
 pub use state_machine::{SnapshotPin, StateMachine, TabletState};
 
 use std::io::Cursor;
@@ -41,8 +43,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// The network of a group whose only member is the local node (the embedded mode).
 ///
 /// A single-voter group never sends a message; if openraft ever asks for a peer, the peer is
-/// reported unreachable. The multi-node cluster plugs a gRPC implementation of
-/// [`RaftNetworkFactory`] in here instead.
+/// reported unreachable. A replicated group uses [`GrpcNetwork`] instead.
 #[derive(Clone, Debug, Default)]
 pub struct SingleNodeNetwork;
 
