@@ -137,7 +137,9 @@ impl FsError {
     /// The error a store failure becomes at the edge.
     pub fn from_store(e: &tafdb::Error) -> FsError {
         let errno = match e {
-            tafdb::Error::RetriesExhausted { .. } | tafdb::Error::Shutdown => Errno::EAGAIN,
+            tafdb::Error::RetriesExhausted { .. }
+            | tafdb::Error::Shutdown
+            | tafdb::Error::NotLeader { .. } => Errno::EAGAIN,
             tafdb::Error::Undetermined(_) => Errno::ETIMEDOUT,
             tafdb::Error::NoSpace(_) => Errno::ENOSPC,
             tafdb::Error::Io(io) if tafdb::engine::is_no_space(io) => Errno::ENOSPC,

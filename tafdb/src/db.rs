@@ -179,6 +179,7 @@ impl Db {
                     tso.clone(),
                     &config.tablet,
                     &pipeline,
+                    None,
                 )
                 .await?,
             );

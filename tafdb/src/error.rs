@@ -70,6 +70,15 @@ pub enum Error {
     /// The store is shutting down; the operation did not commit (it never reached the log).
     #[error("the store is shutting down")]
     Shutdown,
+    /// This replica of the tablet does not lead its group (or has not caught up since it was
+    /// elected): the operation did not happen here. Ask the leader, if one is known.
+    #[error("tablet {tablet} is not led here{}", .leader.map(|l| format!(" (node {l} leads)")).unwrap_or_default())]
+    NotLeader {
+        /// The tablet.
+        tablet: u64,
+        /// The node that leads it, as far as this replica knows.
+        leader: Option<u64>,
+    },
     /// The outcome is unknown: the commit reached the Raft log (or may have), and then the store
     /// stopped, the log failed or the answer was lost, so it may or may not have happened.
     /// Never retried blindly: only an operation that can find out whether its first attempt

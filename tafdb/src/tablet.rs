@@ -104,6 +104,25 @@ impl Default for TabletConfig {
     }
 }
 
+/// How a tablet's Raft group reaches beyond this node. Without it a tablet is the only voter
+/// of its group (the embedded mode).
+#[derive(Clone, Debug)]
+pub struct Replication {
+    /// This node's id in the group.
+    pub node: u64,
+    /// The channels to the other nodes.
+    pub peers: crate::raft::Peers,
+    /// Where this node's Raft service delivers the group's messages.
+    pub router: crate::raft::RaftRouter,
+    /// The group's first members, on the one node that creates the group; `None` on the
+    /// others, and on every node after the first start (the membership is in the log).
+    pub init: Option<BTreeMap<u64, BasicNode>>,
+    /// Raft heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout: a random value in `[election_ms, 2 * election_ms)`.
+    pub election_ms: u64,
+}
+
 /// What a mark stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MarkKind {
@@ -535,6 +554,8 @@ pub struct Tablet {
     _pipeline: Arc<PipelineRuntime>,
     /// Set by [`Tablet::shutdown`]: no new tickets, and readers stop waiting.
     closed: std::sync::atomic::AtomicBool,
+    /// The Raft term this replica serves in, 0 while it does not (see [`Tablet::is_serving`]).
+    serving: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a transaction hands a tablet to validate.
@@ -552,6 +573,12 @@ pub struct ReadSet<'a> {
 impl Tablet {
     /// Opens (or creates) tablet `id` covering `range` in `dir`, replays its log and starts
     /// its proposer and flusher; its Raft pipeline runs on `pipeline`.
+    ///
+    /// Without `replication` the tablet is its group's only voter: it waits to lead and to
+    /// have replayed its log, then serves. With it, the tablet is one replica of a group
+    /// spread over nodes: it serves only while it leads, from the moment it has applied every
+    /// entry committed before its term (see [`Tablet::is_serving`]), and answers
+    /// [`Error::NotLeader`] otherwise.
     pub async fn open(
         id: u64,
         range: KeyRange,
@@ -559,6 +586,7 @@ impl Tablet {
         tso: Arc<Tso>,
         config: &TabletConfig,
         pipeline: &Arc<PipelineRuntime>,
+        replication: Option<Replication>,
     ) -> Result<Arc<Tablet>> {
         let rt = pipeline.handle()?.clone();
         let state = TabletState::open(&dir.join("state"), &config.tables)?;
@@ -568,11 +596,15 @@ impl Tablet {
             config.log_store_bytes,
         )?;
         let log_fill = log.clone();
+        let (heartbeat, election) = match &replication {
+            Some(r) => (r.heartbeat_ms.max(1), r.election_ms.max(2)),
+            None => (500, 1500),
+        };
         let raft_config = Config {
             cluster_name: format!("tablet-{id}"),
-            heartbeat_interval: 500,
-            election_timeout_min: 1500,
-            election_timeout_max: 3000,
+            heartbeat_interval: heartbeat,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: 0,
             max_payload_entries: 64,
@@ -582,34 +614,55 @@ impl Tablet {
         .map_err(|e| Error::Raft(e.to_string()))?;
         // openraft spawns its tasks on the runtime it is created in.
         let sm = StateMachine::new(state.clone());
-        let raft =
-            rt.spawn(async move {
-                Raft::new(1, Arc::new(raft_config), SingleNodeNetwork, log, sm).await
+        let node = replication.as_ref().map_or(1, |r| r.node);
+        let network = replication
+            .as_ref()
+            .map(|r| crate::raft::GrpcNetwork::new(id, r.peers.clone()));
+        let raft = rt
+            .spawn(async move {
+                match network {
+                    Some(n) => Raft::new(node, Arc::new(raft_config), n, log, sm).await,
+                    None => {
+                        Raft::new(node, Arc::new(raft_config), SingleNodeNetwork, log, sm).await
+                    }
+                }
             })
             .await
             .map_err(|e| Error::Raft(format!("starting raft: {e}")))?
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if !raft
+        let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| Error::Raft(e.to_string()))?
-        {
-            let mut members = BTreeMap::new();
-            members.insert(1u64, BasicNode::default());
-            raft.initialize(members)
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        match &replication {
+            None => {
+                if !initialized {
+                    let mut members = BTreeMap::new();
+                    members.insert(1u64, BasicNode::default());
+                    raft.initialize(members)
+                        .await
+                        .map_err(|e| Error::Raft(e.to_string()))?;
+                }
+                raft.wait(Some(Duration::from_secs(30)))
+                    .state(openraft::ServerState::Leader, "tablet leadership")
+                    .await
+                    .map_err(|e| Error::Raft(format!("tablet {id} did not become leader: {e}")))?;
+                // Replay: wait until everything in the log is applied before serving.
+                let last = raft.metrics().borrow().last_log_index;
+                raft.wait(Some(Duration::from_secs(600)))
+                    .applied_index_at_least(last, "log replay")
+                    .await
+                    .map_err(|e| Error::Raft(format!("tablet {id} replay: {e}")))?;
+            }
+            Some(r) => {
+                r.router.register(id, raft.clone());
+                if let (false, Some(members)) = (initialized, &r.init) {
+                    raft.initialize(members.clone())
+                        .await
+                        .map_err(|e| Error::Raft(e.to_string()))?;
+                }
+            }
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .state(openraft::ServerState::Leader, "tablet leadership")
-            .await
-            .map_err(|e| Error::Raft(format!("tablet {id} did not become leader: {e}")))?;
-        // Replay: wait until everything in the log is applied before serving.
-        let last = raft.metrics().borrow().last_log_index;
-        raft.wait(Some(Duration::from_secs(600)))
-            .applied_index_at_least(last, "log replay")
-            .await
-            .map_err(|e| Error::Raft(format!("tablet {id} replay: {e}")))?;
         state.recount_locks()?;
         tso.observe(state.max_commit_ts())?;
 
@@ -635,8 +688,25 @@ impl Tablet {
             flusher: Mutex::new(None),
             _pipeline: pipeline.clone(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            serving: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         });
+        if replication.is_none() {
+            // The only voter, replayed: it serves from now on.
+            let term = raft.metrics().borrow().current_term;
+            tablet
+                .serving
+                .store(term.max(1), std::sync::atomic::Ordering::Release);
+        }
+        let watcher = rt.spawn(watch_leadership(
+            id,
+            raft.clone(),
+            tablet.serving.clone(),
+            state.clone(),
+            tablet.tso.clone(),
+        ));
+        tablet.tasks.lock().push(watcher);
         let proposer = rt.spawn(run_proposer(
+            id,
             raft.clone(),
             rx,
             pending,
@@ -750,6 +820,28 @@ impl Tablet {
 
     fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this replica serves reads and commits now: it leads its group and has applied
+    /// every entry committed before its term. Always, for the only voter of a group.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Acquire) != 0
+    }
+
+    /// [`Error::NotLeader`] unless this replica serves (see [`Tablet::is_serving`]).
+    fn check_serving(&self) -> Result<()> {
+        if self.is_serving() {
+            return Ok(());
+        }
+        Err(Error::NotLeader {
+            tablet: self.id,
+            leader: self.raft.metrics().borrow().current_leader,
+        })
+    }
+
+    /// The Raft handle (for the node that hosts the tablet: membership changes, metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     fn lock_conflict(
@@ -913,6 +1005,7 @@ impl Tablet {
         if self.is_closed() {
             return Err(Error::Shutdown);
         }
+        self.check_serving()?;
         let mut seq = self.pending.seq.lock();
         let ts = if commit_ts { self.tso.next()? } else { 0 };
         *seq += 1;
@@ -1149,6 +1242,7 @@ impl Tablet {
 
     /// A snapshot read of one key at `ts`.
     pub async fn get(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
+        self.check_serving()?;
         let ik = InlineKey::new(key);
         let horizon = self.pending.reader_horizon();
         let blocked = || self.pending.blocks(&ik, ts, horizon);
@@ -1170,6 +1264,7 @@ impl Tablet {
     /// Every live entry of `range` at `ts`, for any engine (see [`crate::mvcc::MvccStore::dump`]). Waits for
     /// commits in flight at `ts`; fails with `Locked` on an unresolved 2PC lock.
     pub async fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
+        self.check_serving()?;
         // Hash tables keep their pending keys out of the ordered set: look at every mark.
         let horizon = self.pending.reader_horizon();
         let blocked = || {
@@ -1192,6 +1287,7 @@ impl Tablet {
 
     /// A snapshot scan of up to `limit` entries of `range` (which must lie in this tablet).
     pub async fn scan(&self, range: &KeyRange, ts: u64, limit: usize) -> Result<Vec<(Key, Value)>> {
+        self.check_serving()?;
         let horizon = self.pending.reader_horizon();
         let blocked = || self.pending.range_blocks(range, ts, horizon);
         if blocked() {
@@ -1275,7 +1371,57 @@ impl Drop for Parked {
     }
 }
 
+/// Keeps [`Tablet::serving`] true exactly while this replica leads and has applied every entry
+/// committed before its term. A new leader may hold committed entries of earlier terms that
+/// it has not applied yet; a read or a conflict check before they are would miss them, so it
+/// serves only once `ensure_linearizable` (which waits for the term's first entry to commit
+/// and apply) returns. Its timestamp oracle then moves past every commit in the log.
+async fn watch_leadership(
+    id: u64,
+    raft: Raft,
+    serving: Arc<std::sync::atomic::AtomicU64>,
+    state: Arc<TabletState>,
+    tso: Arc<Tso>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut metrics = raft.metrics();
+    loop {
+        let (term, leads) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.state == openraft::ServerState::Leader)
+        };
+        if !leads {
+            if serving.swap(0, Ordering::AcqRel) != 0 {
+                tracing::info!(tablet = id, term, "no longer leading: not serving");
+            }
+        } else if serving.load(Ordering::Acquire) != term {
+            serving.store(0, Ordering::Release);
+            match raft.ensure_linearizable().await {
+                Ok(_) => match tso.observe(state.max_commit_ts()) {
+                    Ok(()) => {
+                        serving.store(term.max(1), Ordering::Release);
+                        tracing::info!(tablet = id, term, "leading and caught up: serving");
+                    }
+                    Err(e) => {
+                        tracing::error!(tablet = id, error = %e, "cannot move the timestamp oracle")
+                    }
+                },
+                // Leadership lost meanwhile, or no quorum yet: look again.
+                Err(e) => {
+                    tracing::debug!(tablet = id, term, error = %e, "not serving yet");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn run_proposer(
+    tablet_id: u64,
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Ticketed>,
     pending: Arc<Pending>,
@@ -1331,6 +1477,13 @@ async fn run_proposer(
             let outcome: std::result::Result<Vec<CommandResult>, Error> = match submitted {
                 Ok(resp_rx) => match resp_rx.await {
                     Ok(Ok(resp)) => Ok(resp.data),
+                    // Refused before it was appended: it did not happen.
+                    Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                        Err(Error::NotLeader {
+                            tablet: tablet_id,
+                            leader: f.leader_id,
+                        })
+                    }
                     Ok(Err(e)) => Err(Error::Undetermined(format!("raft: {e}"))),
                     Err(_) => Err(Error::Undetermined(
                         "raft stopped before the proposal's outcome was known".into(),
@@ -1349,6 +1502,11 @@ async fn run_proposer(
                 Ok(results) => {
                     for ((_, reply), res) in waiters.into_iter().zip(results) {
                         let _ = reply.send(Ok(res));
+                    }
+                }
+                Err(Error::NotLeader { tablet, leader }) => {
+                    for (_, reply) in waiters {
+                        let _ = reply.send(Err(Error::NotLeader { tablet, leader }));
                     }
                 }
                 Err(e) => {

@@ -1,0 +1,186 @@
+//! A tablet replicated on three nodes (three gRPC Raft services on loopback, ports from port
+//! 0): exactly one replica serves, the others answer `NotLeader` naming it; a commit on the
+//! leader reaches every replica; when the leader stops, another replica serves within a
+//! bounded time, sees every earlier commit, and commits with a later timestamp.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use tafdb::raft::{Peers, RaftRouter};
+use tafdb::tablet::{PipelineRuntime, ReadSet, Replication, Tablet, TabletConfig};
+use tafdb::tso::Tso;
+use tafdb::{Error, KeyRange, Mutation};
+use tokio::net::TcpListener;
+
+const TABLET: u64 = 7;
+
+struct Node {
+    id: u64,
+    tablet: Arc<Tablet>,
+    tso: Arc<Tso>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(listener: TcpListener, router: RaftRouter) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = router.service();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+    });
+    stop
+}
+
+const NO_READS: ReadSet<'static> = ReadSet {
+    reads: &[],
+    scans: &[],
+    stable: &[],
+};
+
+async fn put(n: &Node, key: &[u8], value: &[u8]) -> tafdb::Result<u64> {
+    let start = n.tso.next()?;
+    n.tablet
+        .commit_1pc(
+            start,
+            NO_READS,
+            vec![(key.to_vec(), Mutation::Put(value.to_vec()))],
+        )
+        .await
+}
+
+async fn serving(nodes: &[Node]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: Vec<usize> = (0..nodes.len())
+            .filter(|&i| nodes[i].tablet.is_serving())
+            .collect();
+        if s.len() == 1 {
+            return s[0];
+        }
+        assert!(Instant::now() < deadline, "{} replicas serve", s.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_serves_and_another_takes_over() {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        members.insert(
+            id,
+            BasicNode::new(l.local_addr().expect("addr").to_string()),
+        );
+        listeners.push(l);
+    }
+    let config = TabletConfig {
+        window_ms: 200,
+        log_store_bytes: 16 << 20,
+        log_chunk_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = tempfile::tempdir().expect("dir");
+        let router = RaftRouter::new();
+        let stop = serve(l, router.clone()).await;
+        let tso = Arc::new(Tso::open(&dir.path().join("tso")).expect("tso"));
+        let pipeline = Arc::new(PipelineRuntime::new(1).expect("pipeline"));
+        let tablet = Tablet::open(
+            TABLET,
+            KeyRange::prefix(&[2]),
+            &dir.path().join("tablet"),
+            tso.clone(),
+            &config,
+            &pipeline,
+            Some(Replication {
+                node: id,
+                peers: Peers::new(id),
+                router,
+                init: (id == 1).then(|| members.clone()),
+                heartbeat_ms: 50,
+                election_ms: 300,
+            }),
+        )
+        .await
+        .expect("open");
+        nodes.push(Node {
+            id,
+            tablet,
+            tso,
+            stop: Some(stop),
+            _dir: dir,
+        });
+    }
+    let l = serving(&nodes).await;
+    let leader_id = nodes[l].id;
+    let first = put(&nodes[l], b"\x02k", b"v1").await.expect("commit");
+    for (i, n) in nodes.iter().enumerate() {
+        if i == l {
+            continue;
+        }
+        match put(n, b"\x02x", b"no").await {
+            Err(Error::NotLeader { tablet, leader }) => {
+                assert_eq!((tablet, leader), (TABLET, Some(leader_id)));
+            }
+            other => panic!("a follower committed: {other:?}"),
+        }
+        assert!(matches!(
+            n.tablet.get(b"\x02k", u64::MAX - 1).await,
+            Err(Error::NotLeader { .. })
+        ));
+        // The commit is in the follower's state once applied.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n
+            .tablet
+            .state()
+            .mvcc()
+            .get(b"\x02k", u64::MAX - 1)
+            .expect("get")
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "not replicated to node {}", n.id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The leader stops; another replica takes over.
+    let t0 = Instant::now();
+    let gone = nodes.remove(l);
+    gone.tablet.shutdown().await;
+    if let Some(s) = gone.stop {
+        let _ = s.send(());
+    }
+    let l = serving(&nodes).await;
+    let took = t0.elapsed();
+    let n = &nodes[l];
+    assert_ne!(n.id, leader_id);
+    let ts = n.tso.next().expect("ts");
+    assert_eq!(
+        n.tablet.get(b"\x02k", ts).await.expect("get").as_deref(),
+        Some(&b"v1"[..])
+    );
+    let second = put(n, b"\x02k", b"v2")
+        .await
+        .expect("commit after failover");
+    assert!(second > first, "{second} after {first}");
+    println!(
+        "node {leader_id} stopped; node {} served after {took:?}",
+        n.id
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    for n in &nodes {
+        n.tablet.shutdown().await;
+    }
+}
