@@ -161,6 +161,10 @@ pub async fn expire_forever(
 ) {
     loop {
         tokio::time::sleep(every).await;
+        // A replica that does not lead leaves expiry to its leader.
+        if !db.is_serving() {
+            continue;
+        }
         let before = tafdb::tso::now_ms().saturating_sub(retention.as_millis() as u64);
         match expire(&db, before).await {
             Ok(0) => {}

@@ -139,7 +139,8 @@ impl FsError {
         let errno = match e {
             tafdb::Error::RetriesExhausted { .. }
             | tafdb::Error::Shutdown
-            | tafdb::Error::NotLeader { .. } => Errno::EAGAIN,
+            | tafdb::Error::NotLeader { .. }
+            | tafdb::Error::Busy(_) => Errno::EAGAIN,
             tafdb::Error::Undetermined(_) => Errno::ETIMEDOUT,
             tafdb::Error::NoSpace(_) => Errno::ENOSPC,
             tafdb::Error::Io(io) if tafdb::engine::is_no_space(io) => Errno::ENOSPC,

@@ -31,7 +31,15 @@ async fn fsck_streams_a_big_namespace() {
         .unwrap_or(1_000_000);
     let per_dir = 10_000u64.min(entries);
     let dirs = entries / per_dir;
-    let f = Arc::new(fixture_with(|_| {}).await);
+    // The production log store, not the fixture's small one: the log holds the MVCC window's
+    // worth of creates.
+    let f = Arc::new(
+        fixture_with(|c| {
+            c.tablet.log_store_bytes = tafdb::raft::STORE_BYTES;
+            c.tablet.log_chunk_bytes = tafdb::raft::CHUNK_BYTES;
+        })
+        .await,
+    );
     let r = root();
     let t0 = Instant::now();
     for d in 0..dirs {
@@ -46,7 +54,17 @@ async fn fsck_streams_a_big_namespace() {
             let mut i = k;
             while i < dirs * (per_dir - 1) {
                 let (d, j) = (i / (per_dir - 1), i % (per_dir - 1));
-                f.create(&r, &format!("/d{d}/f{j}")).await.expect("create");
+                // EAGAIN (the store holding writers back while its flusher catches up) is
+                // retried, as a client would.
+                loop {
+                    match f.create(&r, &format!("/d{d}/f{j}")).await {
+                        Ok(_) => break,
+                        Err(e) if e.errno == coprocessor::Errno::EAGAIN => {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("create: {e:?}"),
+                    }
+                }
                 i += tasks;
                 if k == 0 && i % 1_000_000 < tasks {
                     eprintln!("  {i} created, {:.0} s", t0.elapsed().as_secs_f64());

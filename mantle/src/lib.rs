@@ -16,6 +16,7 @@
 //! [`client::Client`], [`status`].
 
 pub mod client;
+pub mod cluster;
 pub mod convert;
 pub mod limits;
 pub mod server;

@@ -59,6 +59,14 @@ pub struct ServerConfig {
     pub disk_reserve_bytes: u64,
     /// Whether administrative calls (fsck) are accepted from other hosts than the server's.
     pub allow_remote_admin: bool,
+    /// How a cluster node starts (`None`: the embedded single node, or a cluster node
+    /// restarting with the identity in its data directory).
+    pub cluster: Option<crate::cluster::Mode>,
+    /// Raft heartbeat interval of a cluster node's groups, ms.
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout of a cluster node's groups (the low end; the high end is twice
+    /// it), ms.
+    pub raft_election_ms: u64,
 }
 
 /// What clients may hold of the server (see [`crate::limits`]); `docs/operations.md` lists
@@ -108,6 +116,9 @@ impl ServerConfig {
             limits: Limits::default(),
             disk_reserve_bytes: 0,
             allow_remote_admin: false,
+            cluster: None,
+            raft_heartbeat_ms: 100,
+            raft_election_ms: 500,
         }
     }
 
@@ -142,6 +153,9 @@ pub enum ServerError {
     /// Creating the default namespace failed.
     #[error("default namespace: {0}")]
     Namespace(#[from] coprocessor::FsError),
+    /// Joining or starting a cluster failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
@@ -162,12 +176,102 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
-    let store = config.store();
+    let mut store = config.store();
     let data = store.dir.clone();
     std::fs::create_dir_all(&data)?;
+    // A cluster node: its identity, and the groups' first membership on a new cluster.
+    let identity = crate::cluster::load_identity(&data)?;
+    let mut joined_via = None;
+    let node = match (&config.cluster, identity) {
+        (_, Some(node)) => {
+            if config.cluster.is_some() {
+                tracing::info!(node, "this data directory already belongs to a cluster node: rejoining with its identity");
+            }
+            if let Some(crate::cluster::Mode::Join(m)) = &config.cluster {
+                joined_via = Some(m.clone());
+            }
+            Some((node, None))
+        }
+        (Some(crate::cluster::Mode::Init), None) => {
+            let mut members = std::collections::BTreeMap::new();
+            members.insert(1u64, openraft::BasicNode::new(addr.to_string()));
+            crate::cluster::save_identity(&data, 1)?;
+            Some((1, Some(members)))
+        }
+        (Some(crate::cluster::Mode::Join(member)), None) => {
+            let node = crate::cluster::join(member, &addr.to_string(), 0)
+                .await
+                .map_err(|s| {
+                    ServerError::Cluster(format!("joining through {member}: {}", s.message()))
+                })?;
+            crate::cluster::save_identity(&data, node)?;
+            joined_via = Some(member.clone());
+            Some((node, None))
+        }
+        (None, None) => None,
+    };
+    let peers = node.as_ref().map(|(n, _)| tafdb::raft::Peers::new(*n));
+    let router = tafdb::raft::RaftRouter::new();
+    if let (Some((n, init)), Some(peers)) = (&node, &peers) {
+        store.cluster = Some(tafdb::ClusterConfig {
+            node: *n,
+            peers: peers.clone(),
+            router: router.clone(),
+            init: init.clone(),
+            heartbeat_ms: config.raft_heartbeat_ms,
+            election_ms: config.raft_election_ms,
+        });
+        tracing::info!(node = n, %addr, "cluster node");
+    }
+    let first_start = identity.is_none();
     let db = Db::open(store).await?;
     let svc = Arc::new(Service::open(db.clone()));
-    ensure_default_namespace(&svc).await?;
+    match &node {
+        None => ensure_default_namespace(&svc).await?,
+        // The first node of a new cluster makes the default namespace once it leads (at once:
+        // it is the only member).
+        Some((1, _)) if first_start => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !db.is_serving() {
+                if std::time::Instant::now() > deadline {
+                    return Err(ServerError::Cluster(
+                        "the first node did not come to lead its tablets".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ensure_default_namespace(&svc).await?;
+        }
+        Some(_) => {}
+    }
+    // A joined node asks to become a voter once it has caught up; a restarted one whose
+    // address changed tells the leader where it is now.
+    if let Some((n, _)) = &node {
+        let n = *n;
+        if let Some(member) = joined_via.clone() {
+            tokio::spawn(crate::cluster::promote(member, n));
+        }
+        if !first_start {
+            let db = db.clone();
+            let me = addr.to_string();
+            tokio::spawn(async move {
+                let recorded = crate::cluster::member(&db, |id| id == n).map(|m| m.1);
+                let other = crate::cluster::member(&db, |id| id != n).map(|m| m.1);
+                if let (Some(recorded), Some(other)) = (recorded, other) {
+                    if recorded != me {
+                        match crate::cluster::join(&other, &me, n).await {
+                            Ok(_) => {
+                                tracing::info!(node = n, addr = %me, "recorded this node's new address")
+                            }
+                            Err(s) => {
+                                tracing::warn!(node = n, error = %s.message(), "cannot record this node's new address")
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
     let retention = config.request_retention;
     let expiry = tokio::spawn(coprocessor::dedup::expire_forever(
         db.clone(),
@@ -226,7 +330,22 @@ pub async fn serve(
         .layer(tower::util::MapRequestLayer::new(move |req| {
             budget.wrap(req)
         }))
+        .layer(tower::util::option_layer(peers.clone().map(|peers| {
+            crate::cluster::ForwardLayer {
+                db: db.clone(),
+                peers,
+            }
+        })))
         .add_service(api)
+        .add_service(crate::proto::cluster_server::ClusterServer::new(
+            crate::cluster::ClusterApi {
+                db: db.clone(),
+                node: node.as_ref().map_or(0, |(n, _)| *n),
+                remote_admin: config.allow_remote_admin,
+                joining: tokio::sync::Mutex::new(()),
+            },
+        ))
+        .add_service(router.service())
         .serve_with_incoming_shutdown(incoming, signal);
     // A graceful shutdown waits for every connection, and one idle or half-sent connection
     // would hold it forever: after the grace period the remaining connections are closed.

@@ -49,6 +49,27 @@ pub struct DbConfig {
     /// needs room to recover (see [`crate::space`]). Servers want it; tests and tools that open
     /// many short-lived stores do not.
     pub disk_ballast: bool,
+    /// How the tablets are replicated over nodes; `None`: each tablet is its group's only
+    /// voter (the embedded mode).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A database whose tablets are replicas of groups spread over nodes. Every tablet's group id
+/// is its tablet id, and the groups share this node's Raft service and peer channels.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node: u64,
+    /// The channels to the other nodes.
+    pub peers: crate::raft::Peers,
+    /// This node's Raft service.
+    pub router: crate::raft::RaftRouter,
+    /// The groups' first members, on the node that creates the cluster, at its first start.
+    pub init: Option<std::collections::BTreeMap<u64, openraft::BasicNode>>,
+    /// Raft heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (the low end), ms.
+    pub election_ms: u64,
 }
 
 impl DbConfig {
@@ -66,6 +87,7 @@ impl DbConfig {
             status_horizon_ms: 60_000,
             disk_reserve_bytes: 0,
             disk_ballast: false,
+            cluster: None,
         }
     }
 }
@@ -75,6 +97,9 @@ impl DbConfig {
 /// room that cannot come, then stop the tablet. Half: a log store's blocks are coarse, and one
 /// batch of deletes may need several of them.
 const LOG_FULL: f64 = 0.5;
+
+/// Above this fill of a Raft log store, new commits wait (see [`Db::admit_write`]).
+const LOG_BUSY: f64 = 0.9;
 
 /// Short of disk space with working engines, the flusher purges the log as it goes (it
 /// reclaims at half full), so deletes go on up to this fill, which leaves room for the batches
@@ -179,7 +204,14 @@ impl Db {
                     tso.clone(),
                     &config.tablet,
                     &pipeline,
-                    None,
+                    config.cluster.as_ref().map(|c| crate::tablet::Replication {
+                        node: c.node,
+                        peers: c.peers.clone(),
+                        router: c.router.clone(),
+                        init: c.init.clone(),
+                        heartbeat_ms: c.heartbeat_ms,
+                        election_ms: c.election_ms,
+                    }),
                 )
                 .await?,
             );
@@ -238,6 +270,10 @@ impl Db {
                 loop {
                     tick.tick().await;
                     let Some(db) = weak.upgrade() else { return };
+                    // A replica that does not lead has nothing to collect: its leader does.
+                    if !db.is_serving() {
+                        continue;
+                    }
                     if let Err(e) = db.collect_garbage().await {
                         tracing::warn!(error = %e, "2PC garbage collection failed; will retry");
                     }
@@ -274,6 +310,17 @@ impl Db {
     /// not happen". (With writable engines the log is purged as the flusher goes, and a
     /// commit waits for room rather than fail.)
     pub fn admit_write(&self, frees_space: bool) -> Result<()> {
+        // Whatever the disk: a log store this full is waiting for the flusher (an engine
+        // stalled by compaction, a slow disk). Holding new commits back here is a clean
+        // "did not happen"; letting them reach the log would make openraft wait for room and,
+        // after a minute, stop the tablet.
+        if let Some(t) = self.tablets.iter().find(|t| t.log_fill() > LOG_BUSY) {
+            return Err(Error::Busy(format!(
+                "tablet {}'s Raft log store is {:.0}% full while the flusher catches up",
+                t.id(),
+                t.log_fill() * 100.0
+            )));
+        }
         self.space.admit(frees_space)?;
         if !self.space.is_short() {
             return Ok(());
@@ -388,6 +435,21 @@ impl Db {
     /// The timestamp oracle.
     pub fn tso(&self) -> &Arc<Tso> {
         &self.tso
+    }
+
+    /// Whether every tablet is served here (always, in the embedded mode; in a cluster, while
+    /// this node leads every group and has caught up).
+    pub fn is_serving(&self) -> bool {
+        self.tablets.iter().all(|t| t.is_serving())
+    }
+
+    /// The node that leads the first tablet that is not served here, as far as this node
+    /// knows (`None` if every tablet is served here, or no leader is known).
+    pub fn leader_hint(&self) -> Option<u64> {
+        self.tablets
+            .iter()
+            .find(|t| !t.is_serving())
+            .and_then(|t| t.raft().metrics().borrow().current_leader)
     }
 
     /// Every tablet, in key order.

@@ -70,6 +70,10 @@ pub enum Error {
     /// The store is shutting down; the operation did not commit (it never reached the log).
     #[error("the store is shutting down")]
     Shutdown,
+    /// The store is holding writes back (a Raft log store is nearly full while the flusher
+    /// catches up): the transaction did not commit and may be tried again shortly.
+    #[error("busy: {0}")]
+    Busy(String),
     /// This replica of the tablet does not lead its group (or has not caught up since it was
     /// elected): the operation did not happen here. Ask the leader, if one is known.
     #[error("tablet {tablet} is not led here{}", .leader.map(|l| format!(" (node {l} leads)")).unwrap_or_default())]

@@ -42,7 +42,7 @@ pub mod tso;
 pub mod txn;
 
 pub use coprocessor::{BoxFuture, Coprocessor};
-pub use db::{Db, DbConfig, GcOutcome, Snapshot};
+pub use db::{ClusterConfig, Db, DbConfig, GcOutcome, Snapshot};
 pub use error::{Error, Result};
 pub use keys::{Key, KeyRange, Value};
 pub use mvcc::{DeltaOp, Mutation};

@@ -270,7 +270,18 @@ impl Txn {
         if writes.is_empty() {
             return Ok(start_ts);
         }
-        db.admit_write(frees_space)?;
+        // A log store that is nearly full makes commits wait (backpressure) for up to 30 s, so
+        // that a flusher slowed by the engines holds the writers back instead of failing them.
+        let mut waited = 0u32;
+        loop {
+            match db.admit_write(frees_space) {
+                Err(Error::Busy(_)) if waited < 3000 => {
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => break other?,
+            }
+        }
         // Blind writes of hot keys queue too; in key order, so this never deadlocks.
         for (k, muts) in &writes {
             if muts.first().is_some_and(Mutation::replaces) {

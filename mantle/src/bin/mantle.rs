@@ -85,6 +85,19 @@ struct ServeArgs {
     /// every connection (ms).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
+    /// Start a new cluster with this node as its first member (node 1).
+    #[arg(long, conflicts_with = "join")]
+    init: bool,
+    /// Join the cluster that the node at ADDR belongs to (any live member).
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// Raft heartbeat interval of a cluster node (ms).
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..))]
+    raft_heartbeat_ms: u64,
+    /// Raft election timeout of a cluster node: a random value between this and twice this
+    /// (ms; at least three heartbeats).
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(30..))]
+    raft_election_ms: u64,
 }
 
 impl ServeArgs {
@@ -95,6 +108,13 @@ impl ServeArgs {
         cfg.request_retention = std::time::Duration::from_secs(self.request_retention_s);
         cfg.disk_reserve_bytes = self.disk_reserve_mib << 20;
         cfg.allow_remote_admin = self.allow_remote_admin;
+        cfg.cluster = match (&self.init, &self.join) {
+            (true, _) => Some(mantle::cluster::Mode::Init),
+            (false, Some(a)) => Some(mantle::cluster::Mode::Join(a.clone())),
+            (false, None) => None,
+        };
+        cfg.raft_heartbeat_ms = self.raft_heartbeat_ms;
+        cfg.raft_election_ms = self.raft_election_ms.max(3 * self.raft_heartbeat_ms);
         let ms = std::time::Duration::from_millis;
         cfg.limits = mantle::server::Limits {
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
@@ -179,6 +199,17 @@ enum Cmd {
     },
     /// Checks the namespace invariants; exits 1 if any is broken.
     Fsck,
+    /// Cluster administration.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Members, tablets, leaders and applied indexes, as the node at --addr sees them.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -274,6 +305,9 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Cmd::Admin { cmd } = &cli.cmd {
+        return admin(&cli.addr, cmd).await;
     }
     let client = match Client::connect(&cli.addr).await {
         Ok(c) => c,
@@ -392,7 +426,7 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
 
 async fn command(c: &Client, cmd: Cmd) -> CmdResult {
     match cmd {
-        Cmd::Serve { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Serve { .. } | Cmd::Admin { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Mkdir { p, mode, paths } => {
             for path in paths {
                 let (b, what) = (raw(&path), esc(raw(&path)));
@@ -601,6 +635,77 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
             } else {
                 ExitCode::from(1)
             })
+        }
+    }
+}
+
+async fn admin(addr: &str, cmd: &AdminCmd) -> ExitCode {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let client = match tonic::transport::Endpoint::from_shared(url) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(5)).connect().await,
+        Err(e) => {
+            eprintln!("mantle admin: address {addr:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut client = match client {
+        Ok(c) => mantle::proto::cluster_client::ClusterClient::new(c),
+        Err(e) => {
+            eprintln!("mantle admin: {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cmd {
+        AdminCmd::Status => {
+            let s = match client.status(mantle::proto::ClusterStatusRequest {}).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    eprintln!("mantle admin status: {}", e.message());
+                    return ExitCode::FAILURE;
+                }
+            };
+            if s.node == 0 {
+                out!("node at {addr}: embedded (not a cluster node)");
+            } else {
+                out!("node at {addr}: node {}", s.node);
+            }
+            out!("nodes:");
+            for n in &s.nodes {
+                out!(
+                    "  {}\t{}\t{}",
+                    n.id,
+                    n.addr,
+                    if n.voter { "voter" } else { "learner" }
+                );
+            }
+            out!("tablets:");
+            for t in &s.tablets {
+                out!(
+                    "  {}\t[{}, {})\tleader {}\tterm {}\tapplied {}\tvoters {:?}\tlearners {:?}{}",
+                    t.id,
+                    tafdb::error::escape(&t.start),
+                    if t.end.is_empty() {
+                        "end".to_string()
+                    } else {
+                        tafdb::error::escape(&t.end)
+                    },
+                    if t.leader == 0 {
+                        "none".to_string()
+                    } else {
+                        t.leader.to_string()
+                    },
+                    t.term,
+                    t.applied,
+                    t.voters,
+                    t.learners,
+                    if t.serving { "\tserved here" } else { "" }
+                );
+            }
+            ExitCode::SUCCESS
         }
     }
 }

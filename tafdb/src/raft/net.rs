@@ -62,8 +62,9 @@ impl Peers {
         self.me
     }
 
-    /// The channel to node `id` at `addr` (a new one if the node moved).
-    fn channel(&self, id: u64, addr: &str) -> Result<Channel, Unreachable> {
+    /// The channel to node `id` at `addr` (a new one if the node moved). Other services of
+    /// the node (a proxy forwarding client calls to a leader) share it.
+    pub fn channel(&self, id: u64, addr: &str) -> Result<Channel, Unreachable> {
         if let Some(c) = self.channels.get(&id) {
             if c.0 == addr {
                 return Ok(c.1.clone());

@@ -1,0 +1,436 @@
+//! The cluster: several `mantle serve` processes whose tablets are replicas of Raft groups.
+//!
+//! - **Identity.** A node's id lives in `DATA/node`. `--init` makes the first node (id 1) and
+//!   the groups' first membership; `--join ADDR` asks a member for a new id (the leader adds
+//!   the node to every group as a learner), then asks to be promoted to voter once it has
+//!   caught up. A restart with the same `--data` keeps its identity; if its address changed,
+//!   it tells the leader.
+//! - **Forwarding** ([`Forward`]): every node accepts every client call. A node that does not
+//!   serve the tablets (it does not lead them) forwards the call, as it came, to the leader
+//!   over the channel it already keeps to that node for Raft; the answer comes back the same
+//!   way. A forwarded call is marked and never forwarded again (a leader that lost its
+//!   leadership meanwhile answers `EAGAIN`, which the SDK retries). Request ids travel with the
+//!   call, so a retry after a failover is recognised wherever it lands.
+//! - **Status** ([`ClusterApi`]): members, tablets, leaders, applied indexes, as the
+//!   answering node sees them.
+//!
+//! What it is not (yet): a placement service with its own group and timestamp oracle, moving
+//! replicas off dead nodes, several tablets per namespace (the next steps of the cluster work).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ChangeMembers};
+use tafdb::raft::Peers;
+use tafdb::Db;
+use tonic::{Request, Response, Status};
+
+use crate::proto;
+
+/// How a node starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The first node of a new cluster.
+    Init,
+    /// A new node joining the cluster that `addr` (any member) belongs to.
+    Join(String),
+}
+
+const IDENTITY: &str = "node";
+
+/// This node's id, if it has one.
+pub(crate) fn load_identity(data: &Path) -> Result<Option<u64>, std::io::Error> {
+    let Some(b) = chunk_backend::atomic::read(&data.join(IDENTITY))
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let s = String::from_utf8_lossy(&b);
+    s.trim().parse().map(Some).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not a node id: {s:?}", data.join(IDENTITY).display()),
+        )
+    })
+}
+
+pub(crate) fn save_identity(data: &Path, node: u64) -> Result<(), std::io::Error> {
+    chunk_backend::atomic::write(&data.join(IDENTITY), format!("{node}\n").as_bytes())
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The first member of the first tablet's group that `pick` accepts, with its address, as this
+/// node knows the membership.
+pub(crate) fn member(db: &Db, pick: impl Fn(u64) -> bool) -> Option<(u64, String)> {
+    db.tablets().iter().find_map(|t| {
+        t.raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .find(|(id, _)| pick(**id))
+            .map(|(id, n)| (*id, n.addr.clone()))
+    })
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn cluster_client(
+    member: &str,
+) -> Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>, Status> {
+    let ch = tonic::transport::Endpoint::from_shared(url(member))
+        .map_err(|e| Status::invalid_argument(format!("address {member:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(90))
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("{member}: {e}")))?;
+    Ok(proto::cluster_client::ClusterClient::new(ch))
+}
+
+/// Asks `member` to admit the node at `addr` (or, with `node`, to record a member's new
+/// address); returns the node's id. Retries while the cluster has no leader, for up to a
+/// minute.
+pub(crate) async fn join(member: &str, addr: &str, node: u64) -> Result<u64, Status> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            cluster_client(member)
+                .await?
+                .join(proto::JoinRequest {
+                    addr: addr.to_string(),
+                    node,
+                })
+                .await
+        };
+        match attempt.await {
+            Ok(r) => return Ok(r.into_inner().node),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tracing::info!(member, error = %s.message(), "joining: the cluster is not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// Asks the cluster (through `member`) to make `node` a voter of every group once it has
+/// caught up; retries until it is one.
+pub(crate) async fn promote(member: String, node: u64) {
+    loop {
+        let attempt = async {
+            cluster_client(&member)
+                .await?
+                .promote(proto::PromoteRequest { node })
+                .await
+        };
+        match attempt.await {
+            Ok(_) => {
+                tracing::info!(node, "this node is a voter of every group");
+                return;
+            }
+            Err(s) => {
+                tracing::info!(node, error = %s.message(), "promotion not done yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// The `Cluster` gRPC service of a node.
+pub(crate) struct ClusterApi {
+    pub(crate) db: Arc<Db>,
+    pub(crate) node: u64,
+    pub(crate) remote_admin: bool,
+    /// New ids are handed out one at a time.
+    pub(crate) joining: tokio::sync::Mutex<()>,
+}
+
+fn raft_status(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+impl ClusterApi {
+    fn admin<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let local = r.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        if local || self.remote_admin {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "cluster changes are accepted from the node's own host only (see --allow-remote-admin)",
+            ))
+        }
+    }
+
+    fn leading(&self) -> Result<(), Status> {
+        if self.db.is_serving() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "this node does not lead the cluster's tablets (and none was known to forward to)",
+            ))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::cluster_server::Cluster for ClusterApi {
+    async fn join(
+        &self,
+        r: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinReply>, Status> {
+        self.admin(&r)?;
+        self.leading()?;
+        let r = r.into_inner();
+        if r.addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "a joining node must give its address",
+            ));
+        }
+        let _one = self.joining.lock().await;
+        let node = if r.node == 0 {
+            let mut max = 0;
+            for t in self.db.tablets() {
+                let m = t.raft().metrics().borrow().membership_config.clone();
+                max = m.nodes().map(|(id, _)| *id).fold(max, u64::max);
+            }
+            max + 1
+        } else {
+            r.node
+        };
+        for t in self.db.tablets() {
+            let known = t
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .nodes()
+                .find(|(id, _)| **id == node)
+                .map(|(_, n)| n.addr.clone());
+            match known {
+                None => {
+                    t.raft()
+                        .add_learner(node, BasicNode::new(&r.addr), false)
+                        .await
+                        .map_err(raft_status)?;
+                }
+                Some(a) if a != r.addr => {
+                    let mut nodes = BTreeMap::new();
+                    nodes.insert(node, BasicNode::new(&r.addr));
+                    t.raft()
+                        .change_membership(ChangeMembers::SetNodes(nodes), false)
+                        .await
+                        .map_err(raft_status)?;
+                }
+                Some(_) => {}
+            }
+        }
+        tracing::info!(node, addr = %r.addr, "node admitted");
+        Ok(Response::new(proto::JoinReply { node }))
+    }
+
+    async fn promote(
+        &self,
+        r: Request<proto::PromoteRequest>,
+    ) -> Result<Response<proto::PromoteReply>, Status> {
+        self.admin(&r)?;
+        self.leading()?;
+        let node = r.into_inner().node;
+        for t in self.db.tablets() {
+            let raft = t.raft();
+            let voter = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == node);
+            if voter {
+                continue;
+            }
+            // Caught up: the leader has replicated to it up to the log's end (as of now).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (last, matched) = {
+                    let m = raft.metrics().borrow().clone();
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&node).cloned().flatten())
+                        .map(|l| l.index);
+                    (m.last_log_index, matched)
+                };
+                if matched.is_some() && matched >= last.map(|l| l.saturating_sub(16)) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Status::unavailable(format!(
+                        "node {node} has not caught up on tablet {} ({matched:?} of {last:?})",
+                        t.id()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
+                .await
+                .map_err(raft_status)?;
+            tracing::info!(node, tablet = t.id(), "node promoted to voter");
+        }
+        Ok(Response::new(proto::PromoteReply {}))
+    }
+
+    async fn status(
+        &self,
+        _r: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusReply>, Status> {
+        let mut nodes: BTreeMap<u64, proto::NodeInfo> = BTreeMap::new();
+        let mut tablets = Vec::new();
+        for t in self.db.tablets() {
+            let m = t.raft().metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            let learners: Vec<u64> = membership.learner_ids().collect();
+            for (id, n) in m.membership_config.nodes() {
+                let e = nodes.entry(*id).or_insert(proto::NodeInfo {
+                    id: *id,
+                    addr: n.addr.clone(),
+                    voter: false,
+                });
+                e.voter |= voters.contains(id);
+            }
+            tablets.push(proto::TabletInfo {
+                id: t.id(),
+                start: t.range().start.clone(),
+                end: t.range().end.clone().unwrap_or_default(),
+                leader: m.current_leader.unwrap_or(0),
+                voters,
+                learners,
+                applied: m.last_applied.map_or(0, |l| l.index),
+                term: m.current_term,
+                serving: t.is_serving(),
+            });
+        }
+        Ok(Response::new(proto::ClusterStatusReply {
+            node: self.node,
+            nodes: nodes.into_values().collect(),
+            tablets,
+        }))
+    }
+}
+
+/// The header that marks a call forwarded by another node.
+const FORWARDED: &str = "x-mantle-forwarded";
+
+type Body = tonic::body::Body;
+
+/// A tower layer that forwards client calls to the leader when this node does not serve.
+#[derive(Clone)]
+pub(crate) struct ForwardLayer {
+    pub(crate) db: Arc<Db>,
+    pub(crate) peers: Peers,
+}
+
+impl<S> tower::Layer<S> for ForwardLayer {
+    type Service = Forward<S>;
+
+    fn layer(&self, inner: S) -> Forward<S> {
+        Forward {
+            inner,
+            db: self.db.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// See [`ForwardLayer`].
+#[derive(Clone)]
+pub(crate) struct Forward<S> {
+    inner: S,
+    db: Arc<Db>,
+    peers: Peers,
+}
+
+impl<S> Forward<S> {
+    /// Where `req` must go instead of here: the leader's channel, or an answer saying no
+    /// leader is known.
+    fn route(
+        &self,
+        req: &http::Request<Body>,
+    ) -> Option<Result<tonic::transport::Channel, Status>> {
+        let path = req.uri().path();
+        let forwardable = path.starts_with("/mantle.v1.Mantle/")
+            || path == "/mantle.v1.Cluster/Join"
+            || path == "/mantle.v1.Cluster/Promote";
+        if !forwardable || req.headers().contains_key(FORWARDED) || self.db.is_serving() {
+            return None;
+        }
+        let Some(leader) = self.db.leader_hint().filter(|l| *l != self.peers.me()) else {
+            return Some(Err(Status::unavailable(
+                "this node does not lead, and no leader is known yet (an election may be under way)",
+            )));
+        };
+        let Some((_, addr)) = member(&self.db, |id| id == leader) else {
+            return Some(Err(Status::unavailable(format!(
+                "node {leader} leads, but its address is unknown here"
+            ))));
+        };
+        Some(
+            self.peers
+                .channel(leader, &addr)
+                .map_err(|e| Status::unavailable(format!("node {leader} at {addr}: {e}"))),
+        )
+    }
+}
+
+impl<S> tower::Service<http::Request<Body>> for Forward<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        match self.route(&req) {
+            None => {
+                // The ready service answers; a fresh clone waits for the next call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(req))
+            }
+            Some(Err(status)) => Box::pin(async move { Ok(status.into_http()) }),
+            Some(Ok(channel)) => {
+                req.headers_mut()
+                    .insert(FORWARDED, http::HeaderValue::from_static("1"));
+                Box::pin(async move {
+                    use tower::ServiceExt;
+                    // A call that may have reached the leader is answered Unavailable, which
+                    // the SDK resends under the same request id: never "did not happen".
+                    Ok(channel.oneshot(req).await.unwrap_or_else(|e| {
+                        Status::unavailable(format!("forwarding to the leader: {e}")).into_http()
+                    }))
+                })
+            }
+        }
+    }
+}
