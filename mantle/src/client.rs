@@ -217,21 +217,40 @@ fn time_set(t: Option<Option<u64>>) -> Option<proto::TimeSet> {
 
 impl Client {
     /// Connects to `addr` (`host:port` or a URL), in namespace [`crate::DEFAULT_NAMESPACE`], as
-    /// the calling process's user.
+    /// the calling process's user. Several addresses, comma-separated (the nodes of a
+    /// cluster), make one client that spreads its calls over the nodes that answer: a node
+    /// that fails is left out until it is back, and a call it failed is resent elsewhere under
+    /// the same request id.
     pub async fn connect(addr: &str) -> Result<Client> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
+        let list: Vec<&str> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let endpoint = |a: &str| -> Result<tonic::transport::Endpoint> {
+            let url = if a.contains("://") {
+                a.to_string()
+            } else {
+                format!("http://{a}")
+            };
+            Ok(Channel::from_shared(url)
+                .map_err(|e| FsError::new(Errno::EINVAL, format!("address {a:?}: {e}")))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true))
         };
-        let endpoint = Channel::from_shared(url.clone())
-            .map_err(|e| FsError::new(Errno::EINVAL, format!("address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| FsError::new(Errno::EIO, format!("cannot connect to {url}: {e}")))?;
+        let channel = match list.as_slice() {
+            [] => return Err(FsError::new(Errno::EINVAL, "no server address")),
+            [one] => endpoint(one)?
+                .connect()
+                .await
+                .map_err(|e| FsError::new(Errno::EIO, format!("cannot connect to {one}: {e}")))?,
+            many => Channel::balance_list(
+                many.iter()
+                    .map(|a| endpoint(a))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter(),
+            ),
+        };
         Ok(Client {
             grpc: MantleClient::new(channel).max_decoding_message_size(64 << 20),
             ns: crate::DEFAULT_NAMESPACE.to_string(),

@@ -124,6 +124,32 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
             }
         }));
     }
+    // One more client with every node's address: the SDK moves between them by itself.
+    let multi = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let all = addrs.join(",");
+        tokio::spawn(async move {
+            let c = Client::connect(&all).await.expect("connect to all");
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut j = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("/m-{j}");
+                match c.mkdir(&name, 0o755).await {
+                    Ok(_)
+                    | Err(coprocessor::FsError {
+                        errno: coprocessor::Errno::EEXIST,
+                        ..
+                    }) => {
+                        acked.lock().expect("lock").push(name);
+                        ok += 1;
+                        j += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = acked.lock().expect("lock").len();
     // SIGKILL the leader (node 1: its process is the first).
@@ -147,6 +173,11 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
     for t in tasks {
         t.await.expect("task");
     }
+    let (multi_ok, multi_failed) = multi.await.expect("multi-address client");
+    println!(
+        "the client with every address: {multi_ok} creates acknowledged, {multi_failed} failed"
+    );
+    assert!(multi_ok > 0);
     let acked = acked.lock().expect("lock").clone();
     let killed = killed_at.lock().expect("lock").expect("killed");
     let back = first_after_kill

@@ -18,7 +18,8 @@ use metastore::{Attr, FileType};
     about = "Mantle-rs: a metadata service for hierarchical namespaces"
 )]
 struct Cli {
-    /// The server's address.
+    /// The server's address; for a cluster, several comma-separated (the client moves
+    /// between them when one fails).
     #[arg(long, global = true, env = "MANTLE_ADDR", default_value = mantle::DEFAULT_ADDR)]
     addr: String,
     /// The namespace.
