@@ -556,6 +556,17 @@ pub struct Tablet {
     closed: std::sync::atomic::AtomicBool,
     /// The Raft term this replica serves in, 0 while it does not (see [`Tablet::is_serving`]).
     serving: Arc<std::sync::atomic::AtomicU64>,
+    /// Read-index rounds of a replicated tablet (see [`Tablet::confirm_reads`]); `None` for
+    /// the only voter of a group, which cannot be deposed.
+    reads: Option<ReadIndex>,
+}
+
+/// Leadership confirmations for reads, one round at a time, each shared by every read that
+/// arrived before it started.
+struct ReadIndex {
+    /// Rounds started and finished, and the outcome of the last one.
+    state: tokio::sync::Mutex<(u64, std::result::Result<(), String>)>,
+    started: std::sync::atomic::AtomicU64,
 }
 
 /// What a transaction hands a tablet to validate.
@@ -689,6 +700,10 @@ impl Tablet {
             _pipeline: pipeline.clone(),
             closed: std::sync::atomic::AtomicBool::new(false),
             serving: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            reads: replication.as_ref().map(|_| ReadIndex {
+                state: tokio::sync::Mutex::new((0, Ok(()))),
+                started: std::sync::atomic::AtomicU64::new(0),
+            }),
         });
         if replication.is_none() {
             // The only voter, replayed: it serves from now on.
@@ -837,6 +852,53 @@ impl Tablet {
             tablet: self.id,
             leader: self.raft.metrics().borrow().current_leader,
         })
+    }
+
+    /// Makes a read that arrives now linearizable on a replicated tablet: confirms with a
+    /// quorum that this replica still leads, and waits until it has applied everything
+    /// committed before (openraft's `ensure_linearizable`). A leader cut off from its group
+    /// cannot confirm, so it answers `NotLeader` instead of a stale value. One round serves
+    /// every read that arrived before it started: under load, a round per heartbeat trip, not
+    /// per read.
+    async fn confirm_reads(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(ri) = &self.reads else {
+            return Ok(());
+        };
+        let arrived = ri.started.load(Ordering::Acquire);
+        let mut st = ri.state.lock().await;
+        // A round that started after this read arrived has finished meanwhile.
+        if st.0 > arrived {
+            return st.1.clone().map_err(|_| self.not_leader());
+        }
+        let round = ri.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let outcome =
+            match tokio::time::timeout(Duration::from_secs(2), self.raft.ensure_linearizable())
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no quorum confirmed this leader within 2 s".to_string()),
+            };
+        *st = (round, outcome.clone());
+        drop(st);
+        outcome.map_err(|why| {
+            tracing::debug!(tablet = self.id, %why, "a read could not confirm leadership");
+            self.not_leader()
+        })
+    }
+
+    fn not_leader(&self) -> Error {
+        // Naming itself would send the caller back here.
+        let leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.current_leader.filter(|l| *l != m.id)
+        };
+        Error::NotLeader {
+            tablet: self.id,
+            leader,
+        }
     }
 
     /// The Raft handle (for the node that hosts the tablet: membership changes, metrics).
@@ -1243,6 +1305,7 @@ impl Tablet {
     /// A snapshot read of one key at `ts`.
     pub async fn get(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
         self.check_serving()?;
+        self.confirm_reads().await?;
         let ik = InlineKey::new(key);
         let horizon = self.pending.reader_horizon();
         let blocked = || self.pending.blocks(&ik, ts, horizon);
@@ -1265,6 +1328,7 @@ impl Tablet {
     /// commits in flight at `ts`; fails with `Locked` on an unresolved 2PC lock.
     pub async fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         self.check_serving()?;
+        self.confirm_reads().await?;
         // Hash tables keep their pending keys out of the ordered set: look at every mark.
         let horizon = self.pending.reader_horizon();
         let blocked = || {
@@ -1288,6 +1352,7 @@ impl Tablet {
     /// A snapshot scan of up to `limit` entries of `range` (which must lie in this tablet).
     pub async fn scan(&self, range: &KeyRange, ts: u64, limit: usize) -> Result<Vec<(Key, Value)>> {
         self.check_serving()?;
+        self.confirm_reads().await?;
         let horizon = self.pending.reader_horizon();
         let blocked = || self.pending.range_blocks(range, ts, horizon);
         if blocked() {

@@ -18,6 +18,7 @@ const TABLET: u64 = 7;
 
 struct Node {
     id: u64,
+    router: RaftRouter,
     tablet: Arc<Tablet>,
     tso: Arc<Tso>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -72,8 +73,7 @@ async fn serving(nodes: &[Node]) -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_serves_and_another_takes_over() {
+async fn three_nodes() -> Vec<Node> {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
@@ -96,6 +96,7 @@ async fn one_replica_serves_and_another_takes_over() {
         let dir = tempfile::tempdir().expect("dir");
         let router = RaftRouter::new();
         let stop = serve(l, router.clone()).await;
+        let node_router = router.clone();
         let tso = Arc::new(Tso::open(&dir.path().join("tso")).expect("tso"));
         let pipeline = Arc::new(PipelineRuntime::new(1).expect("pipeline"));
         let tablet = Tablet::open(
@@ -118,12 +119,19 @@ async fn one_replica_serves_and_another_takes_over() {
         .expect("open");
         nodes.push(Node {
             id,
+            router: node_router,
             tablet,
             tso,
             stop: Some(stop),
             _dir: dir,
         });
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_serves_and_another_takes_over() {
+    let mut nodes = three_nodes().await;
     let l = serving(&nodes).await;
     let leader_id = nodes[l].id;
     let first = put(&nodes[l], b"\x02k", b"v1").await.expect("commit");
@@ -180,6 +188,79 @@ async fn one_replica_serves_and_another_takes_over() {
         n.id
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
+    for n in &nodes {
+        n.tablet.shutdown().await;
+    }
+}
+
+/// A leader cut off from the rest of its group (a partition, by refusing messages at each
+/// receiver) must not answer reads from its now stale state: the majority elects a new
+/// leader and commits, and a read at the old leader fails with `NotLeader` instead of
+/// returning the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_serves_no_stale_read() {
+    let nodes = three_nodes().await;
+    let l = serving(&nodes).await;
+    let old = nodes[l].id;
+    put(&nodes[l], b"\x02k", b"v1").await.expect("commit");
+    assert_eq!(
+        nodes[l]
+            .tablet
+            .get(b"\x02k", nodes[l].tso.next().expect("ts"))
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(&b"v1"[..])
+    );
+    for n in &nodes {
+        for m in &nodes {
+            if (n.id == old) != (m.id == old) {
+                n.router.block_from(m.id, true);
+            }
+        }
+    }
+    // The majority side elects a leader of its own and commits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        if let Some(i) = (0..3).find(|&i| nodes[i].id != old && nodes[i].tablet.is_serving()) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    put(&nodes[new], b"\x02k", b"v2")
+        .await
+        .expect("commit on the majority side");
+    // The old leader may still believe it leads; its read cannot be confirmed.
+    let ts = nodes[l].tso.next().expect("ts");
+    match nodes[l].tablet.get(b"\x02k", ts).await {
+        Err(Error::NotLeader { .. }) => {}
+        other => panic!("the partitioned leader answered {other:?}"),
+    }
+    // A write there cannot reach a quorum: it is never acknowledged (it waits, or fails).
+    let write =
+        tokio::time::timeout(Duration::from_secs(1), put(&nodes[l], b"\x02k", b"lost")).await;
+    assert!(
+        !matches!(write, Ok(Ok(_))),
+        "the partitioned leader acknowledged a write"
+    );
+    // Healed: the old leader follows, and the value is the majority's.
+    for n in &nodes {
+        for m in &nodes {
+            n.router.block_from(m.id, false);
+        }
+    }
+    let i = serving(&nodes).await;
+    let ts = nodes[i].tso.next().expect("ts");
+    assert_eq!(
+        nodes[i]
+            .tablet
+            .get(b"\x02k", ts)
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
     for n in &nodes {
         n.tablet.shutdown().await;
     }

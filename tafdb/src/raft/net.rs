@@ -219,6 +219,9 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
 #[derive(Clone, Default)]
 pub struct RaftRouter {
     groups: Arc<DashMap<u64, Raft>>,
+    /// Senders whose messages are refused as if the network dropped them (fault injection
+    /// for partition tests; empty in service).
+    blocked: Arc<DashMap<u64, ()>>,
 }
 
 impl std::fmt::Debug for RaftRouter {
@@ -246,6 +249,16 @@ impl RaftRouter {
         self.groups.remove(&group);
     }
 
+    /// Refuses (or, with `false`, accepts again) every message from node `from`, which then
+    /// finds this node unreachable: a network partition, for tests.
+    pub fn block_from(&self, from: u64, blocked: bool) {
+        if blocked {
+            self.blocked.insert(from, ());
+        } else {
+            self.blocked.remove(&from);
+        }
+    }
+
     /// The gRPC service to add to the node's server.
     pub fn service(&self) -> proto::raft_server::RaftServer<RaftRouter> {
         proto::raft_server::RaftServer::new(self.clone())
@@ -258,6 +271,12 @@ impl RaftRouter {
         r: Request<proto::RaftRequest>,
     ) -> Result<(Raft, Req), Status> {
         let r = r.into_inner();
+        if self.blocked.contains_key(&r.from) {
+            return Err(Status::unavailable(format!(
+                "messages from node {} are blocked",
+                r.from
+            )));
+        }
         let raft = self
             .groups
             .get(&r.group)
