@@ -117,8 +117,8 @@ impl ServerConfig {
             disk_reserve_bytes: 0,
             allow_remote_admin: false,
             cluster: None,
-            raft_heartbeat_ms: 100,
-            raft_election_ms: 500,
+            raft_heartbeat_ms: 50,
+            raft_election_ms: 250,
         }
     }
 

@@ -244,3 +244,180 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Failover, measured (ignored: about a minute per 10 kills). `KILLS` times (default 20): the
+/// leader is killed with SIGKILL under a create load from 8 clients that know every node,
+/// the time to the next acknowledged create is recorded, and the node is restarted on its
+/// address and data and waits to catch up. Prints the distribution; nothing acknowledged may
+/// be lost, and fsck must be clean at the end.
+///
+/// ```sh
+/// KILLS=20 cargo test -p mantle --release --test cluster failover -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn failover_distribution() {
+    let kills: usize = std::env::var("KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    // Raft timing flags for every node, e.g. RAFT="--raft-election-ms 250 --raft-heartbeat-ms 50".
+    let raft = std::env::var("RAFT").unwrap_or_default();
+    let raft: Vec<&str> = raft.split_whitespace().collect();
+    let with = |first: &[&str]| -> Vec<String> {
+        first
+            .iter()
+            .chain(raft.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let spawn = |d: &std::path::Path, args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_server(d, &refs)
+    };
+    let (c1, a1) = spawn(dirs[0].path(), with(&["--init"]));
+    let (c2, a2) = spawn(dirs[1].path(), with(&["--join", &a1]));
+    let (c3, a3) = spawn(dirs[2].path(), with(&["--join", &a1]));
+    let mut procs = Killed(vec![c1, c2, c3]);
+    let addrs = [a1.clone(), a2.clone(), a3.clone()];
+    settled(&a2, 3).await;
+    let all = addrs.join(",");
+    let acks: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (acks, stop, all) = (acks.clone(), stop.clone(), all.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(&all).await.expect("connect");
+            let mut j = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("/f{i}-{j}");
+                match c.mkdir(&name, 0o755).await {
+                    Ok(_)
+                    | Err(coprocessor::FsError {
+                        errno: coprocessor::Errno::EEXIST,
+                        ..
+                    }) => {
+                        acks.lock().expect("lock").push((Instant::now(), name));
+                        j += 1;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }));
+    }
+    let mut back = Vec::new();
+    let mut elected = Vec::new();
+    for round in 0..kills {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut leader = 0;
+        for a in &addrs {
+            if let Some(s) = status(a).await {
+                if s.tablets[0].leader != 0 && s.tablets[0].serving {
+                    leader = s.node;
+                }
+            }
+        }
+        assert!(leader != 0, "round {round}: no leader");
+        let i = (leader - 1) as usize;
+        procs.0[i].kill().expect("kill -9");
+        procs.0[i].wait().expect("wait");
+        let killed = Instant::now();
+        let other = &addrs[(i + 1) % 3];
+        loop {
+            if let Some(s) = status(other).await {
+                if s.tablets[0].leader != 0 && s.tablets[0].leader != leader {
+                    elected.push(killed.elapsed());
+                    break;
+                }
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "round {round}: no new leader"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        loop {
+            let first = acks
+                .lock()
+                .expect("lock")
+                .iter()
+                .rev()
+                .take_while(|(t, _)| *t > killed)
+                .last()
+                .map(|(t, _)| *t);
+            if let Some(t) = first {
+                back.push(t.duration_since(killed));
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "round {round}: no create after the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Back on its address and data; wait until it has caught up.
+        let port = addrs[i].rsplit(':').next().expect("port").to_string();
+        procs.0[i] = common::mantle_bin()
+            .args(["serve", "--data"])
+            .arg(dirs[i].path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(&raft)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("restart");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let target = status(other).await.map(|s| s.tablets[0].applied);
+            let now = status(&addrs[i]).await.map(|s| s.tablets[0].applied);
+            if let (Some(t), Some(n)) = (target, now) {
+                if n + 200 >= t {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the restarted node did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    };
+    println!(
+        "{kills} kills: new leader after median {:?}, p90 {:?}, max {:?}; first acknowledged create after median {:?}, p90 {:?}, max {:?}",
+        pct(&mut elected, 0.5),
+        pct(&mut elected, 0.9),
+        pct(&mut elected, 1.0),
+        pct(&mut back, 0.5),
+        pct(&mut back, 0.9),
+        pct(&mut back, 1.0)
+    );
+    let acked: Vec<String> = acks
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect();
+    let c = Client::connect(&all).await.expect("connect");
+    let names: std::collections::HashSet<String> = c
+        .list("/", false)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
+        .collect();
+    let lost = acked.iter().filter(|n| !names.contains(*n)).count();
+    println!("{} creates acknowledged, {lost} lost", acked.len());
+    assert_eq!(lost, 0);
+    let report = c.fsck(|_| {}).await.expect("fsck");
+    assert!(report.is_clean(), "{report}");
+}
