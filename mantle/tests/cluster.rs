@@ -46,6 +46,15 @@ async fn settled(addr: &str, voters: usize) -> u64 {
     }
 }
 
+/// Creates directory `name`; whether it exists now (EEXIST: an earlier attempt through a node
+/// that then failed did commit).
+async fn created(c: &Client, name: &str) -> bool {
+    match c.mkdir(name, 0o755).await {
+        Ok(_) => true,
+        Err(e) => e.errno == coprocessor::Errno::EEXIST,
+    }
+}
+
 struct Killed(Vec<Child>);
 
 impl Drop for Killed {
@@ -102,13 +111,8 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
                 }
                 let name = format!("/c{i}-{j}");
                 let c = client.as_ref().expect("client");
-                match c.mkdir(&name, 0o755).await {
-                    // EEXIST: an earlier attempt through a node that then failed did commit.
-                    Ok(_)
-                    | Err(coprocessor::FsError {
-                        errno: coprocessor::Errno::EEXIST,
-                        ..
-                    }) => {
+                match created(c, &name).await {
+                    true => {
                         acked.lock().expect("lock").push(name);
                         j += 1;
                         if killed_at.lock().expect("lock").is_some() {
@@ -116,7 +120,7 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
                             f.get_or_insert_with(Instant::now);
                         }
                     }
-                    Err(_) => {
+                    false => {
                         client = None;
                         node = (node + 1) % 3;
                     }
@@ -134,17 +138,13 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
             let mut j = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("/m-{j}");
-                match c.mkdir(&name, 0o755).await {
-                    Ok(_)
-                    | Err(coprocessor::FsError {
-                        errno: coprocessor::Errno::EEXIST,
-                        ..
-                    }) => {
+                match created(&c, &name).await {
+                    true => {
                         acked.lock().expect("lock").push(name);
                         ok += 1;
                         j += 1;
                     }
-                    Err(_) => failed += 1,
+                    false => failed += 1,
                 }
             }
             (ok, failed)
@@ -293,16 +293,12 @@ async fn failover_distribution() {
             let mut j = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("/f{i}-{j}");
-                match c.mkdir(&name, 0o755).await {
-                    Ok(_)
-                    | Err(coprocessor::FsError {
-                        errno: coprocessor::Errno::EEXIST,
-                        ..
-                    }) => {
+                match created(&c, &name).await {
+                    true => {
                         acks.lock().expect("lock").push((Instant::now(), name));
                         j += 1;
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    false => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
             }
         }));
