@@ -289,6 +289,42 @@ impl proto::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(proto::PromoteReply {}))
     }
 
+    async fn remove_node(
+        &self,
+        r: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeReply>, Status> {
+        self.admin(&r)?;
+        self.leading()?;
+        let node = r.into_inner().node;
+        for t in self.db.tablets() {
+            let raft = t.raft();
+            let (voter, member, voters) = {
+                let m = raft.metrics().borrow().membership_config.clone();
+                let voters: Vec<u64> = m.membership().voter_ids().collect();
+                let member = m.nodes().any(|(id, _)| *id == node);
+                (voters.contains(&node), member, voters.len())
+            };
+            if voter && voters == 1 {
+                return Err(Status::failed_precondition(format!(
+                    "node {node} is the only voter of tablet {}",
+                    t.id()
+                )));
+            }
+            if voter {
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                    .await
+                    .map_err(raft_status)?;
+            }
+            if member {
+                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
+                    .await
+                    .map_err(raft_status)?;
+            }
+            tracing::info!(node, tablet = t.id(), "node removed from the group");
+        }
+        Ok(Response::new(proto::RemoveNodeReply {}))
+    }
+
     async fn status(
         &self,
         _r: Request<proto::ClusterStatusRequest>,
@@ -370,7 +406,8 @@ impl<S> Forward<S> {
         let path = req.uri().path();
         let forwardable = path.starts_with("/mantle.v1.Mantle/")
             || path == "/mantle.v1.Cluster/Join"
-            || path == "/mantle.v1.Cluster/Promote";
+            || path == "/mantle.v1.Cluster/Promote"
+            || path == "/mantle.v1.Cluster/RemoveNode";
         if !forwardable || req.headers().contains_key(FORWARDED) || self.db.is_serving() {
             return None;
         }

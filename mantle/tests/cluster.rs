@@ -417,3 +417,34 @@ async fn failover_distribution() {
     let report = c.fsck(|_| {}).await.expect("fsck");
     assert!(report.is_clean(), "{report}");
 }
+
+/// A fourth node joins, becomes a voter, and is removed again through another node (the call
+/// is forwarded to the leader); the cluster goes on with the three others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_is_removed() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let (c1, a1) = spawn_server(dirs[0].path(), &["--init"]);
+    let (c2, a2) = spawn_server(dirs[1].path(), &["--join", &a1]);
+    let (c3, a3) = spawn_server(dirs[2].path(), &["--join", &a1]);
+    let (c4, _a4) = spawn_server(dirs[3].path(), &["--join", &a2]);
+    let _procs = Killed(vec![c1, c2, c3, c4]);
+    settled(&a3, 4).await;
+    let out = common::cli_ok(
+        &a2,
+        &["admin".as_ref(), "remove-node".as_ref(), "4".as_ref()],
+    );
+    assert!(out.contains("node 4 removed"), "{out}");
+    let s = status(&a3).await.expect("status");
+    assert_eq!(s.tablets[0].voters, vec![1, 2, 3]);
+    assert!(s.nodes.iter().all(|n| n.id != 4), "{:?}", s.nodes);
+    let c = Client::connect(&format!("{a1},{a2},{a3}"))
+        .await
+        .expect("connect");
+    c.mkdir("/after-removal", 0o755).await.expect("mkdir");
+    // Removing a node that is no longer a member is a no-op.
+    let out = common::cli_ok(
+        &a1,
+        &["admin".as_ref(), "remove-node".as_ref(), "4".as_ref()],
+    );
+    assert!(out.contains("node 4 removed"), "{out}");
+}

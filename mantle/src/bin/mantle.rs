@@ -212,6 +212,9 @@ enum Cmd {
 enum AdminCmd {
     /// Members, tablets, leaders and applied indexes, as the node at --addr sees them.
     Status,
+    /// Takes node N out of every group (its replicas stop receiving the log; stop the process
+    /// afterwards). The cluster keeps its other voters: removing one of three leaves two.
+    RemoveNode { node: u64 },
 }
 
 #[derive(Subcommand)]
@@ -662,6 +665,21 @@ async fn admin(addr: &str, cmd: &AdminCmd) -> ExitCode {
         }
     };
     match cmd {
+        AdminCmd::RemoveNode { node } => {
+            match client
+                .remove_node(mantle::proto::RemoveNodeRequest { node: *node })
+                .await
+            {
+                Ok(_) => {
+                    out!("node {node} removed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mantle admin remove-node: {}", e.message());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         AdminCmd::Status => {
             let s = match client.status(mantle::proto::ClusterStatusRequest {}).await {
                 Ok(s) => s.into_inner(),
