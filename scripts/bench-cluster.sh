@@ -4,7 +4,8 @@
 #
 #   bash scripts/bench-cluster.sh [ITEMS] [TASKS]      (defaults: 200 64)
 #
-# Writes docs/bench/cluster/{single,cluster}.txt. Release builds.
+# Writes docs/bench/cluster/{single,cluster,cluster-leader-only}.txt and summary.txt. Release
+# builds.
 set -eu
 cd "$(dirname "$0")/.."
 N=${1:-200}; TASKS=${2:-64}
@@ -41,3 +42,5 @@ kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
 start c1 --init; A1=$ADDR; start c2 --join "$A1"; A2=$ADDR; start c3 --join "$A1"; A3=$ADDR
 for _ in $(seq 100); do "$T/mantle" --addr "$A1" admin status | grep -q "voters \[1, 2, 3\]" && break; sleep 0.1; done
 run cluster "$A1,$A2,$A3" "${PIDS[@]}"
+# The same cluster with the client calling only the leader (node 1, the first): no forwarding.
+run cluster-leader-only "$A1" "${PIDS[@]}"
