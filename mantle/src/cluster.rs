@@ -5,13 +5,13 @@
 //!   the node to every group as a learner), then asks to be promoted to voter once it has
 //!   caught up. A restart with the same `--data` keeps its identity; if its address changed,
 //!   it tells the leader.
-//! - **Forwarding** ([`Forward`]): every node accepts every client call. A node that does not
+//! - **Forwarding** (`Forward`): every node accepts every client call. A node that does not
 //!   serve the tablets (it does not lead them) forwards the call, as it came, to the leader
 //!   over the channel it already keeps to that node for Raft; the answer comes back the same
 //!   way. A forwarded call is marked and never forwarded again (a leader that lost its
 //!   leadership meanwhile answers `EAGAIN`, which the SDK retries). Request ids travel with the
 //!   call, so a retry after a failover is recognised wherever it lands.
-//! - **Status** ([`ClusterApi`]): members, tablets, leaders, applied indexes, as the
+//! - **Status** (`ClusterApi`): members, tablets, leaders, applied indexes, as the
 //!   answering node sees them.
 //!
 //! What it is not (yet): a placement service with its own group and timestamp oracle, moving

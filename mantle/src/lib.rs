@@ -3,8 +3,10 @@
 //!
 //! What it is: the `mantle.v1` gRPC API ([`proto`], from `proto/mantle.proto`), the
 //! validation that turns protobuf messages into the namespace's domain requests ([`convert`]),
-//! the server ([`server::run`]: one process, one TafDB tablet holding the Index and Meta tables,
-//! single-voter Raft, data in one directory; [`limits`] bounds what clients may hold of it), the
+//! the server ([`server::run`]: by default one process, one TafDB tablet holding the Index and
+//! Meta tables, single-voter Raft, data in one directory; with `--init` / `--join` a node of a
+//! cluster whose tablet is replicated over the nodes, [`cluster`]; [`limits`] bounds what
+//! clients may hold of it), the
 //! async client SDK ([`client::Client`], whose mutations carry request ids so that a retry
 //! after a lost answer returns the first result) and the `mantle` CLI built on it.
 //! `docs/operations.md` is the operator's side: flags, limits, a full disk, shutdown.
@@ -13,7 +15,7 @@
 //! This crate only moves requests in and out.
 //!
 //! Key types: [`server::ServerConfig`], [`server::Limits`], [`server::serve`],
-//! [`client::Client`], [`status`].
+//! [`cluster::Mode`], [`client::Client`], [`status`].
 
 pub mod client;
 pub mod cluster;

@@ -46,6 +46,22 @@ async fn settled(addr: &str, voters: usize) -> u64 {
     }
 }
 
+/// The names of `acked` that `c` does not list under `/`.
+async fn lost(c: &Client, acked: &[String]) -> Vec<String> {
+    let names: std::collections::HashSet<String> = c
+        .list("/", false)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
+        .collect();
+    acked
+        .iter()
+        .filter(|n| !names.contains(*n))
+        .cloned()
+        .collect()
+}
+
 /// Creates directory `name`; whether it exists now (EEXIST: an earlier attempt through a node
 /// that then failed did commit).
 async fn created(c: &Client, name: &str) -> bool {
@@ -194,14 +210,7 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
     );
     // Every acknowledged create is there, seen through a surviving node; fsck is clean.
     let c = Client::connect(&a3).await.expect("connect");
-    let names: std::collections::HashSet<String> = c
-        .list("/", false)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
-        .collect();
-    let lost: Vec<&String> = acked.iter().filter(|n| !names.contains(*n)).collect();
+    let lost = lost(&c, &acked).await;
     assert!(
         lost.is_empty(),
         "{} acknowledged creates lost: {lost:?}",
@@ -404,14 +413,7 @@ async fn failover_distribution() {
         .map(|(_, n)| n.clone())
         .collect();
     let c = Client::connect(&all).await.expect("connect");
-    let names: std::collections::HashSet<String> = c
-        .list("/", false)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
-        .collect();
-    let lost = acked.iter().filter(|n| !names.contains(*n)).count();
+    let lost = lost(&c, &acked).await.len();
     println!("{} creates acknowledged, {lost} lost", acked.len());
     assert_eq!(lost, 0);
     let report = c.fsck(|_| {}).await.expect("fsck");

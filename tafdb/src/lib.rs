@@ -17,7 +17,11 @@
 //! ([`mvcc::DeltaOp::Set`]) change parts of a record that others bump by delta. On a full disk
 //! the [`space`] guard refuses writes with [`Error::NoSpace`] while reads and deletes go on,
 //! and recovers by itself once space is back. Errors tell "did not happen" (retryable ones,
-//! `Shutdown`, `NoSpace`) from "may have happened" ([`Error::Undetermined`]). The `failpoints`
+//! `Shutdown`, `NoSpace`, `Busy`, `NotLeader`) from "may have happened"
+//! ([`Error::Undetermined`]). A tablet can be one replica of a group spread over nodes
+//! ([`tablet::Replication`], [`DbConfig::cluster`]): Raft messages travel over gRPC
+//! ([`raft::net`]: one service per node, routed by group id; one channel per peer), and a
+//! replica serves only while it leads, each read confirmed with a quorum. The `failpoints`
 //! feature compiles in the fault-injection points the `failpoints` tests use.
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
@@ -25,7 +29,7 @@
 //!
 //! Key types: [`Db`] (open, begin, run_txn, snapshot, coprocessors), [`Txn`],
 //! [`engine::Engine`], [`mvcc::MvccStore`], [`tablet::Tablet`], [`raft::LogStore`],
-//! [`lockq::LockTable`], [`Error`].
+//! [`raft::RaftRouter`], [`raft::Peers`], [`lockq::LockTable`], [`Error`].
 
 pub mod command;
 pub mod coprocessor;
