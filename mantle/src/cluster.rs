@@ -160,6 +160,44 @@ fn raft_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
+/// One membership change of a group. A change made just before (a join's learner, the second
+/// half of a joint configuration) may still be committing: openraft refuses a new change until
+/// then, so wait for it, up to 30 s, rather than fail the operator's command.
+async fn membership<T, F, Fut>(mut change: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<
+            T,
+            openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
+        >,
+    >,
+{
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match change().await {
+            Ok(v) => return Ok(v),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(p),
+            ))) if Instant::now() < deadline => {
+                tracing::debug!(error = %p, "a membership change is committing; waiting");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(raft_status(e)),
+        }
+    }
+}
+
+async fn change_membership(
+    raft: &tafdb::raft::Raft,
+    change: ChangeMembers<u64, BasicNode>,
+) -> Result<(), Status> {
+    membership(|| raft.change_membership(change.clone(), false))
+        .await
+        .map(|_| ())
+}
+
 impl ClusterApi {
     fn admin<T>(&self, r: &Request<T>) -> Result<(), Status> {
         let local = r.remote_addr().is_some_and(|a| a.ip().is_loopback());
@@ -219,18 +257,13 @@ impl proto::cluster_server::Cluster for ClusterApi {
                 .map(|(_, n)| n.addr.clone());
             match known {
                 None => {
-                    t.raft()
-                        .add_learner(node, BasicNode::new(&r.addr), false)
-                        .await
-                        .map_err(raft_status)?;
+                    let raft = t.raft();
+                    membership(|| raft.add_learner(node, BasicNode::new(&r.addr), false)).await?;
                 }
                 Some(a) if a != r.addr => {
                     let mut nodes = BTreeMap::new();
                     nodes.insert(node, BasicNode::new(&r.addr));
-                    t.raft()
-                        .change_membership(ChangeMembers::SetNodes(nodes), false)
-                        .await
-                        .map_err(raft_status)?;
+                    change_membership(t.raft(), ChangeMembers::SetNodes(nodes)).await?;
                 }
                 Some(_) => {}
             }
@@ -281,9 +314,7 @@ impl proto::cluster_server::Cluster for ClusterApi {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
-                .await
-                .map_err(raft_status)?;
+            change_membership(raft, ChangeMembers::AddVoterIds(BTreeSet::from([node]))).await?;
             tracing::info!(node, tablet = t.id(), "node promoted to voter");
         }
         Ok(Response::new(proto::PromoteReply {}))
@@ -311,14 +342,11 @@ impl proto::cluster_server::Cluster for ClusterApi {
                 )));
             }
             if voter {
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
-                    .await
-                    .map_err(raft_status)?;
+                change_membership(raft, ChangeMembers::RemoveVoters(BTreeSet::from([node])))
+                    .await?;
             }
             if member {
-                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
-                    .await
-                    .map_err(raft_status)?;
+                change_membership(raft, ChangeMembers::RemoveNodes(BTreeSet::from([node]))).await?;
             }
             tracing::info!(node, tablet = t.id(), "node removed from the group");
         }
