@@ -353,6 +353,20 @@ impl proto::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(proto::RemoveNodeReply {}))
     }
 
+    async fn timestamp(
+        &self,
+        _r: Request<proto::TimestampRequest>,
+    ) -> Result<Response<proto::TimestampReply>, Status> {
+        match self.db.timestamp() {
+            Ok(ts) => Ok(Response::new(proto::TimestampReply { ts })),
+            // No timestamp was handed out: the caller may ask again (another node).
+            Err(e @ (tafdb::Error::NotLeader { .. } | tafdb::Error::Busy(_))) => {
+                Err(Status::unavailable(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
     async fn status(
         &self,
         _r: Request<proto::ClusterStatusRequest>,
@@ -435,7 +449,8 @@ impl<S> Forward<S> {
         let forwardable = path.starts_with("/mantle.v1.Mantle/")
             || path == "/mantle.v1.Cluster/Join"
             || path == "/mantle.v1.Cluster/Promote"
-            || path == "/mantle.v1.Cluster/RemoveNode";
+            || path == "/mantle.v1.Cluster/RemoveNode"
+            || path == "/mantle.v1.Cluster/Timestamp";
         if !forwardable || req.headers().contains_key(FORWARDED) || self.db.is_serving() {
             return None;
         }

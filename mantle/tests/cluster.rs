@@ -3,7 +3,8 @@
 //! not lead forward to the leader). Under a create load from 12 clients spread over the
 //! nodes, the leader is killed with SIGKILL: the others elect a new leader and the load goes
 //! on; every acknowledged mkdir is there afterwards, fsck is clean, and the killed node,
-//! restarted on its data directory and address, catches up.
+//! restarted on its data directory and address, catches up. Timestamps asked of any node
+//! meanwhile strictly increase.
 
 mod common;
 
@@ -69,6 +70,44 @@ async fn created(c: &Client, name: &str) -> bool {
         Ok(_) => true,
         Err(e) => e.errno == coprocessor::Errno::EEXIST,
     }
+}
+
+/// Asks the nodes at `addrs` (in turn) for timestamps, one call at a time, until `stop`: each
+/// answer must be greater than the one before, across kills and leader changes (the oracle's
+/// mark is in the Raft log). Returns how many were handed out.
+fn sample_timestamps(addrs: Vec<String>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut clients: Vec<Option<ClusterClient<tonic::transport::Channel>>> =
+            vec![None; addrs.len()];
+        let (mut last, mut n, mut i) = (0u64, 0u64, 0usize);
+        while !stop.load(Ordering::Relaxed) {
+            i = (i + 1) % addrs.len();
+            let slot = &mut clients[i];
+            let addr = &addrs[i];
+            let ask = async {
+                if slot.is_none() {
+                    *slot = ClusterClient::connect(format!("http://{addr}")).await.ok();
+                }
+                let c = slot.as_mut()?;
+                c.timestamp(mantle::proto::TimestampRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().ts)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Some(ts)) => {
+                    assert!(ts > last, "timestamp {ts} from {addr} after {last}");
+                    last = ts;
+                    n += 1;
+                }
+                _ => {
+                    clients[i] = None;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        n
+    })
 }
 
 struct Killed(Vec<Child>);
@@ -166,6 +205,7 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
             (ok, failed)
         })
     };
+    let stamps = sample_timestamps(addrs.to_vec(), stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = acked.lock().expect("lock").len();
     // SIGKILL the leader (node 1: its process is the first).
@@ -190,6 +230,9 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
         t.await.expect("task");
     }
     let (multi_ok, multi_failed) = multi.await.expect("multi-address client");
+    let stamps = stamps.await.expect("timestamps strictly increase");
+    assert!(stamps > 0);
+    println!("{stamps} timestamps handed out, each greater than the one before");
     println!(
         "the client with every address: {multi_ok} creates acknowledged, {multi_failed} failed"
     );
@@ -312,6 +355,7 @@ async fn failover_distribution() {
             }
         }));
     }
+    let stamps = sample_timestamps(addrs.to_vec(), stop.clone());
     let mut back = Vec::new();
     let mut elected = Vec::new();
     for round in 0..kills {
@@ -393,6 +437,8 @@ async fn failover_distribution() {
     for t in tasks {
         t.await.expect("task");
     }
+    let stamps = stamps.await.expect("timestamps strictly increase");
+    println!("{stamps} timestamps handed out over {kills} kills, each greater than the one before");
     let pct = |v: &mut Vec<Duration>, p: f64| {
         v.sort();
         v[((v.len() as f64 - 1.0) * p).round() as usize]

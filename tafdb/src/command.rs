@@ -82,6 +82,14 @@ pub enum Command {
         /// Start timestamps whose status records go.
         start_ts: Vec<u64>,
     },
+    /// The timestamp oracle's replicated high-water mark (see [`crate::Tso::replicated`]):
+    /// the leader hands out timestamps below `up_to` once this is committed, and whoever
+    /// leads next starts above it. Applying it changes no data; the state machine records
+    /// the largest mark with the largest commit timestamp.
+    TsoMark {
+        /// Every timestamp handed out in this term is below it.
+        up_to: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -322,6 +330,8 @@ pub fn apply(
 /// Applies a two-phase-commit command.
 fn apply_2pc(mvcc: &MvccStore, index: u64, cmd: &Command) -> Result<(CommandResult, i64)> {
     match cmd {
+        // Recorded by the state machine; no data changes.
+        Command::TsoMark { .. } => Ok((CommandResult::Ok, 0)),
         Command::Commit { commit_ts, writes } => {
             for (k, m) in writes {
                 mvcc.install(k, *commit_ts, index, m.clone());

@@ -184,7 +184,12 @@ impl Db {
                 s
             }
         };
-        let tso = Arc::new(Tso::open(&config.dir.join("tso"))?);
+        // In a cluster the oracle's mark lives in the first tablet's Raft log, so that a new
+        // leader on another node starts above everything the old one handed out.
+        let tso = Arc::new(match config.cluster {
+            Some(_) => Tso::replicated(),
+            None => Tso::open(&config.dir.join("tso"))?,
+        });
         let mut bounds: Vec<Key> = vec![Vec::new()];
         bounds.extend(splits);
         let pipeline = Arc::new(PipelineRuntime::new(config.tablet.pipeline_threads)?);
@@ -211,6 +216,7 @@ impl Db {
                         init: c.init.clone(),
                         heartbeat_ms: c.heartbeat_ms,
                         election_ms: c.election_ms,
+                        timestamps: i == 0,
                     }),
                 )
                 .await?,
@@ -357,7 +363,7 @@ impl Db {
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut last = None;
         for _ in 0..self.config.max_attempts.max(1) {
-            let ts = self.tso.next()?;
+            let ts = self.timestamp()?;
             let mut pins = Vec::with_capacity(self.tablets.len());
             for t in &self.tablets {
                 match t.pin(ts) {
@@ -437,6 +443,23 @@ impl Db {
         &self.tso
     }
 
+    /// A fresh timestamp from the oracle. In a cluster, a node that does not lead the group
+    /// carrying the oracle's marks has none to hand out: that is [`Error::NotLeader`] (naming
+    /// the leader if known), like any other call there.
+    pub fn timestamp(&self) -> Result<u64> {
+        self.tso
+            .next()
+            .map_err(|e| match (&e, self.tablets.first()) {
+                (Error::Busy(_), Some(t)) if self.tso.is_replicated() && !t.is_serving() => {
+                    Error::NotLeader {
+                        tablet: t.id(),
+                        leader: t.raft().metrics().borrow().current_leader,
+                    }
+                }
+                _ => e,
+            })
+    }
+
     /// Whether every tablet is served here (always, in the embedded mode; in a cluster, while
     /// this node leads every group and has caught up).
     pub fn is_serving(&self) -> bool {
@@ -479,7 +502,11 @@ impl Db {
 
     /// Starts a transaction at a fresh snapshot.
     pub fn begin(self: &Arc<Self>) -> Result<Txn> {
-        Ok(Txn::new(self.clone(), self.tso.next()?, LockSet::default()))
+        Ok(Txn::new(
+            self.clone(),
+            self.timestamp()?,
+            LockSet::default(),
+        ))
     }
 
     /// The configuration it was opened with.
@@ -505,7 +532,7 @@ impl Db {
             attempt += 1;
             // The snapshot is taken after any carried locks were granted, so it already holds
             // the writes of their previous holders.
-            let mut txn = Txn::new(self.clone(), self.tso.next()?, locks.clone());
+            let mut txn = Txn::new(self.clone(), self.timestamp()?, locks.clone());
             let res = match f(&mut txn).await {
                 Ok(v) => txn.commit().await.map(|_| v),
                 Err(e) => Err(e),

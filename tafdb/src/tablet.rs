@@ -121,6 +121,10 @@ pub struct Replication {
     pub heartbeat_ms: u64,
     /// Raft election timeout: a random value in `[election_ms, 2 * election_ms)`.
     pub election_ms: u64,
+    /// This group's log carries the marks of the node's timestamp oracle (which must be
+    /// [`Tso::replicated`]): its leader commits a mark before it serves and raises it as
+    /// timestamps approach it. One group per cluster does this (the first tablet's).
+    pub timestamps: bool,
 }
 
 /// What a mark stands for.
@@ -712,14 +716,30 @@ impl Tablet {
                 .serving
                 .store(term.max(1), std::sync::atomic::Ordering::Release);
         }
+        let timestamps = replication.as_ref().is_some_and(|r| r.timestamps);
+        if timestamps && !tablet.tso.is_replicated() {
+            return Err(Error::InvalidArgument(
+                "a group that carries the timestamp marks needs a replicated oracle".into(),
+            ));
+        }
         let watcher = rt.spawn(watch_leadership(
             id,
             raft.clone(),
             tablet.serving.clone(),
             state.clone(),
             tablet.tso.clone(),
+            timestamps,
         ));
         tablet.tasks.lock().push(watcher);
+        if timestamps {
+            let raiser = rt.spawn(raise_marks(
+                id,
+                raft.clone(),
+                tablet.serving.clone(),
+                tablet.tso.clone(),
+            ));
+            tablet.tasks.lock().push(raiser);
+        }
         let proposer = rt.spawn(run_proposer(
             id,
             raft.clone(),
@@ -1440,13 +1460,15 @@ impl Drop for Parked {
 /// committed before its term. A new leader may hold committed entries of earlier terms that
 /// it has not applied yet; a read or a conflict check before they are would miss them, so it
 /// serves only once `ensure_linearizable` (which waits for the term's first entry to commit
-/// and apply) returns. Its timestamp oracle then moves past every commit in the log.
+/// and apply) returns. Its timestamp oracle then moves past every commit and every mark in
+/// the log; with `timestamps`, it commits a mark of its own before it serves.
 async fn watch_leadership(
     id: u64,
     raft: Raft,
     serving: Arc<std::sync::atomic::AtomicU64>,
     state: Arc<TabletState>,
     tso: Arc<Tso>,
+    timestamps: bool,
 ) {
     use std::sync::atomic::Ordering;
     let mut metrics = raft.metrics();
@@ -1461,26 +1483,60 @@ async fn watch_leadership(
             }
         } else if serving.load(Ordering::Acquire) != term {
             serving.store(0, Ordering::Release);
-            match raft.ensure_linearizable().await {
-                Ok(_) => match tso.observe(state.max_commit_ts()) {
-                    Ok(()) => {
-                        serving.store(term.max(1), Ordering::Release);
-                        tracing::info!(tablet = id, term, "leading and caught up: serving");
-                    }
-                    Err(e) => {
-                        tracing::error!(tablet = id, error = %e, "cannot move the timestamp oracle")
-                    }
-                },
+            if let Err(e) = raft.ensure_linearizable().await {
                 // Leadership lost meanwhile, or no quorum yet: look again.
-                Err(e) => {
-                    tracing::debug!(tablet = id, term, error = %e, "not serving yet");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
+                tracing::debug!(tablet = id, term, error = %e, "not serving yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
+            let moved = match tso.observe(state.max_commit_ts()) {
+                Ok(()) if timestamps => replicate_mark(&raft, &tso, tso.next_mark()).await,
+                other => other,
+            };
+            if let Err(e) = moved {
+                tracing::warn!(tablet = id, term, error = %e, "cannot move the timestamp oracle; not serving yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            serving.store(term.max(1), Ordering::Release);
+            tracing::info!(tablet = id, term, "leading and caught up: serving");
         }
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Commits `up_to` as the oracle's replicated mark, then lets the oracle hand out timestamps
+/// below it. Fails if this replica does not lead (the mark then never counts) or the group
+/// cannot commit.
+async fn replicate_mark(raft: &Raft, tso: &Tso, up_to: u64) -> Result<()> {
+    let batch = CommandBatch::new(vec![Command::TsoMark { up_to }])?;
+    raft.client_write(batch)
+        .await
+        .map_err(|e| Error::Raft(format!("replicating the timestamp mark: {e}")))?;
+    tso.set_limit(up_to);
+    Ok(())
+}
+
+/// Keeps the replicated mark ahead of the timestamps the serving leader hands out: checks
+/// every 100 ms, and at once when `next` comes close to the mark.
+async fn raise_marks(
+    id: u64,
+    raft: Raft,
+    serving: Arc<std::sync::atomic::AtomicU64>,
+    tso: Arc<Tso>,
+) {
+    loop {
+        tso.raise_wanted(Duration::from_millis(100)).await;
+        if serving.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            continue;
+        }
+        if let Some(up_to) = tso.wanted_mark() {
+            if let Err(e) = replicate_mark(&raft, &tso, up_to).await {
+                tracing::debug!(tablet = id, error = %e, "raising the timestamp mark");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }

@@ -6,6 +6,12 @@
 //! from memory; only a high-water mark is persisted, a few seconds ahead of what was handed
 //! out, so one `fsync` covers millions of timestamps (the "batch"). After a restart the oracle
 //! starts above the persisted mark.
+//!
+//! In a cluster the mark is not a local file but an entry of the timestamp group's Raft log
+//! ([`Tso::replicated`]): the leader hands out timestamps only below a mark the group has
+//! committed, and a new leader starts above every committed mark (it has applied them all
+//! before it serves). So timestamps never go back across a leader change, even when the old
+//! leader's clock ran ahead or it handed out timestamps that no commit carries.
 
 use std::path::Path;
 
@@ -53,6 +59,10 @@ struct Inner {
     /// disk (a replacement file would need new blocks, and without timestamps nothing runs,
     /// not even reads).
     file: Mutex<Option<SlotFile>>,
+    /// The mark is raised by whoever replicates it ([`Tso::set_limit`]), never by `next`.
+    replicated: bool,
+    /// Woken when `next` finds the mark too close (see [`Tso::wanted_mark`]).
+    raise: tokio::sync::Notify,
 }
 
 /// When the handed-out timestamps come this close to the persisted mark, the background thread
@@ -88,6 +98,8 @@ impl Tso {
             last: AtomicU64::new(start),
             limit: AtomicU64::new(start),
             file: Mutex::new(Some(file)),
+            replicated: false,
+            raise: tokio::sync::Notify::new(),
         });
         // Raising the mark costs a file write and two `fsync`s. Done inline, it stalled every
         // caller of `next` (every begin and every commit) for milliseconds every three seconds.
@@ -117,8 +129,57 @@ impl Tso {
                 last: AtomicU64::new(0),
                 limit: AtomicU64::new(u64::MAX),
                 file: Mutex::new(None),
+                replicated: false,
+                raise: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// An oracle whose mark is replicated by a Raft group: it hands out nothing until the
+    /// group's leader has committed a mark and called [`Tso::set_limit`], and never goes past
+    /// the mark (it then counts logical ticks, and fails with [`Error::Busy`] only when even
+    /// those run out, which means the group cannot commit).
+    pub fn replicated() -> Tso {
+        Tso {
+            inner: Arc::new(Inner {
+                last: AtomicU64::new(0),
+                limit: AtomicU64::new(0),
+                file: Mutex::new(None),
+                replicated: true,
+                raise: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Whether the mark is replicated (see [`Tso::replicated`]).
+    pub fn is_replicated(&self) -> bool {
+        self.inner.replicated
+    }
+
+    /// The mark to replicate next, if the handed-out timestamps (or the clock) came within
+    /// 1.5 s of the current one: 3 s above them. `None` for a local oracle.
+    pub fn wanted_mark(&self) -> Option<u64> {
+        if !self.inner.replicated {
+            return None;
+        }
+        let mark = self.next_mark();
+        (mark - BATCH + RAISE_AHEAD >= self.inner.limit.load(Ordering::Acquire)).then_some(mark)
+    }
+
+    /// A mark 3 s above the timestamps handed out so far and the clock.
+    pub fn next_mark(&self) -> u64 {
+        std::cmp::max(self.last(), ts_from_ms(now_ms())) + BATCH
+    }
+
+    /// Waits until `next` asks for a higher mark, or `timeout` passes.
+    pub async fn raise_wanted(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.inner.raise.notified()).await;
+    }
+
+    /// Lets a replicated oracle hand out timestamps below `mark`, which its group has
+    /// committed. Never lowers it.
+    pub fn set_limit(&self, mark: u64) {
+        self.inner.limit.fetch_max(mark, Ordering::AcqRel);
     }
 
     /// The next timestamp: greater than every timestamp handed out before, here or before a
@@ -126,10 +187,24 @@ impl Tso {
     pub fn next(&self) -> Result<u64> {
         loop {
             let last = self.inner.last.load(Ordering::Acquire);
-            let candidate = std::cmp::max(last + 1, ts_from_ms(now_ms()));
-            if candidate >= self.inner.limit.load(Ordering::Acquire) {
-                self.inner.raise_limit(candidate)?;
-                continue;
+            let mut candidate = std::cmp::max(last + 1, ts_from_ms(now_ms()));
+            let limit = self.inner.limit.load(Ordering::Acquire);
+            if candidate >= limit {
+                if !self.inner.replicated {
+                    self.inner.raise_limit(candidate)?;
+                    continue;
+                }
+                // The clock passed the replicated mark (its raise is late): keep counting
+                // logical ticks below it.
+                self.inner.raise.notify_one();
+                candidate = last + 1;
+                if candidate >= limit {
+                    return Err(Error::Busy(
+                        "the timestamp oracle has no replicated mark to hand out below (a new \
+                         leader, or the group cannot commit)"
+                            .into(),
+                    ));
+                }
             }
             if self
                 .inner
@@ -150,7 +225,8 @@ impl Tso {
     /// Makes sure the next timestamp is greater than `ts` (used when a tablet learns of a
     /// timestamp from its log after a restart).
     pub fn observe(&self, ts: u64) -> Result<()> {
-        if ts >= self.inner.limit.load(Ordering::Acquire) {
+        // A replicated mark is raised by the group's leader, never here.
+        if !self.inner.replicated && ts >= self.inner.limit.load(Ordering::Acquire) {
             self.inner.raise_limit(ts + 1)?;
         }
         self.inner.last.fetch_max(ts, Ordering::AcqRel);

@@ -476,7 +476,7 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
             reason: "the transaction is older than half the status horizon".into(),
         });
     }
-    let commit_ts = db.tso().next()?;
+    let commit_ts = db.timestamp()?;
     let first = &parts[0];
     match first
         .tablet

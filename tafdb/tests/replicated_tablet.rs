@@ -1,7 +1,8 @@
 //! A tablet replicated on three nodes (three gRPC Raft services on loopback, ports from port
 //! 0): exactly one replica serves, the others answer `NotLeader` naming it; a commit on the
 //! leader reaches every replica; when the leader stops, another replica serves within a
-//! bounded time, sees every earlier commit, and commits with a later timestamp.
+//! bounded time, sees every earlier commit, and commits with a later timestamp, above every
+//! timestamp the old leader handed out (the oracle's mark is in the group's log).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,7 +50,11 @@ const NO_READS: ReadSet<'static> = ReadSet {
 };
 
 async fn put(n: &Node, key: &[u8], value: &[u8]) -> tafdb::Result<u64> {
-    let start = n.tso.next()?;
+    put_at(n, n.tso.next()?, key, value).await
+}
+
+/// A commit that started at `start` (a follower has no timestamps of its own to hand out).
+async fn put_at(n: &Node, start: u64, key: &[u8], value: &[u8]) -> tafdb::Result<u64> {
     n.tablet
         .commit_1pc(
             start,
@@ -97,7 +102,7 @@ async fn three_nodes() -> Vec<Node> {
         let router = RaftRouter::new();
         let stop = serve(l, router.clone()).await;
         let node_router = router.clone();
-        let tso = Arc::new(Tso::open(&dir.path().join("tso")).expect("tso"));
+        let tso = Arc::new(Tso::replicated());
         let pipeline = Arc::new(PipelineRuntime::new(1).expect("pipeline"));
         let tablet = Tablet::open(
             TABLET,
@@ -113,6 +118,7 @@ async fn three_nodes() -> Vec<Node> {
                 init: (id == 1).then(|| members.clone()),
                 heartbeat_ms: 50,
                 election_ms: 300,
+                timestamps: true,
             }),
         )
         .await
@@ -139,7 +145,11 @@ async fn one_replica_serves_and_another_takes_over() {
         if i == l {
             continue;
         }
-        match put(n, b"\x02x", b"no").await {
+        assert!(
+            matches!(n.tso.next(), Err(Error::Busy(_))),
+            "a follower's oracle has no replicated mark"
+        );
+        match put_at(n, first, b"\x02x", b"no").await {
             Err(Error::NotLeader { tablet, leader }) => {
                 assert_eq!((tablet, leader), (TABLET, Some(leader_id)));
             }
@@ -261,6 +271,48 @@ async fn a_partitioned_leader_serves_no_stale_read() {
             .as_deref(),
         Some(&b"v2"[..])
     );
+    for n in &nodes {
+        n.tablet.shutdown().await;
+    }
+}
+
+/// The oracle's mark is in the group's log: a new leader hands out timestamps above every one
+/// the old leader handed out, even when the old leader's clock ran a minute ahead and no
+/// commit carries those timestamps (a read-only transaction's start, say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_never_go_back_across_a_leader_change() {
+    let mut nodes = three_nodes().await;
+    let l = serving(&nodes).await;
+    let now = tafdb::tso::now_ms();
+    nodes[l]
+        .tso
+        .observe(tafdb::tso::ts_from_ms(now + 60_000))
+        .expect("observe");
+    // Beyond its mark, the oracle waits for the leader to replicate a higher one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ahead = loop {
+        match nodes[l].tso.next() {
+            Ok(ts) => break ts,
+            Err(Error::Busy(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("no timestamp after the clock jump: {e}"),
+        }
+    };
+    assert!(tafdb::tso::physical_ms(ahead) >= now + 60_000);
+    let gone = nodes.remove(l);
+    gone.tablet.shutdown().await;
+    if let Some(s) = gone.stop {
+        let _ = s.send(());
+    }
+    let l = serving(&nodes).await;
+    let first = nodes[l].tso.next().expect("ts");
+    assert!(
+        first > ahead,
+        "the new leader handed out {first}, below {ahead} of the old one"
+    );
+    let commit = put(&nodes[l], b"\x02k", b"v").await.expect("commit");
+    assert!(commit > first);
     for n in &nodes {
         n.tablet.shutdown().await;
     }

@@ -215,6 +215,8 @@ enum AdminCmd {
     /// Takes node N out of every group (its replicas stop receiving the log; stop the process
     /// afterwards). The cluster keeps its other voters: removing one of three leaves two.
     RemoveNode { node: u64 },
+    /// A fresh timestamp from the cluster's oracle, with the wall-clock time it stands for.
+    Timestamp,
 }
 
 #[derive(Subcommand)]
@@ -680,6 +682,23 @@ async fn admin(addr: &str, cmd: &AdminCmd) -> ExitCode {
                 }
             }
         }
+        AdminCmd::Timestamp => match client.timestamp(mantle::proto::TimestampRequest {}).await {
+            Ok(r) => {
+                let ts = r.into_inner().ts;
+                let ms = tafdb::tso::physical_ms(ts);
+                out!(
+                    "{ts}\t{}.{:03} s since the epoch, logical {}",
+                    ms / 1000,
+                    ms % 1000,
+                    ts & ((1 << tafdb::tso::LOGICAL_BITS) - 1)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mantle admin timestamp: {}", e.message());
+                ExitCode::FAILURE
+            }
+        },
         AdminCmd::Status => {
             let s = match client.status(mantle::proto::ClusterStatusRequest {}).await {
                 Ok(s) => s.into_inner(),

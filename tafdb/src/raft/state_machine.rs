@@ -163,7 +163,8 @@ impl TabletState {
         self.durable.lock().durable.map_or(0, |l| l.index)
     }
 
-    /// The largest commit timestamp applied (so a restarted oracle stays above it).
+    /// The largest timestamp the applied log holds: commit timestamps and the oracle's
+    /// replicated marks (so a restarted oracle, or a new leader's, stays above it).
     pub fn max_commit_ts(&self) -> u64 {
         self.max_commit_ts.load(Ordering::Acquire)
     }
@@ -184,11 +185,15 @@ impl TabletState {
                     // are updated once for the entry (see `InstallBatch`).
                     let mut installs = self.mvcc.batch();
                     let mut max_ts = 0;
+                    let mut mark = 0;
                     for cmd in cmds {
-                        if let command::Command::Commit { commit_ts, .. }
-                        | command::Command::CommitLocks { commit_ts, .. } = &cmd
-                        {
-                            max_ts = max_ts.max(*commit_ts);
+                        match &cmd {
+                            command::Command::Commit { commit_ts, .. }
+                            | command::Command::CommitLocks { commit_ts, .. } => {
+                                max_ts = max_ts.max(*commit_ts)
+                            }
+                            command::Command::TsoMark { up_to } => mark = mark.max(*up_to),
+                            _ => {}
                         }
                         let (res, delta) = command::apply(&mut installs, log_id.index, cmd)?;
                         if delta != 0 {
@@ -197,7 +202,9 @@ impl TabletState {
                         results.push(res);
                     }
                     drop(installs);
-                    self.max_commit_ts.fetch_max(max_ts, Ordering::AcqRel);
+                    self.max_commit_ts
+                        .fetch_max(max_ts.max(mark), Ordering::AcqRel);
+                    // Only commits hold a pinned snapshot's flush back, not a mark.
                     entry_ts = max_ts;
                 }
                 EntryPayload::Membership(m) => {
