@@ -110,6 +110,96 @@ fn sample_timestamps(addrs: Vec<String>, stop: Arc<AtomicBool>) -> tokio::task::
     })
 }
 
+/// A history of operations on a few names in `/`, for the linearizability checker.
+type History = Vec<(
+    String,
+    lincheck::Operation<lincheck::EntryOp, lincheck::EntryAnswer>,
+)>;
+
+/// `clients` clients, each with every node's address, run mkdir, rmdir and stat on the names
+/// `/h0`..`/h{names}` at random until `stop`, recording each call's invocation, answer and
+/// answer time (an error other than EEXIST/ENOENT, after the SDK's retries, is an unknown
+/// outcome). `epoch` is the history's clock origin.
+fn history_load(
+    all: String,
+    clients: usize,
+    names: usize,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<History>> {
+    use lincheck::{EntryAnswer, EntryOp, Operation};
+    (0..clients)
+        .map(|i| {
+            let (all, stop) = (all.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = Client::connect(&all)
+                    .await
+                    .expect("connect")
+                    .with_retry_for(Duration::from_secs(3));
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
+                let mut history = History::new();
+                while !stop.load(Ordering::Relaxed) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let name = format!("/h{}", seed % names as u64);
+                    let op = [EntryOp::Create, EntryOp::Remove, EntryOp::Lookup]
+                        [(seed >> 32) as usize % 3];
+                    let call = epoch.elapsed().as_nanos() as u64;
+                    let res = match op {
+                        EntryOp::Create => c.mkdir(&name, 0o755).await.map(|_| ()),
+                        EntryOp::Remove => c.rmdir(&name).await,
+                        EntryOp::Lookup => c.stat(&name).await.map(|_| ()),
+                    };
+                    let ret = epoch.elapsed().as_nanos() as u64;
+                    let answer = match res {
+                        Ok(()) => Some(EntryAnswer::Ok),
+                        Err(e) if e.errno == coprocessor::Errno::EEXIST => {
+                            Some(EntryAnswer::Exists)
+                        }
+                        Err(e) if e.errno == coprocessor::Errno::ENOENT => {
+                            Some(EntryAnswer::Missing)
+                        }
+                        Err(_) => None,
+                    };
+                    history.push((
+                        name,
+                        Operation {
+                            call,
+                            ret: answer.map(|a| (ret, a)),
+                            input: op,
+                        },
+                    ));
+                }
+                history
+            })
+        })
+        .collect()
+}
+
+/// Collects the histories of `tasks` and checks them per name.
+async fn check_history(tasks: Vec<tokio::task::JoinHandle<History>>) -> (usize, usize) {
+    let mut all = History::new();
+    for t in tasks {
+        all.extend(t.await.expect("history task"));
+    }
+    let unknown = all.iter().filter(|(_, o)| o.ret.is_none()).count();
+    let n = all.len();
+    if let Err((name, v)) = lincheck::check_per_key(&lincheck::Entry, all.clone()) {
+        let ops: Vec<_> = all
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, o)| o)
+            .collect();
+        panic!(
+            "the history of {name} is not linearizable: stuck at {:?} after {} operations; its history: {ops:#?}",
+            v.stuck.iter().map(|&i| ops[i]).collect::<Vec<_>>(),
+            v.longest.len()
+        );
+    }
+    (n, unknown)
+}
+
 struct Killed(Vec<Child>);
 
 impl Drop for Killed {
@@ -301,7 +391,9 @@ async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
 /// leader is killed with SIGKILL under a create load from 8 clients that know every node,
 /// the time to the next acknowledged create is recorded, and the node is restarted on its
 /// address and data and waits to catch up. Prints the distribution; nothing acknowledged may
-/// be lost, and fsck must be clean at the end.
+/// be lost, and fsck must be clean at the end. Meanwhile 4 more clients run mkdir/rmdir/stat
+/// on 8 shared names (the history must be linearizable) and one asks for timestamps (they
+/// must strictly increase).
 ///
 /// ```sh
 /// KILLS=20 cargo test -p mantle --release --test cluster failover -- --ignored --nocapture
@@ -356,6 +448,7 @@ async fn failover_distribution() {
         }));
     }
     let stamps = sample_timestamps(addrs.to_vec(), stop.clone());
+    let histories = history_load(all.clone(), 4, 8, Instant::now(), stop.clone());
     let mut back = Vec::new();
     let mut elected = Vec::new();
     for round in 0..kills {
@@ -439,6 +532,8 @@ async fn failover_distribution() {
     }
     let stamps = stamps.await.expect("timestamps strictly increase");
     println!("{stamps} timestamps handed out over {kills} kills, each greater than the one before");
+    let (n, unknown) = check_history(histories).await;
+    println!("{n} mkdir/rmdir/stat operations on 8 shared names ({unknown} with an unknown outcome): linearizable");
     let pct = |v: &mut Vec<Duration>, p: f64| {
         v.sort();
         v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -462,6 +557,38 @@ async fn failover_distribution() {
     let lost = lost(&c, &acked).await.len();
     println!("{} creates acknowledged, {lost} lost", acked.len());
     assert_eq!(lost, 0);
+    let report = c.fsck(|_| {}).await.expect("fsck");
+    assert!(report.is_clean(), "{report}");
+}
+
+/// Clients run mkdir, rmdir and stat on a few shared names through every node while the
+/// leader is killed with SIGKILL; the recorded history of each name is linearizable (Wing-Gong
+/// search against a model of one directory entry), and fsck is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_a_leader_kill() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let (c1, a1) = spawn_server(dirs[0].path(), &["--init"]);
+    let (c2, a2) = spawn_server(dirs[1].path(), &["--join", &a1]);
+    let (c3, a3) = spawn_server(dirs[2].path(), &["--join", &a1]);
+    let mut procs = Killed(vec![c1, c2, c3]);
+    settled(&a2, 3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = history_load(
+        format!("{a1},{a2},{a3}"),
+        6,
+        4,
+        Instant::now(),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    procs.0[0].kill().expect("kill -9");
+    procs.0[0].wait().expect("wait");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (n, unknown) = check_history(tasks).await;
+    println!("{n} operations ({unknown} with an unknown outcome): linearizable");
+    assert!(n > 100, "only {n} operations");
+    let c = Client::connect(&a3).await.expect("connect");
     let report = c.fsck(|_| {}).await.expect("fsck");
     assert!(report.is_clean(), "{report}");
 }
