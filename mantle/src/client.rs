@@ -31,7 +31,7 @@ use crate::status::{from_status, has_errno};
 /// A connection to a Mantle server.
 #[derive(Clone)]
 pub struct Client {
-    grpc: MantleClient<Channel>,
+    grpc: MantleClient<crate::auth::Authed>,
     ns: String,
     cred: Cred,
     retries: u32,
@@ -222,6 +222,12 @@ impl Client {
     /// that fails is left out until it is back, and a call it failed is resent elsewhere under
     /// the same request id.
     pub async fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with_token(addr, None).await
+    }
+
+    /// Like [`Client::connect`], presenting the access token `token` with every call (a
+    /// server with `--tokens` refuses calls without one; see [`crate::auth`]).
+    pub async fn connect_with_token(addr: &str, token: Option<&str>) -> Result<Client> {
         let list: Vec<&str> = addr
             .split(',')
             .map(str::trim)
@@ -251,6 +257,8 @@ impl Client {
                     .into_iter(),
             ),
         };
+        let channel =
+            crate::auth::Authed::new(channel, token).map_err(|e| FsError::new(Errno::EINVAL, e))?;
         Ok(Client {
             grpc: MantleClient::new(channel).max_decoding_message_size(64 << 20),
             ns: crate::DEFAULT_NAMESPACE.to_string(),
@@ -305,7 +313,7 @@ impl Client {
 
     async fn call<T, F, Fut>(&self, mut f: F) -> Result<T>
     where
-        F: FnMut(MantleClient<Channel>) -> Fut,
+        F: FnMut(MantleClient<crate::auth::Authed>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<Response<T>, Status>>,
     {
         self.retry(false, || f(self.grpc.clone())).await
@@ -316,7 +324,7 @@ impl Client {
     async fn mutate<Q, T, F, Fut>(&self, mut req: Q, mut f: F) -> Result<T>
     where
         Q: Identified + Clone,
-        F: FnMut(MantleClient<Channel>, Q) -> Fut,
+        F: FnMut(MantleClient<crate::auth::Authed>, Q) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<Response<T>, Status>>,
     {
         let slot = self.session.take().await;

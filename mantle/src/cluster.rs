@@ -87,7 +87,8 @@ fn url(addr: &str) -> String {
 
 async fn cluster_client(
     member: &str,
-) -> Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>, Status> {
+    secret: Option<&str>,
+) -> Result<proto::cluster_client::ClusterClient<crate::auth::Authed>, Status> {
     let ch = tonic::transport::Endpoint::from_shared(url(member))
         .map_err(|e| Status::invalid_argument(format!("address {member:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
@@ -95,17 +96,23 @@ async fn cluster_client(
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("{member}: {e}")))?;
+    let ch = crate::auth::Authed::new(ch, secret).map_err(Status::invalid_argument)?;
     Ok(proto::cluster_client::ClusterClient::new(ch))
 }
 
 /// Asks `member` to admit the node at `addr` (or, with `node`, to record a member's new
 /// address); returns the node's id. Retries while the cluster has no leader, for up to a
 /// minute.
-pub(crate) async fn join(member: &str, addr: &str, node: u64) -> Result<u64, Status> {
+pub(crate) async fn join(
+    member: &str,
+    addr: &str,
+    node: u64,
+    secret: Option<&str>,
+) -> Result<u64, Status> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = async {
-            cluster_client(member)
+            cluster_client(member, secret)
                 .await?
                 .join(proto::JoinRequest {
                     addr: addr.to_string(),
@@ -126,10 +133,10 @@ pub(crate) async fn join(member: &str, addr: &str, node: u64) -> Result<u64, Sta
 
 /// Asks the cluster (through `member`) to make `node` a voter of every group once it has
 /// caught up; retries until it is one.
-pub(crate) async fn promote(member: String, node: u64) {
+pub(crate) async fn promote(member: String, node: u64, secret: Option<String>) {
     loop {
         let attempt = async {
-            cluster_client(&member)
+            cluster_client(&member, secret.as_deref())
                 .await?
                 .promote(proto::PromoteRequest { node })
                 .await
@@ -200,6 +207,15 @@ async fn change_membership(
 
 impl ClusterApi {
     fn admin<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let p = crate::auth::Principal::of(r);
+        if p.is_token() {
+            return match p.may_change_nodes(false) {
+                true => Ok(()),
+                false => Err(Status::permission_denied(
+                    "cluster changes need an admin or node token",
+                )),
+            };
+        }
         let local = r.remote_addr().is_some_and(|a| a.ip().is_loopback());
         if local || self.remote_admin {
             Ok(())

@@ -7,6 +7,7 @@
 //! Meta tables, single-voter Raft, data in one directory; with `--init` / `--join` a node of a
 //! cluster whose tablet is replicated over the nodes, [`cluster`]; [`limits`] bounds what
 //! clients may hold of it), the
+//! access tokens ([`auth`]: who may call, and as which user), the
 //! async client SDK ([`client::Client`], whose mutations carry request ids so that a retry
 //! after a lost answer returns the first result) and the `mantle` CLI built on it.
 //! `docs/operations.md` is the operator's side: flags, limits, a full disk, shutdown.
@@ -15,8 +16,9 @@
 //! This crate only moves requests in and out.
 //!
 //! Key types: [`server::ServerConfig`], [`server::Limits`], [`server::serve`],
-//! [`cluster::Mode`], [`client::Client`], [`status`].
+//! [`cluster::Mode`], [`auth::Tokens`], [`client::Client`], [`status`].
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod convert;

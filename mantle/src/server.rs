@@ -27,6 +27,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Principal;
 use crate::convert::{self, Header};
 use crate::limits::{Budget, Guarded};
 use crate::proto::{self, mantle_server::MantleServer};
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     /// Raft election timeout of a cluster node's groups (the low end; the high end is twice
     /// it), ms.
     pub raft_election_ms: u64,
+    /// Access tokens (`None`: open, see [`crate::auth`]).
+    pub tokens: Option<Arc<crate::auth::Tokens>>,
 }
 
 /// What clients may hold of the server (see [`crate::limits`]); `docs/operations.md` lists
@@ -119,6 +122,7 @@ impl ServerConfig {
             cluster: None,
             raft_heartbeat_ms: 50,
             raft_election_ms: 250,
+            tokens: None,
         }
     }
 
@@ -181,6 +185,21 @@ pub async fn serve(
     std::fs::create_dir_all(&data)?;
     // A cluster node: its identity, and the groups' first membership on a new cluster.
     let identity = crate::cluster::load_identity(&data)?;
+    // With access tokens, the nodes present the file's node secret to each other.
+    let node_secret = config
+        .tokens
+        .as_ref()
+        .and_then(|t| t.node_secret().map(str::to_string));
+    if config.tokens.is_some()
+        && node_secret.is_none()
+        && (config.cluster.is_some() || identity.is_some())
+    {
+        return Err(ServerError::Cluster(
+            "a cluster node with access tokens needs a node entry in the token file \
+             (NAME node SECRET), the same on every node"
+                .into(),
+        ));
+    }
     let mut joined_via = None;
     let node = match (&config.cluster, identity) {
         (_, Some(node)) => {
@@ -199,7 +218,7 @@ pub async fn serve(
             Some((1, Some(members)))
         }
         (Some(crate::cluster::Mode::Join(member)), None) => {
-            let node = crate::cluster::join(member, &addr.to_string(), 0)
+            let node = crate::cluster::join(member, &addr.to_string(), 0, node_secret.as_deref())
                 .await
                 .map_err(|s| {
                     ServerError::Cluster(format!("joining through {member}: {}", s.message()))
@@ -210,7 +229,13 @@ pub async fn serve(
         }
         (None, None) => None,
     };
-    let peers = node.as_ref().map(|(n, _)| tafdb::raft::Peers::new(*n));
+    let peers = match (&node, &node_secret) {
+        (None, _) => None,
+        (Some((n, _)), None) => Some(tafdb::raft::Peers::new(*n)),
+        (Some((n, _)), Some(s)) => {
+            Some(tafdb::raft::Peers::new(*n).with_auth(&format!("Bearer {s}"))?)
+        }
+    };
     let router = tafdb::raft::RaftRouter::new();
     if let (Some((n, init)), Some(peers)) = (&node, &peers) {
         store.cluster = Some(tafdb::ClusterConfig {
@@ -249,17 +274,18 @@ pub async fn serve(
     if let Some((n, _)) = &node {
         let n = *n;
         if let Some(member) = joined_via.clone() {
-            tokio::spawn(crate::cluster::promote(member, n));
+            tokio::spawn(crate::cluster::promote(member, n, node_secret.clone()));
         }
         if !first_start {
             let db = db.clone();
             let me = addr.to_string();
+            let secret = node_secret.clone();
             tokio::spawn(async move {
                 let recorded = crate::cluster::member(&db, |id| id == n).map(|m| m.1);
                 let other = crate::cluster::member(&db, |id| id != n).map(|m| m.1);
                 if let (Some(recorded), Some(other)) = (recorded, other) {
                     if recorded != me {
-                        match crate::cluster::join(&other, &me, n).await {
+                        match crate::cluster::join(&other, &me, n, secret.as_deref()).await {
                             Ok(_) => {
                                 tracing::info!(node = n, addr = %me, "recorded this node's new address")
                             }
@@ -279,6 +305,13 @@ pub async fn serve(
         (retention / 10).max(Duration::from_secs(1)),
     ));
     tracing::info!(%addr, data = %data.display(), "mantle is serving");
+    match &config.tokens {
+        Some(_) => tracing::info!("access tokens in force: every call needs one"),
+        None => tracing::warn!(
+            "no access tokens (--tokens): any client that reaches this port may act as any user; \
+             administrative calls are accepted from this host only"
+        ),
+    }
     ready(addr);
     let limits = config.limits.clone();
     let api = MantleServer::new(Api {
@@ -330,6 +363,12 @@ pub async fn serve(
         .layer(tower::util::MapRequestLayer::new(move |req| {
             budget.wrap(req)
         }))
+        .layer(tower::util::option_layer(
+            config
+                .tokens
+                .clone()
+                .map(|tokens| crate::auth::AuthLayer { tokens }),
+        ))
         .layer(tower::util::option_layer(peers.clone().map(|peers| {
             crate::cluster::ForwardLayer {
                 db: db.clone(),
@@ -402,10 +441,21 @@ struct Api {
 }
 
 impl Api {
-    /// Admits an administrative call: root credentials, from the server's own host unless
-    /// remote administration is allowed. (Credentials are the caller's word; the loopback
-    /// check is what keeps other hosts out.)
+    /// Admits an administrative call. With access tokens: an admin token, from any host.
+    /// Without: root credentials, from the server's own host unless remote administration is
+    /// allowed (credentials are then the caller's word; the loopback check is what keeps
+    /// other hosts out).
     fn admin(&self, r: &Request<proto::FsckRequest>) -> Result<(), Status> {
+        let p = Principal::of(r);
+        if p.is_token() {
+            return match p.may_administer(false) {
+                true => Ok(()),
+                false => Err(to_status(&coprocessor::FsError::new(
+                    coprocessor::Errno::EPERM,
+                    "administrative calls need an admin token",
+                ))),
+            };
+        }
         let local = r.remote_addr().is_some_and(|a| a.ip().is_loopback());
         if !local && !self.remote_admin {
             return Err(to_status(&coprocessor::FsError::new(
@@ -427,6 +477,18 @@ impl Api {
     async fn call<R: Op>(&self, op: R, id: Option<RequestId>) -> Result<R::Reply, Status> {
         self.svc.call_once(&op, id).await.map_err(|e| to_status(&e))
     }
+}
+
+/// The caller's principal and the request.
+fn split<T>(r: Request<T>) -> (Principal, T) {
+    (Principal::of(&r), r.into_inner())
+}
+
+/// The request's header, acting as the user the caller's token allows.
+fn header(p: &Principal, h: Option<proto::Header>) -> Result<Header, Status> {
+    let mut h = Header::try_from(h)?;
+    h.cred = p.cred(h.cred);
+    Ok(h)
 }
 
 fn attr_reply(a: metastore::Attr) -> Response<proto::AttrReply> {
@@ -452,8 +514,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::StatRequest>,
     ) -> Result<Response<proto::AttrReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let a = self
             .call(
                 Stat {
@@ -471,8 +533,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::MkdirRequest>,
     ) -> Result<Response<proto::AttrReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = Mkdir {
             ns: h.ns,
             cred: h.cred,
@@ -486,8 +548,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::MknodRequest>,
     ) -> Result<Response<proto::AttrReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = Mknod {
             ns: h.ns,
             cred: h.cred,
@@ -502,8 +564,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::SymlinkRequest>,
     ) -> Result<Response<proto::AttrReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = Symlink {
             ns: h.ns,
             cred: h.cred,
@@ -517,8 +579,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::LinkRequest>,
     ) -> Result<Response<proto::AttrReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = Link {
             ns: h.ns,
             cred: h.cred,
@@ -532,8 +594,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::UnlinkRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         self.call(
             Unlink {
                 ns: h.ns,
@@ -550,8 +612,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::RmdirRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         self.call(
             Rmdir {
                 ns: h.ns,
@@ -568,8 +630,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::RenameRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = Rename {
             ns: h.ns,
             cred: h.cred,
@@ -585,8 +647,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::ReadlinkRequest>,
     ) -> Result<Response<proto::ReadlinkReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let target = self
             .call(
                 Readlink {
@@ -604,8 +666,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::ReaddirRequest>,
     ) -> Result<Response<proto::ReaddirReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = Readdir {
             ns: h.ns,
             cred: h.cred,
@@ -625,8 +687,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::SetAttrRequest>,
     ) -> Result<Response<proto::AttrReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = SetAttr {
             ns: h.ns,
             cred: h.cred,
@@ -645,7 +707,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::StatFsRequest>,
     ) -> Result<Response<proto::StatFsReply>, Status> {
-        let h = Header::try_from(r.into_inner().header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let s = self
             .call(
                 StatFs {
@@ -662,8 +725,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::XattrSetRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let op = XattrSet {
             ns: h.ns,
             cred: h.cred,
@@ -680,8 +743,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::XattrGetRequest>,
     ) -> Result<Response<proto::XattrGetReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let value = self
             .call(
                 XattrGet {
@@ -700,8 +763,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::XattrListRequest>,
     ) -> Result<Response<proto::XattrListReply>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         let names = self
             .call(
                 XattrList {
@@ -719,8 +782,8 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::XattrRemoveRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let r = r.into_inner();
-        let h = Header::try_from(r.header)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
         self.call(
             XattrRemove {
                 ns: h.ns,
@@ -738,9 +801,10 @@ impl proto::mantle_server::Mantle for Api {
         &self,
         r: Request<proto::NsCreateRequest>,
     ) -> Result<Response<proto::NsInfo>, Status> {
-        let r = r.into_inner();
+        let (p, r) = split(r);
         let id = convert::request_id(r.request.clone())?;
-        let op = convert::ns_create(r)?;
+        let mut op = convert::ns_create(r)?;
+        op.cred = p.cred(op.cred);
         Ok(Response::new(self.call(op, id).await?.into()))
     }
 

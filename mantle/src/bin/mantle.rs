@@ -25,6 +25,10 @@ struct Cli {
     /// The namespace.
     #[arg(long, global = true, env = "MANTLE_NS", default_value = mantle::DEFAULT_NAMESPACE)]
     ns: String,
+    /// A file holding the access token to present (its first line), for a server started
+    /// with --tokens. MANTLE_TOKEN gives the token itself instead.
+    #[arg(long, global = true, value_name = "FILE", env = "MANTLE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Act as this uid (default: the calling user's).
     #[arg(long, global = true)]
     uid: Option<u32>,
@@ -79,9 +83,14 @@ struct ServeArgs {
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     disk_reserve_mib: u64,
     /// Accept administrative calls (fsck) from other hosts too (root credentials are always
-    /// needed).
+    /// needed). Without effect with --tokens, where an admin token is what counts.
     #[arg(long)]
     allow_remote_admin: bool,
+    /// Require access tokens: FILE lists them, one per line, `NAME ROLE SECRET [uid=N]
+    /// [gid=N] [groups=N,..] [squash]`, roles admin, node, trusted, app (see
+    /// docs/operations.md). Every node of a cluster needs the same file.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
     /// How long a shutdown (SIGTERM, SIGINT) waits for requests in flight before it closes
     /// every connection (ms).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
@@ -103,8 +112,11 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn config(&self) -> mantle::server::ServerConfig {
+    fn config(&self) -> Result<mantle::server::ServerConfig, String> {
         let mut cfg = mantle::server::ServerConfig::new(self.data.clone(), self.listen);
+        if let Some(f) = &self.tokens {
+            cfg.tokens = Some(std::sync::Arc::new(mantle::auth::Tokens::load(f)?));
+        }
         cfg.mvcc_window_ms = Some(self.mvcc_window_ms);
         cfg.flush_interval_ms = Some(self.flush_interval_ms);
         cfg.request_retention = std::time::Duration::from_secs(self.request_retention_s);
@@ -128,7 +140,7 @@ impl ServeArgs {
             keepalive: ms(self.keepalive_ms),
             shutdown_grace: ms(self.shutdown_grace_ms),
         };
-        cfg
+        Ok(cfg)
     }
 }
 
@@ -291,7 +303,13 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> ExitCode {
     if let Cmd::Serve(args) = &cli.cmd {
-        let cfg = args.config();
+        let cfg = match args.config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("mantle serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -313,10 +331,21 @@ async fn run(cli: Cli) -> ExitCode {
             }
         };
     }
+    let token = match (&cli.token_file, std::env::var("MANTLE_TOKEN")) {
+        (Some(f), _) => match mantle::auth::read_token_file(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("mantle: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t),
+        _ => None,
+    };
     if let Cmd::Admin { cmd } = &cli.cmd {
-        return admin(&cli.addr, cmd).await;
+        return admin(&cli.addr, token.as_deref(), cmd).await;
     }
-    let client = match Client::connect(&cli.addr).await {
+    let client = match Client::connect_with_token(&cli.addr, token.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mantle: {}", e.message);
@@ -646,7 +675,7 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
     }
 }
 
-async fn admin(addr: &str, cmd: &AdminCmd) -> ExitCode {
+async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -659,6 +688,9 @@ async fn admin(addr: &str, cmd: &AdminCmd) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let client = client
+        .map_err(|e| e.to_string())
+        .and_then(|c| mantle::auth::Authed::new(c, token));
     let mut client = match client {
         Ok(c) => mantle::proto::cluster_client::ClusterClient::new(c),
         Err(e) => {

@@ -46,6 +46,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub struct Peers {
     me: u64,
     channels: Arc<DashMap<u64, (String, Channel)>>,
+    /// The `authorization` value this node's Raft messages carry, if the nodes require one.
+    auth: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Peers {
@@ -54,7 +56,19 @@ impl Peers {
         Peers {
             me,
             channels: Arc::new(DashMap::new()),
+            auth: None,
         }
+    }
+
+    /// The same peers, sending `value` as the `authorization` metadata of every Raft message
+    /// (the nodes' shared credential; this crate does not interpret it).
+    pub fn with_auth(mut self, value: &str) -> crate::error::Result<Peers> {
+        let mut v: tonic::metadata::AsciiMetadataValue = value.parse().map_err(|_| {
+            crate::error::Error::InvalidArgument("a peer credential must be printable ASCII".into())
+        })?;
+        v.set_sensitive(true);
+        self.auth = Some(v);
+        Ok(self)
     }
 
     /// This node's id.
@@ -157,11 +171,14 @@ impl GrpcConnection {
         let mut client = proto::raft_client::RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let request = proto::RaftRequest {
+        let mut request = tonic::Request::new(proto::RaftRequest {
             group: self.group,
             from: self.peers.me,
             body,
-        };
+        });
+        if let Some(a) = &self.peers.auth {
+            request.metadata_mut().insert("authorization", a.clone());
+        }
         let ttl = option.hard_ttl();
         let reply = tokio::time::timeout(ttl, async {
             match kind {
