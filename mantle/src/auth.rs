@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -256,7 +255,7 @@ impl Principal {
     }
 }
 
-type Body = tonic::body::Body;
+use crate::layer::Body;
 
 /// Refuses calls without a listed token, and records the caller's [`Principal`] for the
 /// handlers. Raft messages need a `node` token.
@@ -290,8 +289,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+    type Future = crate::layer::BoxResponse<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -314,9 +312,7 @@ where
         if let Some(t) = token {
             req.extensions_mut().insert(Principal::Token(t));
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        Box::pin(crate::layer::take_ready(&mut self.inner).call(req))
     }
 }
 

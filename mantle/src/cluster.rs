@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -425,7 +424,7 @@ impl proto::cluster_server::Cluster for ClusterApi {
 /// The header that marks a call forwarded by another node.
 const FORWARDED: &str = "x-mantle-forwarded";
 
-type Body = tonic::body::Body;
+use crate::layer::Body;
 
 /// A tower layer that forwards client calls to the leader when this node does not serve.
 #[derive(Clone)]
@@ -499,8 +498,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+    type Future = crate::layer::BoxResponse<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -508,12 +506,7 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         match self.route(&req) {
-            None => {
-                // The ready service answers; a fresh clone waits for the next call.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(req))
-            }
+            None => Box::pin(crate::layer::take_ready(&mut self.inner).call(req)),
             Some(Err(status)) => Box::pin(async move { Ok(status.into_http()) }),
             Some(Ok(channel)) => {
                 req.headers_mut()

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod convert;
+mod layer;
 pub mod limits;
 pub mod server;
 pub mod status;

@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::spawn_server;
+use common::{spawn_server, Killed};
 use coprocessor::Errno;
 use indexnode::Cred;
 use mantle::client::Client;
@@ -35,15 +34,19 @@ fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-struct Killed(Vec<Child>);
+/// Runs the CLI against `addr` with `MANTLE_TOKEN` set to `token` (or unset).
+fn cli(addr: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = common::mantle_bin();
+    cmd.args(["--addr", addr]).args(args);
+    match token {
+        Some(t) => cmd.env("MANTLE_TOKEN", t),
+        None => cmd.env_remove("MANTLE_TOKEN"),
+    };
+    cmd.output().expect("run mantle")
+}
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 async fn as_token(addr: &str, token: Option<&str>) -> Client {
@@ -114,38 +117,14 @@ async fn tokens_decide_who_may_call_and_as_whom() {
     // The CLI presents a token from a file, or from MANTLE_TOKEN.
     let etl_file = dir.path().join("etl-token");
     std::fs::write(&etl_file, format!("{ETL}\n")).expect("write");
-    let out = common::mantle_bin()
-        .args(["--addr", &addr, "stat", "/shared/etl"])
-        .env_remove("MANTLE_TOKEN")
-        .output()
-        .expect("run");
+    let out = cli(&addr, None, &["stat", "/shared/etl"]);
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("access token"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = common::mantle_bin()
-        .args(["--addr", &addr, "--token-file"])
-        .arg(&etl_file)
-        .args(["stat", "/shared/etl"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = common::mantle_bin()
-        .args(["--addr", &addr, "admin", "timestamp"])
-        .env("MANTLE_TOKEN", ADMIN)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(stderr(&out).contains("access token"), "{}", stderr(&out));
+    let file = etl_file.to_str().expect("path");
+    let out = cli(&addr, None, &["--token-file", file, "stat", "/shared/etl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&addr, Some(ADMIN), &["admin", "timestamp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // Raft messages need a node token: an admin token is not one.
     let mut h2 = common::h2_connect(&addr).await;
@@ -213,12 +192,7 @@ async fn a_cluster_whose_nodes_share_the_token_file_forms_and_serves() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Status without a token is refused too.
-    let out = common::mantle_bin()
-        .args(["--addr", &a3, "admin", "status"])
-        .env_remove("MANTLE_TOKEN")
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
+    assert!(!cli(&a3, None, &["admin", "status"]).status.success());
     // A call through a node that does not lead is forwarded with the caller's token, and
     // the leader pins the user.
     for a in [&a2, &a3] {
@@ -247,15 +221,19 @@ fn bad_token_files_stop_the_server_with_the_line_at_fault() {
     let dir = tempfile::tempdir().expect("dir");
     let bad = dir.path().join("bad");
     std::fs::write(&bad, format!("ops admin {ADMIN}\netl app {ETL} uid=1000\n")).expect("write");
-    let out = common::mantle_bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("d1"))
-        .arg("--tokens")
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let serve = |args: &[&str], tokens: &std::path::Path| {
+        common::mantle_bin()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--tokens")
+            .arg(tokens)
+            .output()
+            .expect("run")
+    };
+    let d1 = dir.path().join("d1");
+    let out = serve(&["--data", d1.to_str().expect("path")], &bad);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains("line 2") && err.contains("uid= and gid="),
         "{err}"
@@ -263,14 +241,8 @@ fn bad_token_files_stop_the_server_with_the_line_at_fault() {
     // A cluster node needs a node entry to talk to its peers.
     let no_node = dir.path().join("no-node");
     std::fs::write(&no_node, format!("ops admin {ADMIN}\n")).expect("write");
-    let out = common::mantle_bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--init", "--data"])
-        .arg(dir.path().join("d2"))
-        .arg("--tokens")
-        .arg(&no_node)
-        .output()
-        .expect("run");
+    let d2 = dir.path().join("d2");
+    let out = serve(&["--init", "--data", d2.to_str().expect("path")], &no_node);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node entry"), "{err}");
+    assert!(stderr(&out).contains("node entry"), "{}", stderr(&out));
 }

@@ -36,6 +36,18 @@ pub fn spawn_server(data: &std::path::Path, extra: &[&str]) -> (Child, String) {
     (child, addr)
 }
 
+/// Server processes, killed (SIGKILL) and reaped when dropped.
+pub struct Killed(pub Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A request header for namespace `ns` as root, with no request id.
 pub fn root_header(ns: &str) -> Option<mantle::proto::Header> {
     Some(mantle::proto::Header {
