@@ -68,7 +68,13 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let bad = |why: &str| Err(Error::Corrupt(format!("{}: {why}", path.display())));
+    decode(&bytes, &path.display().to_string()).map(Some)
+}
+
+/// The payload of the bytes of a file written by [`write`] (`name` says where they came from,
+/// for errors).
+pub fn decode(bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+    let bad = |why: &str| Err(Error::Corrupt(format!("{name}: {why}")));
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
         return bad("not a checksummed state file (wrong header)");
     }
@@ -82,7 +88,7 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>> {
     if crc32c::crc32c(payload) != crc {
         return bad("checksum mismatch");
     }
-    Ok(Some(payload.to_vec()))
+    Ok(payload.to_vec())
 }
 
 const SLOT_MAGIC: &[u8; 4] = b"MNS1";

@@ -623,6 +623,12 @@ impl Tablet {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: 0,
             max_payload_entries: 64,
+            // A shipped snapshot travels in 1 MiB chunks, each an RPC with this timeout; the
+            // last one waits for the receiver to install the whole tablet, which takes time
+            // in proportion to its size (openraft's 200 ms default fails a few MiB in debug
+            // builds).
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 120_000,
             ..Default::default()
         }
         .validate()
@@ -670,6 +676,9 @@ impl Tablet {
                     .map_err(|e| Error::Raft(format!("tablet {id} replay: {e}")))?;
             }
             Some(r) => {
+                // Started (openraft has read its initial state): from now on a snapshot it
+                // asks for is one to send to another replica.
+                state.ship_full_snapshots(true);
                 r.router.register(id, raft.clone());
                 if let (false, Some(members)) = (initialized, &r.init) {
                     raft.initialize(members.clone())

@@ -78,7 +78,20 @@ async fn serving(nodes: &[Node]) -> usize {
     }
 }
 
+fn test_config() -> TabletConfig {
+    TabletConfig {
+        window_ms: 200,
+        log_store_bytes: 16 << 20,
+        log_chunk_bytes: 1 << 20,
+        ..Default::default()
+    }
+}
+
 async fn three_nodes() -> Vec<Node> {
+    three_nodes_with(&test_config()).await
+}
+
+async fn three_nodes_with(config: &TabletConfig) -> Vec<Node> {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
@@ -89,50 +102,54 @@ async fn three_nodes() -> Vec<Node> {
         );
         listeners.push(l);
     }
-    let config = TabletConfig {
-        window_ms: 200,
-        log_store_bytes: 16 << 20,
-        log_chunk_bytes: 1 << 20,
-        ..Default::default()
-    };
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
-        let dir = tempfile::tempdir().expect("dir");
-        let router = RaftRouter::new();
-        let stop = serve(l, router.clone()).await;
-        let node_router = router.clone();
-        let tso = Arc::new(Tso::replicated());
-        let pipeline = Arc::new(PipelineRuntime::new(1).expect("pipeline"));
-        let tablet = Tablet::open(
-            TABLET,
-            KeyRange::prefix(&[2]),
-            &dir.path().join("tablet"),
-            tso.clone(),
-            &config,
-            &pipeline,
-            Some(Replication {
-                node: id,
-                peers: Peers::new(id),
-                router,
-                init: (id == 1).then(|| members.clone()),
-                heartbeat_ms: 50,
-                election_ms: 300,
-                timestamps: true,
-            }),
-        )
-        .await
-        .expect("open");
-        nodes.push(Node {
-            id,
-            router: node_router,
-            tablet,
-            tso,
-            stop: Some(stop),
-            _dir: dir,
-        });
+        nodes.push(start_node(id, l, (id == 1).then(|| members.clone()), config).await);
     }
     nodes
+}
+
+/// Opens replica `id` of the tablet in a new directory, serving Raft on `l`.
+async fn start_node(
+    id: u64,
+    l: TcpListener,
+    init: Option<BTreeMap<u64, BasicNode>>,
+    config: &TabletConfig,
+) -> Node {
+    let dir = tempfile::tempdir().expect("dir");
+    let router = RaftRouter::new();
+    let stop = serve(l, router.clone()).await;
+    let node_router = router.clone();
+    let tso = Arc::new(Tso::replicated());
+    let pipeline = Arc::new(PipelineRuntime::new(1).expect("pipeline"));
+    let tablet = Tablet::open(
+        TABLET,
+        KeyRange::prefix(&[2]),
+        &dir.path().join("tablet"),
+        tso.clone(),
+        config,
+        &pipeline,
+        Some(Replication {
+            node: id,
+            peers: Peers::new(id),
+            router,
+            init,
+            heartbeat_ms: 50,
+            election_ms: 300,
+            timestamps: true,
+        }),
+    )
+    .await
+    .expect("open");
+    Node {
+        id,
+        router: node_router,
+        tablet,
+        tso,
+        stop: Some(stop),
+        _dir: dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,6 +331,88 @@ async fn timestamps_never_go_back_across_a_leader_change() {
     let commit = put(&nodes[l], b"\x02k", b"v").await.expect("commit");
     assert!(commit > first);
     for n in &nodes {
+        n.tablet.shutdown().await;
+    }
+}
+
+/// A replica added after the leader purged its log gets the tablet as a snapshot streamed in
+/// chunks (a full copy of the engines, not a reference to the leader's own files), installs
+/// it and follows the log from there: it holds every key, and later commits too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_after_the_log_was_purged_installs_a_streamed_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let config = TabletConfig {
+        snapshot_logs: 50,
+        ..test_config()
+    };
+    let nodes = three_nodes_with(&config).await;
+    let l = serving(&nodes).await;
+    let leader = &nodes[l];
+    // Values big enough that the snapshot spans many chunks.
+    let value = vec![7u8; 16 << 10];
+    for i in 0..400u32 {
+        put(leader, format!("\x02k{i:04}").as_bytes(), &value)
+            .await
+            .expect("commit");
+    }
+    // Flushed, snapshotted and purged: the first entries are gone from the leader's log.
+    let raft = leader.tablet.raft();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = raft.trigger().snapshot().await;
+        let snap = raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
+        if snap > 300 {
+            let _ = raft.trigger().purge_log(snap).await;
+        }
+        if raft
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|p| p.index > 300)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not purge its log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let l4 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l4.local_addr().expect("addr").to_string();
+    let fourth = start_node(4, l4, None, &config).await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        raft.add_learner(4, BasicNode::new(addr), true),
+    )
+    .await
+    .expect("the learner caught up in time")
+    .expect("add learner");
+    let last = put(leader, b"\x02after", b"v").await.expect("commit");
+    let index = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    // The learner installs the snapshot, then applies the log after it.
+    fourth
+        .tablet
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(Some(index), "the learner applies the log")
+        .await
+        .expect("the learner follows the log");
+    let mvcc = fourth.tablet.state().mvcc();
+    for i in 0..400u32 {
+        let got = mvcc
+            .get(format!("\x02k{i:04}").as_bytes(), last)
+            .expect("get");
+        assert_eq!(got.as_deref(), Some(&value[..]), "key {i}");
+    }
+    assert_eq!(
+        mvcc.get(b"\x02after", last).expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    for n in nodes.iter().chain([&fourth]) {
         n.tablet.shutdown().await;
     }
 }

@@ -7,13 +7,12 @@
 
 mod log_store;
 pub mod net;
+mod snapshot_file;
 mod state_machine;
 
 pub use log_store::{store_shape, LogReader, LogStore, CHUNK_BYTES, STORE_BYTES};
 pub use net::{GrpcNetwork, Peers, RaftRouter};
 pub use state_machine::{SnapshotPin, StateMachine, TabletState};
-
-use std::io::Cursor;
 
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -32,7 +31,9 @@ openraft::declare_raft_types!(
         R = Vec<CommandResult>,
         NodeId = u64,
         Node = BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A file, so that a snapshot shipped to another replica streams in chunks from
+        // disk instead of being held in memory (see `snapshot_file`).
+        SnapshotData = tokio::fs::File,
 );
 
 /// A log entry of a tablet group.

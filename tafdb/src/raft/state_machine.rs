@@ -11,12 +11,13 @@
 //! everything up to `D` durably, building one only records `D` (a *durable reference*): it
 //! costs a small file write however large the tablet is. Dumping every engine row instead
 //! stalled commits for seconds once the tablet held millions of keys. A reference can only
-//! stand for this replica's own engines; shipping a tablet to another replica needs a full
-//! dump ([`SnapshotPayload::Full`]), which installing still supports, for the multi-node
-//! cluster to build on.
+//! stand for this replica's own engines; shipping a tablet to another replica (a new one, or
+//! one that fell behind the purged log) needs a full snapshot: a file of every engine row
+//! (`snapshot_file`), written in a stream when openraft asks for a snapshot to send, sent in
+//! chunks, and installed in a stream. A replicated tablet hands those out
+//! ([`TabletState::ship_full_snapshots`]) while still building references for itself.
 
 use std::collections::VecDeque;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Entry, TypeConfig};
 use crate::command::{self, CommandResult};
-use crate::engine::{BatchOp, Engine, EngineKind};
+use crate::engine::{BatchOp, EngineKind};
 use crate::error::{Error, Result};
 use crate::keys::{KeyRange, INTERNAL_PREFIX};
 use crate::mvcc::{EngineSet, MvccStore};
@@ -41,6 +42,9 @@ type NodeId = u64;
 type Membership = StoredMembership<NodeId, BasicNode>;
 
 const META_KEY: &[u8] = &[INTERNAL_PREFIX, b'M', b's', b't', b'a', b't', b'e'];
+/// Present while a full snapshot is being installed: the engines are then neither the old
+/// state nor the new one, and a replica that finds it at start refuses to run on them.
+const INSTALL_KEY: &[u8] = &[INTERNAL_PREFIX, b'M', b'i', b'n', b's', b't'];
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct MetaRecord {
@@ -50,13 +54,11 @@ struct MetaRecord {
     max_commit_ts: u64,
 }
 
-/// The contents of a snapshot.
+/// The contents of a snapshot reference file (a full snapshot is a `snapshot_file`).
 #[derive(Serialize, Deserialize)]
 enum SnapshotPayload {
     /// The engines of this replica, durable up to the meta's index.
     Durable(MetaRecord),
-    /// The tablet meta and every engine row `(engine, key, value)`.
-    Full(MetaRecord, Vec<(u8, Vec<u8>, Vec<u8>)>),
 }
 
 #[derive(Default)]
@@ -86,6 +88,11 @@ pub struct TabletState {
     /// Build full snapshots (every engine row, after flushing everything applied) instead of
     /// durable references: what a replica elsewhere can install. Off in the embedded mode.
     full_snapshots: std::sync::atomic::AtomicBool,
+    /// Hand out full snapshots when openraft asks for one to send (a replicated tablet,
+    /// once started), while building references for the log's own purging.
+    ship_full: std::sync::atomic::AtomicBool,
+    /// The durable log id of the full snapshot file on disk, if it is current.
+    full_at: Mutex<Option<Option<LogId<NodeId>>>>,
     /// Woken after every applied batch; readers waiting for a pending commit sleep on it.
     pub applied_notify: tokio::sync::Notify,
 }
@@ -108,6 +115,14 @@ impl TabletState {
             ));
         }
         let engines = EngineSet::new(default.clone(), list);
+        if default.get(INSTALL_KEY)?.is_some() {
+            return Err(Error::Corruption(format!(
+                "{}: a snapshot install was interrupted, so this replica's engines hold part of \
+                 a tablet; remove the node from the cluster, delete its data directory and let \
+                 it join again",
+                dir.display()
+            )));
+        }
         let meta: MetaRecord = match default.get(META_KEY)? {
             Some(b) => bincode::deserialize(&b)
                 .map_err(|e| Error::Corruption(format!("tablet meta: {e}")))?,
@@ -128,6 +143,8 @@ impl TabletState {
             lock_keys: AtomicI64::new(0),
             pins: Mutex::new(Default::default()),
             full_snapshots: std::sync::atomic::AtomicBool::new(false),
+            ship_full: std::sync::atomic::AtomicBool::new(false),
+            full_at: Mutex::new(None),
             applied_notify: tokio::sync::Notify::new(),
         };
         state.recount_locks()?;
@@ -323,26 +340,41 @@ impl TabletState {
         self.full_snapshots.store(full, Ordering::Release);
     }
 
+    /// Makes the snapshots openraft sends to other replicas full ones (see the module docs).
+    pub fn ship_full_snapshots(&self, on: bool) {
+        self.ship_full.store(on, Ordering::Release);
+    }
+
     /// A full snapshot: flushes everything applied (so the snapshot covers the last applied
-    /// entry), then dumps every engine row under the flush lock, and keeps it as the current
-    /// snapshot.
-    fn full_snapshot(&self) -> Result<(MetaRecord, Vec<u8>)> {
+    /// entry), then streams every engine row into the full snapshot file under the flush lock
+    /// (a file already written at the same durable index is kept). Returns its meta record.
+    fn full_snapshot(&self) -> Result<MetaRecord> {
         self.flush_once(0)?;
         let _g = self.flush_mutex.lock();
         let meta = self.durable.lock().clone();
-        let mut rows = Vec::new();
+        let path = self.full_path();
+        if *self.full_at.lock() == Some(meta.durable) && path.exists() {
+            return Ok(meta);
+        }
+        let started = std::time::Instant::now();
+        let mut w = super::snapshot_file::Writer::create(&path, &meta)?;
         for (i, e) in self.mvcc.engines().all().iter().enumerate() {
             e.for_each(&mut |k, v| {
                 if k != META_KEY {
-                    rows.push((i as u8, k.to_vec(), v.to_vec()));
+                    w.put(i as u8, k, v)?;
                 }
                 Ok(())
             })?;
         }
-        let data = bincode::serialize(&SnapshotPayload::Full(meta.clone(), rows))
-            .map_err(|e| Error::Corruption(e.to_string()))?;
-        chunk_backend::atomic::write(&self.snapshot_path(), &data)?;
-        Ok((meta, data))
+        let rows = w.finish()?;
+        *self.full_at.lock() = Some(meta.durable);
+        tracing::info!(
+            rows,
+            index = meta.durable.map_or(0, |l| l.index),
+            took = ?started.elapsed(),
+            "wrote a full snapshot"
+        );
+        Ok(meta)
     }
 
     /// Records a snapshot reference at the durable index, so that the log may be reclaimed up
@@ -350,7 +382,7 @@ impl TabletState {
     pub fn reference_durable(&self) -> Result<Option<LogId<NodeId>>> {
         // A replica that ships full snapshots keeps a full one as its current snapshot.
         if self.full_snapshots.load(Ordering::Acquire) {
-            return Ok(self.full_snapshot()?.0.durable);
+            return Ok(self.full_snapshot()?.durable);
         }
         Ok(self.snapshot_reference()?.0.durable)
     }
@@ -390,58 +422,105 @@ impl TabletState {
         Ok((meta, data))
     }
 
-    /// Installs a snapshot: checks a durable reference, or replaces the whole state with a full
-    /// dump.
-    fn load(&self, data: &[u8]) -> Result<MetaRecord> {
-        let _g = self.flush_mutex.lock();
-        let payload: SnapshotPayload =
-            bincode::deserialize(data).map_err(|e| Error::Corruption(format!("snapshot: {e}")))?;
-        let (meta, rows) = match payload {
-            SnapshotPayload::Durable(meta) => {
-                let have = self.durable_index();
-                let want = meta.durable.map_or(0, |l| l.index);
-                if have >= want {
-                    // Our own engines, already at or past it.
-                    return Ok(self.durable.lock().clone());
-                }
-                return Err(Error::Raft(format!(
-                    "a snapshot by reference to index {want} cannot be installed on a replica \
-                     durable only to {have}: shipping a tablet needs a full snapshot"
-                )));
+    /// Installs the snapshot in `file` (`name` for errors): checks a durable reference, or
+    /// replaces the whole state with a full snapshot (checked whole first, then streamed into
+    /// the engines).
+    fn load(&self, file: &std::fs::File, name: &Path) -> Result<MetaRecord> {
+        use std::io::{Read, Seek};
+        let path = name;
+        if !super::snapshot_file::is_full(file)? {
+            let mut bytes = Vec::new();
+            let mut f = file.try_clone()?;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            f.read_to_end(&mut bytes)?;
+            let data = chunk_backend::atomic::decode(&bytes, &path.display().to_string())?;
+            let SnapshotPayload::Durable(meta) = bincode::deserialize(&data)
+                .map_err(|e| Error::Corruption(format!("snapshot: {e}")))?;
+            let _g = self.flush_mutex.lock();
+            let have = self.durable_index();
+            let want = meta.durable.map_or(0, |l| l.index);
+            if have >= want {
+                // Our own engines, already at or past it.
+                return Ok(self.durable.lock().clone());
             }
-            SnapshotPayload::Full(meta, rows) => (meta, rows),
-        };
+            return Err(Error::Raft(format!(
+                "a snapshot by reference to index {want} cannot be installed on a replica \
+                 durable only to {have}: shipping a tablet needs a full snapshot"
+            )));
+        }
+        // A transfer that is damaged or cut short must not touch the engines.
+        let meta: MetaRecord = super::snapshot_file::read(file, path, None)?;
+        let _g = self.flush_mutex.lock();
         let all = self.mvcc.engines().all();
+        let default = &all[all.len() - 1];
+        default.write(&[BatchOp::Put(INSTALL_KEY.to_vec(), b"1".to_vec())])?;
+        default.persist()?;
         for e in &all {
             let mut keys = Vec::new();
             e.for_each(&mut |k, _| {
-                keys.push(BatchOp::Delete(k.to_vec()));
+                if k != INSTALL_KEY {
+                    keys.push(BatchOp::Delete(k.to_vec()));
+                }
                 Ok(())
             })?;
             for chunk in keys.chunks(4096) {
                 e.write(chunk)?;
             }
         }
-        for (i, k, v) in rows {
-            let e: &Arc<dyn Engine> = all
-                .get(i as usize)
-                .ok_or_else(|| Error::Corruption(format!("snapshot names engine {i}")))?;
-            e.write(&[BatchOp::Put(k, v)])?;
-        }
+        let mut installed = 0usize;
+        let mut install = |rows: super::snapshot_file::Rows| -> Result<()> {
+            installed += rows.len();
+            let mut by_engine: Vec<Vec<BatchOp>> = vec![Vec::new(); all.len()];
+            for (i, k, v) in rows {
+                by_engine
+                    .get_mut(i as usize)
+                    .ok_or_else(|| Error::Corruption(format!("snapshot names engine {i}")))?
+                    .push(BatchOp::Put(k, v));
+            }
+            for (e, ops) in all.iter().zip(by_engine) {
+                if !ops.is_empty() {
+                    e.write(&ops)?;
+                }
+            }
+            Ok(())
+        };
+        let _: MetaRecord = super::snapshot_file::read(file, path, Some(&mut install))?;
+        tracing::info!(
+            rows = installed,
+            index = meta.durable.map_or(0, |l| l.index),
+            "installed a full snapshot"
+        );
         self.mvcc.clear(meta.floor);
         let bytes = bincode::serialize(&meta).map_err(|e| Error::Corruption(e.to_string()))?;
-        all[all.len() - 1].write(&[BatchOp::Put(META_KEY.to_vec(), bytes)])?;
-        for e in &all {
+        // Every other engine first: the marker goes only once they hold the whole snapshot.
+        for e in &all[..all.len() - 1] {
             e.persist()?;
         }
+        default.write(&[
+            BatchOp::Put(META_KEY.to_vec(), bytes),
+            BatchOp::Delete(INSTALL_KEY.to_vec()),
+        ])?;
+        default.persist()?;
         *self.durable.lock() = meta.clone();
         *self.applied.lock() = Applied {
             last: meta.durable,
             membership: meta.membership.clone(),
             ..Default::default()
         };
+        // The snapshot's timestamps and oracle marks count as applied: a replica that leads
+        // later starts above them.
+        self.max_commit_ts
+            .fetch_max(meta.max_commit_ts, Ordering::AcqRel);
         self.recount_locks()?;
         Ok(meta)
+    }
+
+    fn full_path(&self) -> PathBuf {
+        self.dir.join("snapshot.full")
+    }
+
+    fn incoming_path(&self) -> PathBuf {
+        self.dir.join("snapshot.incoming")
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -498,14 +577,26 @@ fn snapshot_meta(meta: &MetaRecord) -> SnapshotMeta<NodeId, BasicNode> {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+/// Opens the snapshot file at `path` for openraft to read.
+async fn open_snapshot(path: PathBuf) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+    tokio::fs::File::open(&path)
+        .await
+        .map(Box::new)
+        .map_err(|e| sto_err(format!("{}: {e}", path.display())))
+}
+
+impl StateMachine {
+    /// The snapshot to hand out: a full one (written now, or kept from the same durable
+    /// index), or the durable reference.
+    async fn snapshot(&self, full: bool) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let state = self.state.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || {
-            if state.full_snapshots.load(Ordering::Acquire) {
-                state.full_snapshot()
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            if full {
+                state.full_snapshot().map(|m| (m, state.full_path()))
             } else {
-                state.snapshot_reference()
+                state
+                    .snapshot_reference()
+                    .map(|(m, _)| (m, state.snapshot_path()))
             }
         })
         .await
@@ -513,8 +604,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         .map_err(sto_err)?;
         Ok(Snapshot {
             meta: snapshot_meta(&meta),
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: open_snapshot(path).await?,
         })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let full = self.state.full_snapshots.load(Ordering::Acquire);
+        self.snapshot(full).await
     }
 }
 
@@ -546,21 +644,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        // openraft writes the chunks it receives here; `install_snapshot` checks the whole.
+        let path = self.state.incoming_path();
+        tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map(Box::new)
+            .map_err(|e| sto_err(format!("{}: {e}", path.display())))
     }
 
     async fn install_snapshot(
         &mut self,
         _meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = snapshot;
+        file.flush().await.map_err(sto_err)?;
+        // Usually the file `begin_receiving_snapshot` made, but openraft may hand over any.
+        let file = file.into_std().await;
         let state = self.state.clone();
-        let data = snapshot.into_inner();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            state.load(&data)?;
-            // The installed snapshot is the current one (what a later reader asks for).
+            let incoming = state.incoming_path();
+            let meta = state.load(&file, &incoming)?;
+            drop(file);
+            // The engines hold the snapshot now: the reference on disk names its index (for
+            // the next start); a full snapshot to send from here is written when asked for.
+            *state.full_at.lock() = None;
+            let data = bincode::serialize(&SnapshotPayload::Durable(meta))
+                .map_err(|e| Error::Corruption(e.to_string()))?;
             chunk_backend::atomic::write(&state.snapshot_path(), &data)?;
+            match std::fs::remove_file(&incoming) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
             Ok(())
         })
         .await
@@ -572,6 +694,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        // A snapshot asked for to be sent to another replica must be a full one.
+        let full = self.state.full_snapshots.load(Ordering::Acquire)
+            || self.state.ship_full.load(Ordering::Acquire);
+        if full {
+            // Nothing applied yet: nothing to send.
+            if self.state.applied.lock().last.is_none() {
+                return Ok(None);
+            }
+            return self.snapshot(true).await.map(Some);
+        }
         let path = self.state.snapshot_path();
         let data = match chunk_backend::atomic::read(&path) {
             Ok(Some(d)) => d,
@@ -579,12 +711,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) => return Err(sto_err(e)),
         };
         let meta = match bincode::deserialize(&data) {
-            Ok(SnapshotPayload::Durable(meta)) | Ok(SnapshotPayload::Full(meta, _)) => meta,
+            Ok(SnapshotPayload::Durable(meta)) => meta,
             Err(e) => return Err(sto_err(format!("snapshot file: {e}"))),
         };
         Ok(Some(Snapshot {
             meta: snapshot_meta(&meta),
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: open_snapshot(path).await?,
         }))
     }
 }
@@ -593,13 +725,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
+    /// A full snapshot installs on another replica; an install cut off half way (the marker
+    /// left behind) stops the replica from starting on its half-written engines.
+    #[test]
+    fn a_full_snapshot_installs_elsewhere_and_an_interrupted_install_is_refused_at_start() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        let src = TabletState::open(a.path(), &[]).expect("open");
+        let engines = src.mvcc.engines().all();
+        let rows: Vec<BatchOp> = (0..3000u32)
+            .map(|i| BatchOp::Put(format!("k{i:05}").into_bytes(), vec![1u8; 1000]))
+            .collect();
+        engines[0].write(&rows).expect("write");
+        let meta = src.full_snapshot().expect("full snapshot");
+        let dst = TabletState::open(b.path(), &[]).expect("open");
+        let file = std::fs::File::open(src.full_path()).expect("open");
+        let installed = dst.load(&file, &src.full_path()).expect("install");
+        assert_eq!(installed.durable, meta.durable);
+        let mut n = 0;
+        dst.mvcc.engines().all()[0]
+            .for_each(&mut |k, v| {
+                if k.starts_with(b"k") {
+                    assert_eq!(v.len(), 1000);
+                    n += 1;
+                }
+                Ok(())
+            })
+            .expect("for_each");
+        assert_eq!(n, 3000);
+        // The marker of an install in progress, as a crash would leave it.
+        let default = dst.mvcc.engines().all().last().cloned().expect("default");
+        default
+            .write(&[BatchOp::Put(INSTALL_KEY.to_vec(), b"1".to_vec())])
+            .expect("write");
+        default.persist().expect("persist");
+        drop((default, dst));
+        let err = TabletState::open(b.path(), &[])
+            .err()
+            .expect("a half-installed replica does not open");
+        assert!(err.to_string().contains("interrupted"), "{err}");
+    }
+
     #[test]
     fn a_reference_beyond_the_durable_index_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = TabletState::open(dir.path(), &[]).expect("open");
-        let (meta, data) = state.snapshot_reference().expect("reference");
+        let (meta, _) = state.snapshot_reference().expect("reference");
         assert_eq!(
-            state.load(&data).expect("own reference").durable,
+            state
+                .load(
+                    &std::fs::File::open(state.snapshot_path()).expect("open"),
+                    &state.snapshot_path()
+                )
+                .expect("own reference")
+                .durable,
             meta.durable
         );
         let ahead = MetaRecord {
@@ -607,8 +786,10 @@ mod tests {
             ..MetaRecord::default()
         };
         let data = bincode::serialize(&SnapshotPayload::Durable(ahead)).expect("encode");
+        let path = dir.path().join("elsewhere");
+        chunk_backend::atomic::write(&path, &data).expect("write");
         let err = state
-            .load(&data)
+            .load(&std::fs::File::open(&path).expect("open"), &path)
             .expect_err("cannot install a reference from elsewhere");
         assert!(err.to_string().contains("full snapshot"), "{err}");
     }
