@@ -416,3 +416,109 @@ async fn a_replica_added_after_the_log_was_purged_installs_a_streamed_snapshot()
         n.tablet.shutdown().await;
     }
 }
+
+/// Peak resident memory of this process, in KiB (`VmHWM`).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Shipping a large tablet, measured (ignored: minutes). A replica added after the leader's
+/// log was purged receives `SNAPSHOT_MIB` (default 256) MiB of rows as a streamed snapshot;
+/// prints the time to write, send and install it and how much the process's peak resident
+/// memory grew meanwhile (four replicas share the process), which must stay far below the
+/// tablet's size.
+///
+/// ```sh
+/// SNAPSHOT_MIB=1024 cargo test -p tafdb --release --test replicated_tablet shipping -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn shipping_a_large_tablet_takes_bounded_memory() {
+    let mib: usize = std::env::var("SNAPSHOT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let config = TabletConfig {
+        snapshot_logs: 1000,
+        log_store_bytes: 256 << 20,
+        log_chunk_bytes: 8 << 20,
+        ..test_config()
+    };
+    let nodes = three_nodes_with(&config).await;
+    let l = serving(&nodes).await;
+    let leader = &nodes[l];
+    let value = vec![5u8; 64 << 10];
+    let keys = (mib << 20) / value.len();
+    for i in 0..keys {
+        put(leader, format!("\x02big{i:08}").as_bytes(), &value)
+            .await
+            .expect("commit");
+    }
+    let raft = leader.tablet.raft();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let last = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    loop {
+        let _ = raft.trigger().snapshot().await;
+        let snap = raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
+        if snap + 10 > last {
+            let _ = raft.trigger().purge_log(snap).await;
+        }
+        if raft
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|p| p.index + 10 > last)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not purge its log"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Peak RSS from here on.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = peak_rss_kib();
+    let t0 = Instant::now();
+    let l4 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l4.local_addr().expect("addr").to_string();
+    let fourth = start_node(4, l4, None, &config).await;
+    raft.add_learner(4, BasicNode::new(addr), false)
+        .await
+        .expect("add learner");
+    fourth
+        .tablet
+        .raft()
+        .wait(Some(Duration::from_secs(1800)))
+        .applied_index_at_least(Some(last), "the learner installs the snapshot")
+        .await
+        .expect("installed");
+    let took = t0.elapsed();
+    let grew = peak_rss_kib().saturating_sub(before) >> 10;
+    println!(
+        "{mib} MiB tablet ({keys} rows of 64 KiB) shipped and installed in {took:?}; peak RSS grew {grew} MiB"
+    );
+    let mvcc = fourth.tablet.state().mvcc();
+    for i in (0..keys).step_by(97) {
+        let got = mvcc
+            .get(format!("\x02big{i:08}").as_bytes(), u64::MAX - 1)
+            .expect("get");
+        assert_eq!(got.map(|v| v.len()), Some(value.len()), "row {i}");
+    }
+    assert!(
+        (grew as usize) < mib / 2 + 64,
+        "peak RSS grew {grew} MiB shipping {mib} MiB"
+    );
+    for n in nodes.iter().chain([&fourth]) {
+        n.tablet.shutdown().await;
+    }
+}
