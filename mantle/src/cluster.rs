@@ -411,6 +411,17 @@ impl proto::cluster_server::Cluster for ClusterApi {
                 applied: m.last_applied.map_or(0, |l| l.index),
                 term: m.current_term,
                 serving: t.is_serving(),
+                progress: m
+                    .replication
+                    .iter()
+                    .flatten()
+                    .filter(|(id, _)| **id != self.node)
+                    .map(|(id, l)| proto::ReplicaProgress {
+                        node: *id,
+                        matched: l.map_or(0, |l| l.index),
+                    })
+                    .collect(),
+                last_log: m.last_log_index.unwrap_or(0),
             });
         }
         Ok(Response::new(proto::ClusterStatusReply {

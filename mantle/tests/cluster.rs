@@ -606,6 +606,20 @@ async fn a_node_joins_and_is_removed() {
     let (c4, _a4) = spawn_server(d4.path(), &["--join", &a2]);
     cl.procs.0.push(c4);
     settled(&a3, 4).await;
+    // The leader (node 1) lists every member with its lag; a follower cannot tell lags.
+    let nodes = common::cli_ok(&a1, &["admin".as_ref(), "nodes".as_ref()]);
+    assert_eq!(nodes.lines().count(), 4, "{nodes}");
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("1\t") && l.ends_with("leader")),
+        "{nodes}"
+    );
+    assert_eq!(nodes.matches("entries behind").count(), 3, "{nodes}");
+    let tablets = common::cli_ok(&a1, &["admin".as_ref(), "tablets".as_ref()]);
+    assert!(tablets.contains("behind 2:"), "{tablets}");
+    let tablets = common::cli_ok(&a2, &["admin".as_ref(), "tablets".as_ref()]);
+    assert!(tablets.contains("(ask the leader)"), "{tablets}");
     let out = common::cli_ok(
         &a2,
         &["admin".as_ref(), "remove-node".as_ref(), "4".as_ref()],

@@ -224,6 +224,12 @@ enum Cmd {
 enum AdminCmd {
     /// Members, tablets, leaders and applied indexes, as the node at --addr sees them.
     Status,
+    /// The members: id, address, voter or learner, and (asked of the leader) how far behind
+    /// the leader's log each one is.
+    Nodes,
+    /// The tablets: range, leader, term, voters, learners, applied index, and each replica's
+    /// lag (asked of the leader).
+    Tablets,
     /// Takes node N out of every group (its replicas stop receiving the log; stop the process
     /// afterwards). The cluster keeps its other voters: removing one of three leaves two.
     RemoveNode { node: u64 },
@@ -731,14 +737,69 @@ async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        AdminCmd::Status => {
+        AdminCmd::Status | AdminCmd::Nodes | AdminCmd::Tablets => {
             let s = match client.status(mantle::proto::ClusterStatusRequest {}).await {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
-                    eprintln!("mantle admin status: {}", e.message());
+                    eprintln!("mantle admin: {}", e.message());
                     return ExitCode::FAILURE;
                 }
             };
+            // Lag per node: how many entries of the leader's log it does not have yet.
+            let lag = |node: u64| -> String {
+                let Some(t) = s.tablets.first() else {
+                    return String::new();
+                };
+                if t.leader == node {
+                    return "\tleader".into();
+                }
+                match t.progress.iter().find(|p| p.node == node) {
+                    Some(p) => format!("\t{} entries behind", t.last_log.saturating_sub(p.matched)),
+                    None => String::new(),
+                }
+            };
+            if matches!(cmd, AdminCmd::Nodes) {
+                for n in &s.nodes {
+                    out!(
+                        "{}\t{}\t{}{}",
+                        n.id,
+                        n.addr,
+                        if n.voter { "voter" } else { "learner" },
+                        lag(n.id)
+                    );
+                }
+                return ExitCode::SUCCESS;
+            }
+            if matches!(cmd, AdminCmd::Tablets) {
+                for t in &s.tablets {
+                    let behind: Vec<String> = t
+                        .progress
+                        .iter()
+                        .map(|p| format!("{}:{}", p.node, t.last_log.saturating_sub(p.matched)))
+                        .collect();
+                    out!(
+                        "{}\t[{}, {})\tleader {}\tterm {}\tapplied {}\tvoters {:?}\tlearners {:?}\tbehind {}",
+                        t.id,
+                        tafdb::error::escape(&t.start),
+                        if t.end.is_empty() {
+                            "end".to_string()
+                        } else {
+                            tafdb::error::escape(&t.end)
+                        },
+                        t.leader,
+                        t.term,
+                        t.applied,
+                        t.voters,
+                        t.learners,
+                        if behind.is_empty() {
+                            "(ask the leader)".to_string()
+                        } else {
+                            behind.join(",")
+                        }
+                    );
+                }
+                return ExitCode::SUCCESS;
+            }
             if s.node == 0 {
                 out!("node at {addr}: embedded (not a cluster node)");
             } else {
