@@ -809,6 +809,21 @@ impl Client {
 
     /// Runs the namespace checker on the server; `progress` hears where it is.
     pub async fn fsck(&self, mut progress: impl FnMut(&proto::FsckProgress)) -> Result<Report> {
+        // A check cut off by a leader change (EAGAIN in the middle of the stream) runs again
+        // from the start: it only reads.
+        let mut again = 0u32;
+        loop {
+            match self.fsck_once(&mut progress).await {
+                Err(e) if e.errno == Errno::EAGAIN && again < self.retries => {
+                    again += 1;
+                    tokio::time::sleep(Duration::from_millis(5 << again.min(8))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn fsck_once(&self, progress: &mut impl FnMut(&proto::FsckProgress)) -> Result<Report> {
         let mut stream = self
             .call(|mut c| {
                 let req = proto::FsckRequest {

@@ -681,6 +681,15 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
     }
 }
 
+/// A tablet's key range, `[start, end)`, escaped.
+fn range(t: &mantle::proto::TabletInfo) -> String {
+    let end = match t.end.is_empty() {
+        true => "end".to_string(),
+        false => tafdb::error::escape(&t.end),
+    };
+    format!("[{}, {end})", tafdb::error::escape(&t.start))
+}
+
 async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
     let url = if addr.contains("://") {
         addr.to_string()
@@ -778,14 +787,9 @@ async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
                         .map(|p| format!("{}:{}", p.node, t.last_log.saturating_sub(p.matched)))
                         .collect();
                     out!(
-                        "{}\t[{}, {})\tleader {}\tterm {}\tapplied {}\tvoters {:?}\tlearners {:?}\tbehind {}",
+                        "{}\t{}\tleader {}\tterm {}\tapplied {}\tvoters {:?}\tlearners {:?}\tbehind {}",
                         t.id,
-                        tafdb::error::escape(&t.start),
-                        if t.end.is_empty() {
-                            "end".to_string()
-                        } else {
-                            tafdb::error::escape(&t.end)
-                        },
+                        range(t),
                         t.leader,
                         t.term,
                         t.applied,
@@ -817,14 +821,9 @@ async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
             out!("tablets:");
             for t in &s.tablets {
                 out!(
-                    "  {}\t[{}, {})\tleader {}\tterm {}\tapplied {}\tvoters {:?}\tlearners {:?}{}",
+                    "  {}\t{}\tleader {}\tterm {}\tapplied {}\tvoters {:?}\tlearners {:?}{}",
                     t.id,
-                    tafdb::error::escape(&t.start),
-                    if t.end.is_empty() {
-                        "end".to_string()
-                    } else {
-                        tafdb::error::escape(&t.end)
-                    },
+                    range(t),
                     if t.leader == 0 {
                         "none".to_string()
                     } else {
