@@ -233,7 +233,7 @@ pub async fn serve(
         (None, _) => None,
         (Some((n, _)), None) => Some(tafdb::raft::Peers::new(*n)),
         (Some((n, _)), Some(s)) => {
-            Some(tafdb::raft::Peers::new(*n).with_auth(&format!("Bearer {s}"))?)
+            Some(tafdb::raft::Peers::new(*n).with_auth(&crate::auth::bearer(s))?)
         }
     };
     let router = tafdb::raft::RaftRouter::new();

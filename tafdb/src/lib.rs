@@ -10,7 +10,9 @@
 //! ([`mvcc::DeltaOp`]) let many transactions bump one counter without conflicting; stable
 //! reads ([`Txn::get_stable`]) let a transaction depend on a record that others bump by delta.
 //! Configured hot keys take a pessimistic FIFO lock queue instead ([`lockq`]). Timestamps come
-//! from a persistent oracle ([`tso::Tso`]). Each tablet's Raft log is a LogBlob of a local
+//! from a persistent oracle ([`tso::Tso`]); in a cluster its high-water mark is an entry of
+//! the first tablet's Raft log ([`tso::Tso::replicated`]), so a new leader never hands out a
+//! timestamp below the old one's. Each tablet's Raft log is a LogBlob of a local
 //! [`chunk_backend`] store ([`raft::LogStore`]); small state files go through
 //! [`chunk_backend::atomic`]. [`Db::snapshot`] holds one state open for long readers (fsck), and
 //! [`Db::collect_garbage`] clears what crashed 2PC coordinators leave behind. Field sets
@@ -21,7 +23,8 @@
 //! ([`Error::Undetermined`]). A tablet can be one replica of a group spread over nodes
 //! ([`tablet::Replication`], [`DbConfig::cluster`]): Raft messages travel over gRPC
 //! ([`raft::net`]: one service per node, routed by group id; one channel per peer), and a
-//! replica serves only while it leads, each read confirmed with a quorum. The `failpoints`
+//! replica serves only while it leads, each read confirmed with a quorum. A replica that joins
+//! or falls behind the purged log receives the tablet as a full snapshot streamed from a file. The `failpoints`
 //! feature compiles in the fault-injection points the `failpoints` tests use.
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace

@@ -110,6 +110,31 @@ async fn three_nodes_with(config: &TabletConfig) -> Vec<Node> {
     nodes
 }
 
+/// Has the leader behind `raft` snapshot and purge its log beyond `index` (within `within`).
+async fn purge_past(raft: &tafdb::raft::Raft, index: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let _ = raft.trigger().snapshot().await;
+        let snap = raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
+        if snap > index {
+            let _ = raft.trigger().purge_log(snap).await;
+        }
+        if raft
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|p| p.index > index)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not purge its log past {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Opens replica `id` of the tablet in a new directory, serving Raft on `l`.
 async fn start_node(
     id: u64,
@@ -360,27 +385,7 @@ async fn a_replica_added_after_the_log_was_purged_installs_a_streamed_snapshot()
     }
     // Flushed, snapshotted and purged: the first entries are gone from the leader's log.
     let raft = leader.tablet.raft();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let _ = raft.trigger().snapshot().await;
-        let snap = raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
-        if snap > 300 {
-            let _ = raft.trigger().purge_log(snap).await;
-        }
-        if raft
-            .metrics()
-            .borrow()
-            .purged
-            .is_some_and(|p| p.index > 300)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader did not purge its log"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    purge_past(raft, 300, Duration::from_secs(20)).await;
     let l4 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l4.local_addr().expect("addr").to_string();
     let fourth = start_node(4, l4, None, &config).await;
@@ -463,28 +468,8 @@ async fn shipping_a_large_tablet_takes_bounded_memory() {
             .expect("commit");
     }
     let raft = leader.tablet.raft();
-    let deadline = Instant::now() + Duration::from_secs(120);
     let last = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-    loop {
-        let _ = raft.trigger().snapshot().await;
-        let snap = raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
-        if snap + 10 > last {
-            let _ = raft.trigger().purge_log(snap).await;
-        }
-        if raft
-            .metrics()
-            .borrow()
-            .purged
-            .is_some_and(|p| p.index + 10 > last)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader did not purge its log"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    purge_past(raft, last - 10, Duration::from_secs(120)).await;
     // Peak RSS from here on.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = peak_rss_kib();

@@ -3,7 +3,9 @@
 //! A Raft entry carries a batch of [`Command`](crate::command::Command)s, encoded once as a
 //! [`CommandBatch`] (the tablet batches concurrent proposals so that one entry, one `fdatasync`
 //! and one round of openraft bookkeeping serve many
-//! transactions). Applying a batch yields one [`CommandResult`] per command.
+//! transactions). Applying a batch yields one [`CommandResult`] per command. Snapshots are
+//! files: a small durable reference for the replica itself, or a full snapshot of every engine
+//! row (`snapshot_file`) for another replica.
 
 mod log_store;
 pub mod net;
