@@ -64,6 +64,13 @@ pub fn racing_flusher(cfg: &mut DbConfig) {
     cfg.tablet.flush_interval_ms = 1;
 }
 
+/// Mantle's distributed layout on one node: the system table, the Index table and the Meta
+/// table in tablets of their own, and the Meta table cut at inode 32 (so a directory and its
+/// children often live in different tablets). Operations then commit in two phases.
+pub fn distributed_layout(cfg: &mut DbConfig) {
+    cfg.split_keys = vec![vec![1], vec![2], vec![2, 0, 0, 0, 0, 0, 0, 0, 32]];
+}
+
 pub fn root() -> Cred {
     Cred::root()
 }

@@ -82,7 +82,7 @@ async fn healthy() -> (Fixture, Tree) {
 
 /// The current value of `key`, which must exist.
 async fn raw(f: &Fixture, key: &[u8]) -> Vec<u8> {
-    let snap = f.db.snapshot().expect("snapshot");
+    let snap = f.db.snapshot().await.expect("snapshot");
     f.db.get_at(key, snap.ts())
         .await
         .expect("get")

@@ -628,3 +628,13 @@ proptest! {
         runtime().block_on(run_case(&ops, racing_flusher, true))?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    /// The same model in the distributed layout (system, Index and Meta tables in tablets of
+    /// their own, the Meta table cut in two): most operations commit in two phases.
+    #[test]
+    fn service_matches_the_tree_model_across_tablets(ops in prop::collection::vec(op(), 1..60)) {
+        runtime().block_on(run_case(&ops, distributed_layout, false))?;
+    }
+}

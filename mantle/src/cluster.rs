@@ -372,13 +372,65 @@ impl proto::cluster_server::Cluster for ClusterApi {
         &self,
         _r: Request<proto::TimestampRequest>,
     ) -> Result<Response<proto::TimestampReply>, Status> {
-        match self.db.timestamp() {
+        match self.db.timestamp().await {
             Ok(ts) => Ok(Response::new(proto::TimestampReply { ts })),
             // No timestamp was handed out: the caller may ask again (another node).
             Err(e @ (tafdb::Error::NotLeader { .. } | tafdb::Error::Busy(_))) => {
                 Err(Status::unavailable(e.to_string()))
             }
             Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn move_leader(
+        &self,
+        r: Request<proto::MoveLeaderRequest>,
+    ) -> Result<Response<proto::MoveLeaderReply>, Status> {
+        self.admin(&r)?;
+        let r = r.into_inner();
+        let Some(t) = self
+            .db
+            .tablets()
+            .iter()
+            .find(|t| t.id() == r.tablet)
+            .cloned()
+        else {
+            return Err(Status::not_found(format!("no tablet {}", r.tablet)));
+        };
+        let voter = t
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == r.node);
+        if !voter {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not a voter of tablet {}",
+                r.node, r.tablet
+            )));
+        }
+        // Ask again while the election is lost to a timing race (the target's log was a
+        // heartbeat behind); give up after 10 s and say who leads.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = t.raft().metrics().borrow().current_leader;
+            if leader == Some(r.node) {
+                return Ok(Response::new(proto::MoveLeaderReply { leader: r.node }));
+            }
+            if Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "node {} did not win the election of tablet {} within 10 s (node {} leads)",
+                    r.node,
+                    r.tablet,
+                    leader.map_or("none".into(), |l| l.to_string())
+                )));
+            }
+            if let Err(e) = self.db.elect(r.tablet, Some(r.node)).await {
+                tracing::debug!(error = %e, "asking for an election");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
@@ -472,17 +524,27 @@ impl<S> Forward<S> {
         req: &http::Request<Body>,
     ) -> Option<Result<tonic::transport::Channel, Status>> {
         let path = req.uri().path();
-        let forwardable = path.starts_with("/mantle.v1.Mantle/")
-            || path == "/mantle.v1.Cluster/Join"
+        let namespace = path.starts_with("/mantle.v1.Mantle/");
+        // Membership changes need the leader of every group.
+        let membership = path == "/mantle.v1.Cluster/Join"
             || path == "/mantle.v1.Cluster/Promote"
-            || path == "/mantle.v1.Cluster/RemoveNode"
-            || path == "/mantle.v1.Cluster/Timestamp";
-        if !forwardable || req.headers().contains_key(FORWARDED) || self.db.is_serving() {
+            || path == "/mantle.v1.Cluster/RemoveNode";
+        if !(namespace || membership)
+            || req.headers().contains_key(FORWARDED)
+            || self.db.is_serving()
+        {
             return None;
         }
-        let Some(leader) = self.db.leader_hint().filter(|l| *l != self.peers.me()) else {
+        let Some(leader) = self.db.sole_leader().filter(|l| *l != self.peers.me()) else {
+            // The tablets' leaders are on different nodes (or being elected): a namespace call
+            // is coordinated here, its steps going to each tablet's leader.
+            if namespace {
+                return None;
+            }
             return Some(Err(Status::unavailable(
-                "this node does not lead, and no leader is known yet (an election may be under way)",
+                "cluster membership changes need one node leading every tablet, and none does \
+                 now (an election may be under way, or the leaders were moved apart: \
+                 mantle admin move-leader)",
             )));
         };
         let Some((_, addr)) = member(&self.db, |id| id == leader) else {

@@ -70,6 +70,30 @@ pub struct ServerConfig {
     pub raft_election_ms: u64,
     /// Access tokens (`None`: open, see [`crate::auth`]).
     pub tokens: Option<Arc<crate::auth::Tokens>>,
+    /// How a new store's key space is cut into tablets (an existing store keeps its own).
+    pub layout: Layout,
+}
+
+/// How a new store's key space is cut into tablets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One tablet holds every table (MantleX): every operation is one-phase.
+    #[default]
+    Single,
+    /// The system table, the Index table (the IndexNode) and the Meta table in tablets of
+    /// their own, which a cluster can lead from different nodes; operations that touch
+    /// several commit in two phases.
+    Tables,
+}
+
+impl Layout {
+    /// The split keys of the layout.
+    pub fn split_keys(self) -> Vec<Vec<u8>> {
+        match self {
+            Layout::Single => Vec::new(),
+            Layout::Tables => vec![vec![1], vec![2]],
+        }
+    }
 }
 
 /// What clients may hold of the server (see [`crate::limits`]); `docs/operations.md` lists
@@ -123,12 +147,14 @@ impl ServerConfig {
             raft_heartbeat_ms: 50,
             raft_election_ms: 250,
             tokens: None,
+            layout: Layout::Single,
         }
     }
 
     /// The store's configuration.
     pub fn store(&self) -> DbConfig {
         let mut cfg = DbConfig::new(&self.data);
+        cfg.split_keys = self.layout.split_keys();
         if let Some(ms) = self.mvcc_window_ms {
             cfg.tablet.window_ms = ms;
         }

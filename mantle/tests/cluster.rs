@@ -14,39 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{spawn_server, Killed};
+use common::cluster::{finish, settled, status, Cluster};
+use common::spawn_server;
 use mantle::client::Client;
 use mantle::proto::cluster_client::ClusterClient;
-
-async fn status(addr: &str) -> Option<mantle::proto::ClusterStatusReply> {
-    let mut c = ClusterClient::connect(format!("http://{addr}"))
-        .await
-        .ok()?;
-    Some(
-        c.status(mantle::proto::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
-}
-
-/// Waits until `addr` sees `voters` voters and a leader; returns the leader's id.
-async fn settled(addr: &str, voters: usize) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(s) = status(addr).await {
-            let t = &s.tablets[0];
-            if t.voters.len() == voters && t.leader != 0 {
-                return t.leader;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not settle at {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The names of `acked` that `c` does not list under `/`.
 async fn lost(c: &Client, acked: &[String]) -> Vec<String> {
@@ -202,94 +173,6 @@ async fn check_history(tasks: Vec<tokio::task::JoinHandle<History>>) -> (usize, 
 }
 
 /// Tells the load tasks to stop, and waits for them.
-async fn finish(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("task");
-    }
-}
-
-/// A cluster of real `mantle serve` processes on loopback (ports from port 0): node 1 with
-/// `--init`, the others joined through it, every one with the same `extra` flags.
-struct Cluster {
-    dirs: Vec<tempfile::TempDir>,
-    procs: Killed,
-    addrs: Vec<String>,
-    extra: Vec<String>,
-}
-
-impl Cluster {
-    /// Starts `n` nodes and waits until the last one sees them all as voters, and a leader.
-    async fn start(n: usize, extra: &[&str]) -> Cluster {
-        let dirs: Vec<tempfile::TempDir> =
-            (0..n).map(|_| tempfile::tempdir().expect("dir")).collect();
-        let mut procs = Killed(Vec::new());
-        let mut addrs: Vec<String> = Vec::new();
-        for d in &dirs {
-            let mut args: Vec<&str> = match addrs.first() {
-                None => vec!["--init"],
-                Some(first) => vec!["--join", first],
-            };
-            args.extend_from_slice(extra);
-            let (c, a) = spawn_server(d.path(), &args);
-            procs.0.push(c);
-            addrs.push(a);
-        }
-        settled(&addrs[n - 1], n).await;
-        Cluster {
-            dirs,
-            procs,
-            addrs,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    /// Every node's address, comma-separated (what a client that knows them all is given).
-    fn all(&self) -> String {
-        self.addrs.join(",")
-    }
-
-    /// SIGKILLs node `i` (0-based) and reaps it.
-    fn kill(&mut self, i: usize) {
-        self.procs.0[i].kill().expect("kill -9");
-        self.procs.0[i].wait().expect("wait");
-    }
-
-    /// Starts node `i` again on its data directory and address.
-    fn restart(&mut self, i: usize) {
-        let port = self.addrs[i].rsplit(':').next().expect("port").to_string();
-        self.procs.0[i] = common::mantle_bin()
-            .args(["serve", "--data"])
-            .arg(self.dirs[i].path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(&self.extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("restart");
-    }
-
-    /// Waits (up to a minute) until node `i` has applied within `slack` entries of node `of`.
-    async fn caught_up(&self, i: usize, of: usize, slack: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let target = status(&self.addrs[of]).await.map(|s| s.tablets[0].applied);
-            let now = status(&self.addrs[i]).await.map(|s| s.tablets[0].applied);
-            if let (Some(t), Some(n)) = (target, now) {
-                if n + slack >= t {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not catch up ({now:?} of {target:?})",
-                i + 1
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_survives_the_loss_of_its_leader() {
     let mut cl = Cluster::start(3, &[]).await;
@@ -649,17 +532,35 @@ async fn a_node_joins_and_is_removed() {
 async fn spark_commits_survive_a_leader_kill() {
     let mut cl = Cluster::start(3, &[]).await;
     let all = cl.all();
-    let driver = Client::connect(&all).await.expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let tasks = spark_load(&all, 64, &stop, &committed).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = committed.lock().expect("lock").len();
+    cl.kill(0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    finish(&stop, tasks).await;
+    check_spark(&cl.addrs[1..].join(","), &committed, before).await;
+}
+
+/// `tasks` Spark tasks, each with every node's address (`all`), commit attempts as Spark does
+/// (mkdir a temporary attempt directory, three files in it, rename it to its part name) until
+/// `stop`; acknowledged commits go to `committed`.
+async fn spark_load(
+    all: &str,
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+    committed: &Arc<Mutex<Vec<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let driver = Client::connect(all).await.expect("connect");
     driver
         .mkdir_p("/job/_temporary", 0o755)
         .await
         .expect("job dirs");
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for t in 0..64usize {
-        let (all, stop, committed) = (all.clone(), stop.clone(), committed.clone());
-        tasks.push(tokio::spawn(async move {
+    let mut out = Vec::new();
+    for t in 0..tasks {
+        let (all, stop, committed) = (all.to_string(), stop.clone(), committed.clone());
+        out.push(tokio::spawn(async move {
             let c = Client::connect(&all)
                 .await
                 .expect("connect")
@@ -684,20 +585,19 @@ async fn spark_commits_survive_a_leader_kill() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = committed.lock().expect("lock").len();
-    cl.kill(0);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    finish(&stop, tasks).await;
+    out
+}
+
+/// Every acknowledged commit is listed once, with its three files, and its temporary
+/// directory is gone; more commits than `before` were acknowledged; fsck is clean.
+async fn check_spark(addrs: &str, committed: &Mutex<Vec<String>>, before: usize) {
     let committed = committed.lock().expect("lock").clone();
     println!(
         "{} commits acknowledged ({before} before the kill)",
         committed.len()
     );
     assert!(committed.len() > before, "no commit after the kill");
-    let c = Client::connect(&cl.addrs[1..].join(","))
-        .await
-        .expect("connect");
+    let c = Client::connect(addrs).await.expect("connect");
     let listed: Vec<String> = c
         .list("/job", false)
         .await
@@ -725,6 +625,63 @@ async fn spark_commits_survive_a_leader_kill() {
     }
     let report = c.fsck(|_| {}).await.expect("fsck");
     assert!(report.is_clean(), "{report}");
+}
+
+/// Waits until `addr` sees tablet `tablet` led by `node`.
+async fn led_by(addr: &str, tablet: u64, node: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status(addr).await {
+            if s.tablets.iter().any(|t| t.id == tablet && t.leader == node) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tablet {tablet} is not led by node {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The distributed layout (`--layout tables`: the system, Index and Meta tables in tablets of
+/// their own) with each tablet led by a different node (`mantle admin move-leader`): a node
+/// coordinates every call it receives across the three leaders, and an operation that
+/// touches the Index and Meta tablets commits in two phases across nodes. The Spark commit
+/// pattern from 32 tasks through every node goes on when the Index tablet's leader is
+/// SIGKILLed; every acknowledged commit is there, fsck is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_commits_across_tablet_leaders_on_three_nodes() {
+    let mut cl = Cluster::start(3, &["--layout", "tables"]).await;
+    let s = status(&cl.addrs[0]).await.expect("status");
+    assert_eq!(s.tablets.len(), 3, "the tables layout has three tablets");
+    for (tablet, node) in [(1u64, 2u64), (2, 3)] {
+        let out = common::cli_ok(
+            &cl.addrs[0],
+            &[
+                "admin".as_ref(),
+                "move-leader".as_ref(),
+                tablet.to_string().as_ref(),
+                node.to_string().as_ref(),
+            ],
+        );
+        assert!(out.contains(&format!("led by node {node}")), "{out}");
+    }
+    led_by(&cl.addrs[0], 0, 1).await;
+    led_by(&cl.addrs[0], 1, 2).await;
+    led_by(&cl.addrs[0], 2, 3).await;
+    let all = cl.all();
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let tasks = spark_load(&all, 32, &stop, &committed).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = committed.lock().expect("lock").len();
+    // Node 2 leads the Index tablet.
+    cl.kill(1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    finish(&stop, tasks).await;
+    let left = format!("{},{}", cl.addrs[0], cl.addrs[2]);
+    check_spark(&left, &committed, before).await;
 }
 
 /// Five nodes lose two at once, a follower and then the leader (SIGKILL), under a create load

@@ -13,6 +13,7 @@ use crate::coprocessor::{BoxFuture, Coprocessor};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyRange, Value};
 use crate::lockq::{LockSet, LockTable};
+use crate::remote::{Oracle, Remote, Route};
 use crate::space::SpaceGuard;
 use crate::tablet::{PipelineRuntime, Tablet, TabletConfig};
 use crate::tso::{now_ms, Tso};
@@ -122,6 +123,8 @@ pub struct Db {
     /// The task that watches it, and how to stop it.
     space_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop_space: tokio::sync::watch::Sender<bool>,
+    /// Timestamps from the replicated oracle (in a cluster), here or on another node.
+    oracle: Arc<Oracle>,
 }
 
 /// A snapshot held open on every tablet ([`Db::snapshot`]): reads at its timestamp never fail
@@ -237,7 +240,15 @@ impl Db {
             space,
             space_task: parking_lot::Mutex::new(None),
             stop_space: tokio::sync::watch::channel(false).0,
+            oracle: Arc::new(Oracle::default()),
         });
+        if let Some(c) = &db.config.cluster {
+            db.oracle.set_db(&db);
+            for t in &db.tablets {
+                t.set_timestamps(db.oracle.clone());
+            }
+            c.router.serve_db(&db);
+        }
         {
             let weak = Arc::downgrade(&db);
             let mut stop = db.stop_space.subscribe();
@@ -276,8 +287,8 @@ impl Db {
                 loop {
                     tick.tick().await;
                     let Some(db) = weak.upgrade() else { return };
-                    // A replica that does not lead has nothing to collect: its leader does.
-                    if !db.is_serving() {
+                    // A node collects on the tablets it leads; the others' leaders do theirs.
+                    if !db.tablets.iter().any(|t| t.is_serving()) {
                         continue;
                     }
                     if let Err(e) = db.collect_garbage().await {
@@ -359,13 +370,20 @@ impl Db {
         &self.space
     }
 
-    /// Holds a snapshot open on every tablet at a fresh timestamp (see [`Snapshot`]).
-    pub fn snapshot(&self) -> Result<Snapshot> {
+    /// Holds a snapshot open on every tablet at a fresh timestamp (see [`Snapshot`]). In a
+    /// cluster only the tablets this node leads are pinned: reads of the others at the
+    /// snapshot may fail with `SnapshotTooOld` once it leaves their MVCC window.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut last = None;
         for _ in 0..self.config.max_attempts.max(1) {
-            let ts = self.timestamp()?;
+            let ts = self.timestamp().await?;
             let mut pins = Vec::with_capacity(self.tablets.len());
-            for t in &self.tablets {
+            let local: Vec<&Arc<Tablet>> = self
+                .tablets
+                .iter()
+                .filter(|t| self.config.cluster.is_none() || t.is_serving())
+                .collect();
+            for t in &local {
                 match t.pin(ts) {
                     Ok(p) => pins.push(p),
                     // A flush overtook the fresh timestamp (a tiny MVCC window): take another.
@@ -376,7 +394,7 @@ impl Db {
                     Err(e) => return Err(e),
                 }
             }
-            if pins.len() == self.tablets.len() {
+            if pins.len() == local.len() {
                 return Ok(Snapshot { ts, _pins: pins });
             }
         }
@@ -394,7 +412,14 @@ impl Db {
     pub async fn collect_garbage(&self) -> Result<GcOutcome> {
         let mut out = GcOutcome::default();
         let now = now_ms();
-        for t in &self.tablets {
+        // Each node collects on the tablets it leads.
+        let mine: Vec<Arc<Tablet>> = self
+            .tablets
+            .iter()
+            .filter(|t| t.is_serving())
+            .cloned()
+            .collect();
+        for t in &mine {
             for (key, rec) in t.scan_locks(t.range())? {
                 let expired = rec
                     .writers
@@ -411,7 +436,7 @@ impl Db {
         // The oldest transaction that still holds a lock anywhere may still need its status.
         let mut oldest = u64::MAX;
         for t in &self.tablets {
-            for (_, rec) in t.scan_locks(t.range())? {
+            for (_, rec) in self.route(t)?.scan_locks(t.range()).await? {
                 let owners = rec.writers.iter().map(|w| w.start_ts);
                 let owners = owners.chain(rec.readers.iter().map(|r| r.start_ts));
                 oldest = owners.fold(oldest, u64::min);
@@ -421,7 +446,7 @@ impl Db {
             crate::tso::ts_from_ms(now_ms().saturating_sub(self.config.status_horizon_ms));
         let below = oldest.min(horizon);
         const CHUNK: usize = 4096;
-        for t in &self.tablets {
+        for t in &mine {
             loop {
                 let list = t.statuses_below(below, CHUNK)?;
                 let n = list.len();
@@ -443,21 +468,130 @@ impl Db {
         &self.tso
     }
 
-    /// A fresh timestamp from the oracle. In a cluster, a node that does not lead the group
-    /// carrying the oracle's marks has none to hand out: that is [`Error::NotLeader`] (naming
-    /// the leader if known), like any other call there.
-    pub fn timestamp(&self) -> Result<u64> {
-        self.tso
-            .next()
-            .map_err(|e| match (&e, self.tablets.first()) {
-                (Error::Busy(_), Some(t)) if self.tso.is_replicated() && !t.is_serving() => {
-                    Error::NotLeader {
-                        tablet: t.id(),
-                        leader: t.raft().metrics().borrow().current_leader,
-                    }
-                }
-                _ => e,
-            })
+    /// A fresh timestamp from the oracle: greater than every timestamp handed out before
+    /// this call, on any node. In a cluster the oracle lives with the leader of the first
+    /// tablet, here or on another node (see [`crate::remote`]).
+    pub async fn timestamp(&self) -> Result<u64> {
+        self.timestamps(1).await
+    }
+
+    /// `n` consecutive fresh timestamps (the first), like [`Db::timestamp`].
+    pub async fn timestamps(&self, n: u32) -> Result<u64> {
+        if self.config.cluster.is_some() {
+            self.oracle.next_n(n).await
+        } else {
+            self.tso.next_n(n)
+        }
+    }
+
+    /// Timestamps from this node's own oracle, which must lead the first tablet's group. It
+    /// first confirms with a quorum that it still leads (one round for every caller waiting),
+    /// so that a deposed leader that has not noticed yet cannot hand out timestamps below the
+    /// ones its successor gave.
+    pub(crate) async fn local_timestamps(&self, n: u32) -> Result<u64> {
+        let first = self.tablets.first().ok_or(Error::Shutdown)?;
+        if self.config.cluster.is_none() {
+            return self.tso.next_n(n);
+        }
+        first.check_serving()?;
+        first.confirm_reads().await?;
+        self.tso.next_n(n).map_err(|e| match e {
+            Error::Busy(_) if !first.is_serving() => Error::NotLeader {
+                tablet: first.id(),
+                leader: first.raft().metrics().borrow().current_leader,
+            },
+            e => e,
+        })
+    }
+
+    /// Where the transaction steps of tablet `t` go from this node: its own replica if that
+    /// serves (always, in the embedded mode), otherwise the node that leads the group.
+    pub(crate) fn route(&self, t: &Arc<Tablet>) -> Result<Route> {
+        let Some(c) = &self.config.cluster else {
+            return Ok(Route::Local(t.clone()));
+        };
+        if t.is_serving() {
+            return Ok(Route::Local(t.clone()));
+        }
+        let (leader, addr) = {
+            let m = t.raft().metrics();
+            let m = m.borrow();
+            let leader = m.current_leader.filter(|l| *l != c.node);
+            let addr = leader.and_then(|l| {
+                m.membership_config
+                    .nodes()
+                    .find(|(id, _)| **id == l)
+                    .map(|(_, n)| n.addr.clone())
+            });
+            (leader, addr)
+        };
+        let (Some(node), Some(addr)) = (leader, addr) else {
+            return Err(Error::NotLeader {
+                tablet: t.id(),
+                leader: None,
+            });
+        };
+        let channel = c.peers.channel(node, &addr).map_err(|_| Error::NotLeader {
+            tablet: t.id(),
+            leader: Some(node),
+        })?;
+        Ok(Route::Remote(Remote {
+            tablet: t.id(),
+            node,
+            me: c.node,
+            channel,
+            auth: c.peers.auth().cloned(),
+        }))
+    }
+
+    /// [`Db::route`] of the tablet holding `key`.
+    pub(crate) fn route_for(&self, key: &[u8]) -> Result<Route> {
+        self.route(self.tablet_for(key))
+    }
+
+    /// Asks this node's replica of tablet `tablet` to stand for election, or (with `node`)
+    /// asks node `node` to: leadership moves there if its log is up to date. For placing
+    /// leaders (and for tests).
+    pub async fn elect(&self, tablet: u64, node: Option<u64>) -> Result<()> {
+        let t = self
+            .tablets
+            .iter()
+            .find(|t| t.id() == tablet)
+            .ok_or_else(|| Error::InvalidArgument(format!("no tablet {tablet}")))?;
+        let c = self.config.cluster.as_ref();
+        match (c, node) {
+            (Some(c), Some(n)) if n != c.node => {
+                let addr = t
+                    .raft()
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .nodes()
+                    .find(|(id, _)| **id == n)
+                    .map(|(_, b)| b.addr.clone())
+                    .ok_or_else(|| Error::InvalidArgument(format!("node {n} is not a member")))?;
+                let channel = c
+                    .peers
+                    .channel(n, &addr)
+                    .map_err(|e| Error::Raft(e.to_string()))?;
+                let r = Remote {
+                    tablet,
+                    node: n,
+                    me: c.node,
+                    channel,
+                    auth: c.peers.auth().cloned(),
+                };
+                r.call(&crate::remote::Request::Elect, false)
+                    .await
+                    .map(|_| ())
+            }
+            _ => t
+                .raft()
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| Error::Raft(e.to_string())),
+        }
     }
 
     /// Whether every tablet is served here (always, in the embedded mode; in a cluster, while
@@ -466,13 +600,15 @@ impl Db {
         self.tablets.iter().all(|t| t.is_serving())
     }
 
-    /// The node that leads the first tablet that is not served here, as far as this node
-    /// knows (`None` if every tablet is served here, or no leader is known).
-    pub fn leader_hint(&self) -> Option<u64> {
-        self.tablets
+    /// The node that leads every tablet, as far as this node knows, if one does (`None`
+    /// while a leader is unknown or the leaders are on different nodes).
+    pub fn sole_leader(&self) -> Option<u64> {
+        let mut leaders = self
+            .tablets
             .iter()
-            .find(|t| !t.is_serving())
-            .and_then(|t| t.raft().metrics().borrow().current_leader)
+            .map(|t| t.raft().metrics().borrow().current_leader);
+        let first = leaders.next().flatten()?;
+        leaders.all(|l| l == Some(first)).then_some(first)
     }
 
     /// Every tablet, in key order.
@@ -501,10 +637,10 @@ impl Db {
     }
 
     /// Starts a transaction at a fresh snapshot.
-    pub fn begin(self: &Arc<Self>) -> Result<Txn> {
+    pub async fn begin(self: &Arc<Self>) -> Result<Txn> {
         Ok(Txn::new(
             self.clone(),
-            self.timestamp()?,
+            self.timestamp().await?,
             LockSet::default(),
         ))
     }
@@ -532,15 +668,29 @@ impl Db {
             attempt += 1;
             // The snapshot is taken after any carried locks were granted, so it already holds
             // the writes of their previous holders.
-            let mut txn = Txn::new(self.clone(), self.timestamp()?, locks.clone());
-            let res = match f(&mut txn).await {
-                Ok(v) => txn.commit().await.map(|_| v),
+            let res = match self.timestamp().await {
+                Ok(ts) => {
+                    let mut txn = Txn::new(self.clone(), ts, locks.clone());
+                    match f(&mut txn).await {
+                        Ok(v) => txn.commit().await.map(|_| v),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match res {
                 Ok(v) => {
                     self.locks.release(&locks);
                     return Ok(v);
+                }
+                // In a cluster a tablet's leader may be moving: the step did not happen, and
+                // the next attempt routes to the new leader once one is known.
+                Err(e @ (Error::NotLeader { .. } | Error::Busy(_)))
+                    if self.config.cluster.is_some() && attempt < self.config.max_attempts =>
+                {
+                    tracing::debug!(attempt, error = %e, "retrying after a leader change");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10))))
+                        .await;
                 }
                 Err(e) if e.is_retryable() => {
                     if let Error::Locked { key, .. } = &e {
@@ -601,7 +751,7 @@ impl Db {
     /// tables included), in key order. It visits whole engines: for checkers such as `fsck`,
     /// not for queries. Commits in flight at the snapshot are waited for.
     pub async fn dump(&self, range: &KeyRange) -> Result<Vec<(Key, Value)>> {
-        let snap = self.snapshot()?;
+        let snap = self.snapshot().await?;
         self.dump_at(range, snap.ts()).await
     }
 
@@ -612,7 +762,7 @@ impl Db {
         let mut out = Vec::new();
         for t in self.tablets_for_range(range) {
             if let Some(piece) = range.intersect(t.range()) {
-                out.extend(t.dump(&piece, ts).await?);
+                out.extend(self.route(&t)?.dump(&piece, ts).await?);
             }
         }
         Ok(out)
@@ -620,7 +770,7 @@ impl Db {
 
     /// A snapshot read, resolving 2PC locks it meets.
     pub async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
-        let tablet = self.tablet_for(key);
+        let tablet = self.route_for(key)?;
         for attempt in 1..=self.config.max_attempts {
             match tablet.get(key, ts).await {
                 Err(Error::Locked { .. }) => {
@@ -648,12 +798,13 @@ impl Db {
             let Some(piece) = range.intersect(t.range()) else {
                 continue;
             };
+            let t = self.route(&t)?;
             let mut attempt = 0;
             let rows = loop {
                 attempt += 1;
                 match t.scan(&piece, ts, limit - out.len()).await {
                     Err(Error::Locked { .. }) if attempt < self.config.max_attempts => {
-                        for (k, _) in t.scan_locks(&piece)? {
+                        for (k, _) in t.scan_locks(&piece).await? {
                             self.resolve_lock(&k).await?;
                         }
                         backoff(attempt).await;
@@ -674,8 +825,8 @@ impl Db {
     /// expired one is rolled back at its primary first (which fails if the primary committed
     /// meanwhile, and then the lock is committed).
     pub async fn resolve_lock(&self, key: &[u8]) -> Result<()> {
-        let tablet = self.tablet_for(key).clone();
-        let rec: LockRecord = tablet.locks(key)?;
+        let tablet = self.route_for(key)?;
+        let rec: LockRecord = tablet.locks(key).await?;
         let mut owners: Vec<(u64, Key, u64)> = rec
             .writers
             .iter()
@@ -687,8 +838,8 @@ impl Db {
                 .map(|r| (r.start_ts, r.primary.clone(), r.lock_ms)),
         );
         for (start_ts, primary, lock_ms) in owners {
-            let ptablet = self.tablet_for(&primary).clone();
-            let status = match ptablet.txn_status(start_ts)? {
+            let ptablet = self.route_for(&primary)?;
+            let status = match ptablet.txn_status(start_ts).await? {
                 Some(s) => s,
                 None if now_ms().saturating_sub(lock_ms) >= self.config.lock_ttl_ms => {
                     let keys = vec![primary.clone()];
@@ -702,7 +853,7 @@ impl Db {
                 }
                 None => continue,
             };
-            let rec = tablet.locks(key)?;
+            let rec = tablet.locks(key).await?;
             match status {
                 TxnStatus::Committed(commit_ts) => {
                     let writes: Vec<_> = rec

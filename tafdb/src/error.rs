@@ -19,7 +19,7 @@ pub enum Error {
         /// The key, printed in escaped form.
         key: String,
         /// What was found.
-        reason: &'static str,
+        reason: std::borrow::Cow<'static, str>,
     },
     /// A read asked for a snapshot older than the in-memory MVCC window.
     #[error("snapshot at ts {ts} is older than the MVCC window (oldest exact ts {floor})")]
@@ -145,7 +145,7 @@ impl Error {
     pub(crate) fn conflict(key: &[u8], reason: &'static str) -> Error {
         Error::Conflict {
             key: escape(key),
-            reason,
+            reason: reason.into(),
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod keys;
 pub mod lockq;
 pub mod mvcc;
 pub mod raft;
+pub(crate) mod remote;
 pub mod space;
 pub mod tablet;
 pub mod tso;

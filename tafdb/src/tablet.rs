@@ -432,13 +432,13 @@ fn blocks_read(marks: &VecDeque<Mark>, ts: u64, horizon: u64) -> bool {
 
 /// A ticket taken but not yet handed to the proposer. Dropping it unused sends a skip, so the
 /// proposer never waits for a ticket whose transaction gave up (or panicked).
-struct Ticket<'a> {
+struct Ticket {
     seq: u64,
     /// `None` once used.
-    tx: Option<&'a mpsc::UnboundedSender<Ticketed>>,
+    tx: Option<mpsc::UnboundedSender<Ticketed>>,
 }
 
-impl Ticket<'_> {
+impl Ticket {
     /// Hands `proposal` to the proposer. Fails after a shutdown, returning the marks that the
     /// proposal held.
     fn propose(mut self, proposal: Proposal) -> std::result::Result<(), Held> {
@@ -453,7 +453,7 @@ impl Ticket<'_> {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Ticketed {
@@ -563,6 +563,12 @@ pub struct Tablet {
     /// Read-index rounds of a replicated tablet (see [`Tablet::confirm_reads`]); `None` for
     /// the only voter of a group, which cannot be deposed.
     reads: Option<ReadIndex>,
+    /// Where commit timestamps come from when the oracle is replicated (it may live on
+    /// another node); set by the database once it is open.
+    timestamps: std::sync::OnceLock<Arc<dyn crate::tso::TimestampSource>>,
+    /// Commits waiting for a ticket with such a timestamp (see
+    /// [`Tablet::ticket_with_replicated_ts`]).
+    ts_waiting: crate::remote::Combiner<(), Result<(Ticket, u64)>>,
 }
 
 /// Leadership confirmations for reads, one round at a time, each shared by every read that
@@ -717,6 +723,8 @@ impl Tablet {
                 state: tokio::sync::Mutex::new((0, Ok(()))),
                 started: std::sync::atomic::AtomicU64::new(0),
             }),
+            timestamps: std::sync::OnceLock::new(),
+            ts_waiting: crate::remote::Combiner::default(),
         });
         if replication.is_none() {
             // The only voter, replayed: it serves from now on.
@@ -873,7 +881,7 @@ impl Tablet {
     }
 
     /// [`Error::NotLeader`] unless this replica serves (see [`Tablet::is_serving`]).
-    fn check_serving(&self) -> Result<()> {
+    pub(crate) fn check_serving(&self) -> Result<()> {
         if self.is_serving() {
             return Ok(());
         }
@@ -889,7 +897,7 @@ impl Tablet {
     /// cannot confirm, so it answers `NotLeader` instead of a stale value. One round serves
     /// every read that arrived before it started: under load, a round per heartbeat trip, not
     /// per read.
-    async fn confirm_reads(&self) -> Result<()> {
+    pub(crate) async fn confirm_reads(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
         let Some(ri) = &self.reads else {
             return Ok(());
@@ -1092,27 +1100,75 @@ impl Tablet {
     }
 
     /// Takes the next ticket; with `commit_ts`, also a commit timestamp, in the same order.
-    fn ticket(&self, commit_ts: bool) -> Result<(Ticket<'_>, u64)> {
+    async fn ticket(&self, commit_ts: bool) -> Result<(Ticket, u64)> {
         if self.is_closed() {
             return Err(Error::Shutdown);
         }
         self.check_serving()?;
+        if commit_ts && self.tso.is_replicated() {
+            if let Some(source) = self.timestamps.get().cloned() {
+                return self.ticket_with_replicated_ts(source).await;
+            }
+            // A tablet opened on its own (not by a database): its own oracle's mark.
+        }
         let mut seq = self.pending.seq.lock();
         let ts = if commit_ts { self.tso.next()? } else { 0 };
         *seq += 1;
         Ok((
             Ticket {
                 seq: *seq,
-                tx: Some(&self.tx),
+                tx: Some(self.tx.clone()),
             },
             ts,
         ))
     }
 
+    /// Lets commits take timestamps from `source` (a replicated oracle, here or on another
+    /// node). Until it is set, a replicated tablet uses its own oracle.
+    pub fn set_timestamps(&self, source: Arc<dyn crate::tso::TimestampSource>) {
+        let _ = self.timestamps.set(source);
+    }
+
+    /// A ticket with a timestamp from a replicated oracle, which may be on another node and
+    /// confirms its leadership before it hands any out: the commits that arrive meanwhile
+    /// share one fetch (whoever runs it serves everyone queued), and take their tickets in
+    /// the order of the timestamps, as the proposer needs (the log stays in commit-timestamp
+    /// order). A ticket whose commit went away is dropped, which skips it.
+    async fn ticket_with_replicated_ts(
+        &self,
+        source: Arc<dyn crate::tso::TimestampSource>,
+    ) -> Result<(Ticket, u64)> {
+        let source = &source;
+        self.ts_waiting
+            .call((), |batch| async move {
+                let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+                match source.next_n(n).await {
+                    Ok(first) => {
+                        let mut seq = self.pending.seq.lock();
+                        for (i, (_, w)) in batch.into_iter().enumerate() {
+                            *seq += 1;
+                            let t = Ticket {
+                                seq: *seq,
+                                tx: Some(self.tx.clone()),
+                            };
+                            // A commit that went away drops the ticket, which skips it.
+                            let _ = w.send(Ok((t, first + i as u64)));
+                        }
+                    }
+                    Err(e) => {
+                        for (_, w) in batch {
+                            let _ = w.send(Err(crate::remote::copy_error(&e)));
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
     /// Hands a command to the proposer under `ticket`.
     fn propose(
         &self,
-        ticket: Ticket<'_>,
+        ticket: Ticket,
         cmd: Command,
         held: Held,
     ) -> Result<oneshot::Receiver<Result<CommandResult>>> {
@@ -1153,7 +1209,7 @@ impl Tablet {
             writes.iter().map(|(k, m)| (k, write_kind(m))),
             |k| self.scannable(k),
         )?;
-        let (ticket, commit_ts) = match self.ticket(true) {
+        let (ticket, commit_ts) = match self.ticket(true).await {
             Ok(t) => t,
             Err(e) => {
                 self.forget(&held);
@@ -1195,7 +1251,7 @@ impl Tablet {
                 .chain(rs.reads.iter().map(|k| (k, MarkKind::Read))),
             |k| self.scannable(k),
         )?;
-        let ticket = match self.ticket(false) {
+        let ticket = match self.ticket(false).await {
             Ok((t, _)) => t,
             Err(e) => {
                 self.forget(&held);
@@ -1232,7 +1288,7 @@ impl Tablet {
         reads: Vec<Key>,
         primary: Option<Key>,
     ) -> Result<CommandResult> {
-        let (ticket, _) = self.ticket(false)?;
+        let (ticket, _) = self.ticket(false).await?;
         let cmd = Command::CommitLocks {
             start_ts,
             commit_ts,
@@ -1251,7 +1307,7 @@ impl Tablet {
         keys: Vec<Key>,
         primary: Option<Key>,
     ) -> Result<CommandResult> {
-        let (ticket, _) = self.ticket(false)?;
+        let (ticket, _) = self.ticket(false).await?;
         let cmd = Command::Rollback {
             start_ts,
             keys,
@@ -1290,7 +1346,7 @@ impl Tablet {
     /// Raises the status safe point to `below` and deletes the status records of `start_ts`
     /// (see [`Command::ForgetStatus`]).
     pub async fn forget_status(&self, below: u64, start_ts: Vec<u64>) -> Result<()> {
-        let (ticket, _) = self.ticket(false)?;
+        let (ticket, _) = self.ticket(false).await?;
         let rx = self.propose(
             ticket,
             Command::ForgetStatus { below, start_ts },

@@ -183,22 +183,30 @@ impl Tso {
     }
 
     /// The next timestamp: greater than every timestamp handed out before, here or before a
-    /// restart.
+    /// restart. A replicated oracle never goes past its mark: when the clock passes it (its
+    /// raise is late) it counts logical ticks below it, and fails with `Busy` when those run
+    /// out.
     pub fn next(&self) -> Result<u64> {
+        self.next_n(1)
+    }
+
+    /// `n` consecutive timestamps (at least one), all greater than every timestamp handed out
+    /// before: returns the first, `first..first + n` are the caller's. For a replicated oracle
+    /// the whole run stays below the mark (see [`Tso::next`]).
+    pub fn next_n(&self, n: u32) -> Result<u64> {
+        let n = u64::from(n.max(1));
         loop {
             let last = self.inner.last.load(Ordering::Acquire);
-            let mut candidate = std::cmp::max(last + 1, ts_from_ms(now_ms()));
+            let mut first = std::cmp::max(last + 1, ts_from_ms(now_ms()));
             let limit = self.inner.limit.load(Ordering::Acquire);
-            if candidate >= limit {
+            if first + n > limit {
                 if !self.inner.replicated {
-                    self.inner.raise_limit(candidate)?;
+                    self.inner.raise_limit(first + n)?;
                     continue;
                 }
-                // The clock passed the replicated mark (its raise is late): keep counting
-                // logical ticks below it.
                 self.inner.raise.notify_one();
-                candidate = last + 1;
-                if candidate >= limit {
+                first = last + 1;
+                if first + n > limit {
                     return Err(Error::Busy(
                         "the timestamp oracle has no replicated mark to hand out below (a new \
                          leader, or the group cannot commit)"
@@ -209,10 +217,10 @@ impl Tso {
             if self
                 .inner
                 .last
-                .compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange_weak(last, first + n - 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                return Ok(candidate);
+                return Ok(first);
             }
         }
     }
@@ -247,6 +255,13 @@ impl Inner {
         self.limit.store(mark, Ordering::Release);
         Ok(())
     }
+}
+
+/// Where a component gets fresh timestamps when the oracle is replicated and may live on
+/// another node (see `crate::remote`).
+pub trait TimestampSource: Send + Sync {
+    /// `n` consecutive fresh timestamps, as [`Tso::next_n`]: the first one.
+    fn next_n(&self, n: u32) -> crate::coprocessor::BoxFuture<'_, Result<u64>>;
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::keys::{check_user_key, check_value, Key, KeyRange, Value};
 use crate::lockq::LockSet;
 use crate::mvcc::{DeltaOp, Mutation, MAX_DELTA_OFFSET};
-use crate::tablet::{ReadSet, Tablet};
+use crate::remote::Route;
+use crate::tablet::ReadSet;
 use crate::tso::now_ms;
 
 /// A transaction. Create one with [`Db::begin`], or let [`Db::run_txn`] manage retries.
@@ -79,7 +80,9 @@ impl Txn {
         if !table.is_hot(key) {
             return Ok(());
         }
-        if table.acquire(locks, key).await? && db.tablet_for(key).changed_since(key, start_ts)? {
+        if table.acquire(locks, key).await?
+            && db.route_for(key)?.changed_since(key, start_ts).await?
+        {
             return Err(Error::conflict(
                 key,
                 "the previous holder of this hot key committed after the snapshot; retrying in the queue",
@@ -293,7 +296,8 @@ impl Txn {
             // One tablet (the single-tablet mode): nothing to group.
             let reads: Vec<Key> = reads.into_iter().collect();
             let stable: Vec<Key> = stable.into_iter().collect();
-            return tablet
+            return db
+                .route(tablet)?
                 .commit_1pc(
                     start_ts,
                     ReadSet {
@@ -307,38 +311,23 @@ impl Txn {
         }
         // Group everything by tablet.
         let mut parts: BTreeMap<u64, Part> = BTreeMap::new();
+        // A route is taken once per tablet, so that every step of this commit on a tablet
+        // goes to the same leader.
         for (k, m) in writes {
-            let t = db.tablet_for(&k).clone();
-            parts
-                .entry(t.id())
-                .or_insert_with(|| Part::new(t))
+            part(&db, &mut parts, db.tablet_for(&k))?
                 .writes
                 .push((k, m));
         }
         for k in reads {
-            let t = db.tablet_for(&k).clone();
-            parts
-                .entry(t.id())
-                .or_insert_with(|| Part::new(t))
-                .reads
-                .push(k);
+            part(&db, &mut parts, db.tablet_for(&k))?.reads.push(k);
         }
         for k in stable {
-            let t = db.tablet_for(&k).clone();
-            parts
-                .entry(t.id())
-                .or_insert_with(|| Part::new(t))
-                .stable
-                .push(k);
+            part(&db, &mut parts, db.tablet_for(&k))?.stable.push(k);
         }
         for r in scans {
             for t in db.tablets_for_range(&r) {
                 if let Some(piece) = r.intersect(t.range()) {
-                    parts
-                        .entry(t.id())
-                        .or_insert_with(|| Part::new(t.clone()))
-                        .scans
-                        .push(piece);
+                    part(&db, &mut parts, &t)?.scans.push(piece);
                 }
             }
         }
@@ -372,8 +361,20 @@ impl Txn {
     }
 }
 
+/// The part of a commit on tablet `t`, made on first use.
+fn part<'p>(
+    db: &Db,
+    parts: &'p mut BTreeMap<u64, Part>,
+    t: &Arc<crate::tablet::Tablet>,
+) -> Result<&'p mut Part> {
+    Ok(match parts.entry(t.id()) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(Part::new(db.route(t)?)),
+    })
+}
+
 struct Part {
-    tablet: Arc<Tablet>,
+    tablet: Route,
     writes: Vec<(Key, Mutation)>,
     reads: Vec<Key>,
     stable: Vec<Key>,
@@ -381,7 +382,7 @@ struct Part {
 }
 
 impl Part {
-    fn new(tablet: Arc<Tablet>) -> Part {
+    fn new(tablet: Route) -> Part {
         Part {
             tablet,
             writes: Vec::new(),
@@ -445,7 +446,11 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((i, Ok(()))) => locked[i] = true,
-            Ok((_, Err(e))) => failure = failure.or(Some(e)),
+            // A prewrite whose answer was lost may have locked: roll it back like the others.
+            Ok((i, Err(e))) => {
+                locked[i] |= e.is_undetermined();
+                failure = failure.or(Some(e));
+            }
             Err(e) => failure = failure.or(Some(Error::Raft(format!("prewrite task failed: {e}")))),
         }
     }
@@ -459,6 +464,14 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
             if locked[i] {
                 let _ = p.tablet.rollback(start_ts, p.keys(), None).await;
             }
+        }
+        // Only this coordinator commits the primary, and it will not: whatever a lost
+        // prewrite answer hid, the transaction did not happen.
+        if e.is_undetermined() {
+            return Err(Error::Aborted {
+                start_ts,
+                reason: format!("a prewrite's answer was lost ({e}); rolled back"),
+            });
         }
         return Err(e);
     }
@@ -476,7 +489,7 @@ async fn commit_2pc(db: &Arc<Db>, start_ts: u64, mut parts: Vec<Part>) -> Result
             reason: "the transaction is older than half the status horizon".into(),
         });
     }
-    let commit_ts = db.timestamp()?;
+    let commit_ts = db.timestamp().await?;
     let first = &parts[0];
     match first
         .tablet

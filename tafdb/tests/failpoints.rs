@@ -195,12 +195,12 @@ fn a_failed_log_write_fails_the_commit_and_a_reopen_keeps_every_acknowledged_one
         let cfg = || small_log(dir.path());
         let db = tafdb::Db::open(cfg()).await.expect("open");
         for i in 0..20u32 {
-            let mut t = db.begin().expect("begin");
+            let mut t = db.begin().await.expect("begin");
             t.put(format!("\x02k{i:02}").as_bytes(), b"v").expect("put");
             t.commit().await.expect("commit");
         }
         fail::cfg("chunk::write", "return").expect("failpoint");
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         t.put(b"\x02lost", b"v").expect("put");
         let err = tokio::time::timeout(std::time::Duration::from_secs(20), t.commit())
             .await
@@ -213,13 +213,13 @@ fn a_failed_log_write_fails_the_commit_and_a_reopen_keeps_every_acknowledged_one
         let db = tafdb::Db::open(cfg())
             .await
             .expect("reopen after the failure");
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         let rows = t
             .scan(&KeyRange::prefix(b"\x02k"), 100)
             .await
             .expect("scan");
         assert_eq!(rows.len(), 20, "every acknowledged commit is there");
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         t.put(b"\x02after", b"v").expect("put");
         t.commit().await.expect("commits resume after a reopen");
         db.shutdown().await;
@@ -251,7 +251,7 @@ fn a_power_cut_in_the_log_keeps_every_acknowledged_commit() {
                 writers.push(tokio::spawn(async move {
                     for i in 0..200u64 {
                         let key = format!("\x02w{w}-{i:04}").into_bytes();
-                        let mut t = db.begin().expect("begin");
+                        let mut t = db.begin().await.expect("begin");
                         t.put(&key, &[w as u8; 300]).expect("put");
                         match t.commit().await {
                             Ok(_) => acked.lock().push(key),
@@ -276,7 +276,7 @@ fn a_power_cut_in_the_log_keeps_every_acknowledged_commit() {
             let db = tafdb::Db::open(cfg())
                 .await
                 .unwrap_or_else(|e| panic!("seed {seed}: reopen after a power cut: {e}"));
-            let mut t = db.begin().expect("begin");
+            let mut t = db.begin().await.expect("begin");
             let rows = t
                 .scan(&KeyRange::prefix(b"\x02w"), 10_000)
                 .await
@@ -286,7 +286,7 @@ fn a_power_cut_in_the_log_keeps_every_acknowledged_commit() {
             for k in &acked {
                 assert!(have.contains(k), "seed {seed}: acknowledged {k:?} lost");
             }
-            let mut t = db.begin().expect("begin");
+            let mut t = db.begin().await.expect("begin");
             t.put(b"\x02after", b"v").expect("put");
             t.commit().await.expect("commits resume after the reboot");
             db.shutdown().await;
@@ -320,7 +320,7 @@ fn a_lost_answer_is_undetermined_and_run_txn_does_not_run_the_closure_again() {
         assert!(!e.is_retryable(), "{e}");
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
         // "Unknown" really was unknown: the commit applied.
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         assert_eq!(t.get(b"\x02k").await.expect("get"), Some(b"v".to_vec()));
         db.shutdown().await;
     });
@@ -340,7 +340,7 @@ fn a_hash_engine_write_that_does_not_fit_the_disk_latches_refuses_writes_and_rec
     runtime().block_on(async {
         let db = tafdb::Db::open(cfg()).await.expect("open");
         let put = |db: Arc<tafdb::Db>, k: Vec<u8>| async move {
-            let mut t = db.begin()?;
+            let mut t = db.begin().await?;
             t.put(&k, b"v")?;
             t.commit().await
         };
@@ -394,7 +394,7 @@ fn a_hash_engine_write_that_does_not_fit_the_disk_latches_refuses_writes_and_rec
         db.shutdown().await;
         drop(db);
         let db = tafdb::Db::open(cfg()).await.expect("reopen");
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         for k in [&b"\x01before"[..], b"\x01during", b"\x01after"] {
             assert_eq!(t.get(k).await.expect("get"), Some(b"v".to_vec()), "{k:?}");
         }

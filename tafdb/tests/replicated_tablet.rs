@@ -4,10 +4,13 @@
 //! bounded time, sees every earlier commit, and commits with a later timestamp, above every
 //! timestamp the old leader handed out (the oracle's mark is in the group's log).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::serve;
 use openraft::BasicNode;
 use tafdb::raft::{Peers, RaftRouter};
 use tafdb::tablet::{PipelineRuntime, ReadSet, Replication, Tablet, TabletConfig};
@@ -24,23 +27,6 @@ struct Node {
     tso: Arc<Tso>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
-}
-
-async fn serve(listener: TcpListener, router: RaftRouter) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = router.service();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await;
-    });
-    stop
 }
 
 const NO_READS: ReadSet<'static> = ReadSet {

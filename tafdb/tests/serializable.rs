@@ -59,7 +59,7 @@ async fn concurrent_transfers_keep_the_total() {
     for (split, racing) in [(false, false), (true, false), (false, true), (true, true)] {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open(dir.path(), split, racing).await;
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         for i in 0..ACCOUNTS {
             t.put(&account(i), &START.to_le_bytes()).expect("put");
         }
@@ -72,7 +72,7 @@ async fn concurrent_transfers_keep_the_total() {
             let (db, stop, audits) = (db.clone(), stop.clone(), audits.clone());
             auditors.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let mut t = db.begin().expect("begin");
+                    let mut t = db.begin().await.expect("begin");
                     let mut sum = 0;
                     let mut too_old = false;
                     for i in 0..ACCOUNTS {
@@ -136,7 +136,7 @@ async fn concurrent_transfers_keep_the_total() {
             h.await.expect("auditor");
         }
         assert!(audits.load(Ordering::Relaxed) > 0);
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         let mut sum = 0;
         for i in 0..ACCOUNTS {
             sum += num(t.get(&account(i)).await.expect("get"));
@@ -183,7 +183,7 @@ async fn concurrent_scans_and_inserts_see_no_phantoms() {
         for h in workers {
             h.await.expect("worker");
         }
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         let entries = t.scan(&prefix, 10_000).await.expect("scan");
         assert_eq!(entries.len(), 12 * 15);
         assert_eq!(num(t.get(b"\x02count").await.expect("get")), 12 * 15);
@@ -208,7 +208,7 @@ async fn contended_increments_are_exact_and_monotonic() {
             tokio::spawn(async move {
                 let mut last: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let mut t = db.begin().expect("begin");
+                    let mut t = db.begin().await.expect("begin");
                     for k in &keys {
                         let v = match t.get(k).await {
                             Ok(v) => num(v),
@@ -248,7 +248,7 @@ async fn contended_increments_are_exact_and_monotonic() {
         }
         stop.store(true, Ordering::Relaxed);
         watcher.await.expect("watcher");
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         let mut total = 0;
         for k in &keys {
             total += num(t.get(k).await.expect("get"));
@@ -272,7 +272,7 @@ async fn write_skew_is_rejected_under_concurrency() {
             let table = if side == 0 { 'a' } else { 'z' };
             format!("\x02{table}-doctor-{pair}").into_bytes()
         };
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         for p in 0..PAIRS {
             for side in 0..2 {
                 t.put(&doctor(p, side), &1i64.to_le_bytes()).expect("put");
@@ -303,7 +303,7 @@ async fn write_skew_is_rejected_under_concurrency() {
         for h in tasks {
             h.await.expect("task");
         }
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         for p in 0..PAIRS {
             let on_call = num(t.get(&doctor(p, 0)).await.expect("get"))
                 + num(t.get(&doctor(p, 1)).await.expect("get"));
@@ -347,7 +347,7 @@ async fn a_scanned_range_admits_no_phantoms_under_concurrency() {
         for h in tasks {
             h.await.expect("task");
         }
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         assert_eq!(t.scan(&room, 100).await.expect("scan").len(), 5);
         db.shutdown().await;
     }

@@ -35,7 +35,7 @@ fn counter(v: Option<Vec<u8>>) -> i64 {
 }
 
 async fn read(db: &Arc<Db>, key: &[u8]) -> Option<Vec<u8>> {
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.get(key).await.expect("get")
 }
 
@@ -136,7 +136,7 @@ async fn a_secondary_committed_by_a_resolver_and_the_coordinator_counts_once() {
     // A later one-phase put of a secondary survives the flushes that follow (a duplicate
     // commit installed at a later log index with an older timestamp once hid it).
     let s = vec![2, b'z', 0];
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.put(&s, &42i64.to_le_bytes()).expect("put");
     t.commit().await.expect("commit");
     for _ in 0..50 {
@@ -290,7 +290,7 @@ async fn crashed_coordinators_leave_nothing_after_a_collection() {
 async fn a_transaction_older_than_half_the_status_horizon_does_not_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), |c| c.status_horizon_ms = 100).await;
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.put(b"\x02apple", b"1").expect("put");
     t.put(b"\x02zebra", b"1").expect("put");
     // Its status record could be collected by a collection running while it commits.

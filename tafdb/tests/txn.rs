@@ -26,12 +26,12 @@ fn counter(v: &Option<Vec<u8>>) -> u64 {
 async fn snapshot_isolation_and_lost_updates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), false).await;
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.put(b"\x02a", b"1").expect("put");
     t.commit().await.expect("commit");
 
-    let mut old = db.begin().expect("begin");
-    let mut t = db.begin().expect("begin");
+    let mut old = db.begin().await.expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.put(b"\x02a", b"2").expect("put");
     t.commit().await.expect("commit");
     assert_eq!(
@@ -41,8 +41,8 @@ async fn snapshot_isolation_and_lost_updates() {
     );
 
     // Lost update: both read a and write it; the second to commit must fail.
-    let mut t1 = db.begin().expect("begin");
-    let mut t2 = db.begin().expect("begin");
+    let mut t1 = db.begin().await.expect("begin");
+    let mut t2 = db.begin().await.expect("begin");
     t1.get(b"\x02a").await.expect("get");
     t2.get(b"\x02a").await.expect("get");
     t1.put(b"\x02a", b"t1").expect("put");
@@ -50,7 +50,7 @@ async fn snapshot_isolation_and_lost_updates() {
     t1.commit().await.expect("first commit wins");
     let err = t2.commit().await.expect_err("second commit must fail");
     assert!(err.is_retryable(), "{err}");
-    let mut r = db.begin().expect("begin");
+    let mut r = db.begin().await.expect("begin");
     assert_eq!(r.get(b"\x02a").await.expect("get"), Some(b"t1".to_vec()));
     db.shutdown().await;
 }
@@ -62,8 +62,8 @@ async fn write_skew_and_phantoms_are_rejected() {
         let db = open(dir.path(), split).await;
         // Write skew: t1 reads x and writes y; t2 reads y and writes x.
         let (x, y) = (b"\x02b-x".as_slice(), b"\x02z-y".as_slice());
-        let mut t1 = db.begin().expect("begin");
-        let mut t2 = db.begin().expect("begin");
+        let mut t1 = db.begin().await.expect("begin");
+        let mut t2 = db.begin().await.expect("begin");
         assert_eq!(t1.get(x).await.expect("get"), None);
         assert_eq!(t2.get(y).await.expect("get"), None);
         t1.put(y, b"1").expect("put");
@@ -73,14 +73,14 @@ async fn write_skew_and_phantoms_are_rejected() {
         assert!(err.is_retryable(), "split={split}: {err}");
 
         // Phantom: t1 scans a prefix; t2 inserts into it; t1's commit must fail.
-        let mut t1 = db.begin().expect("begin");
+        let mut t1 = db.begin().await.expect("begin");
         let rows = t1
             .scan(&KeyRange::prefix(b"\x02dir/"), 100)
             .await
             .expect("scan");
         assert!(rows.is_empty());
         t1.put(b"\x02z-other", b"v").expect("put");
-        let mut t2 = db.begin().expect("begin");
+        let mut t2 = db.begin().await.expect("begin");
         t2.put(b"\x02dir/new", b"v").expect("put");
         t2.commit().await.expect("commit");
         let err = t1.commit().await.expect_err("phantom must be detected");
@@ -129,7 +129,7 @@ async fn concurrent_delta_writers_never_conflict() {
         32 * 25,
         "no delta transaction had to retry"
     );
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     let v = t.get(b"\x02parent").await.expect("get");
     assert_eq!(counter(&v), 800);
     let max = u64::from_le_bytes(v.as_ref().expect("value")[8..16].try_into().expect("8"));
@@ -156,7 +156,7 @@ async fn two_phase_commit_across_tablets_and_restart() {
             .await
             .expect("2pc txn");
         }
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         assert_eq!(counter(&t.get(b"\x02acount").await.expect("get")), 20);
         assert_eq!(counter(&t.get(b"\x02xcount").await.expect("get")), 20);
         let rows = t
@@ -171,7 +171,7 @@ async fn two_phase_commit_across_tablets_and_restart() {
     }
     // Everything acknowledged survives a restart (replayed from the Raft log).
     let db = open(dir.path(), true).await;
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(counter(&t.get(b"\x02acount").await.expect("get")), 20);
     assert_eq!(counter(&t.get(b"\x02xcount").await.expect("get")), 20);
     assert_eq!(
@@ -223,7 +223,7 @@ async fn a_crashed_coordinators_locks_are_resolved() {
         .await
         .expect("commit primary");
     // A reader meets the secondary's lock and rolls it forward.
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(
         t.get(&s).await.expect("get resolves the lock"),
         Some(b"A".to_vec())
@@ -262,7 +262,7 @@ async fn a_crashed_coordinators_locks_are_resolved() {
     })
     .await
     .expect("writer resolves the expired lock");
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(t.get(&s2).await.expect("get"), Some(b"C".to_vec()));
     assert_eq!(
         t.get(&p2).await.expect("get"),
@@ -289,7 +289,7 @@ async fn a_crashed_coordinators_locks_are_resolved() {
 async fn invalid_input_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), false).await;
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert!(matches!(t.put(b"", b"v"), Err(Error::InvalidArgument(_))));
     assert!(matches!(
         t.put(b"\xffsecret", b"v"),
@@ -352,7 +352,7 @@ proptest! {
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut history = Vec::new();
             for ops in &txns {
-                let mut t = db.begin().expect("begin");
+                let mut t = db.begin().await.expect("begin");
                 for op in ops {
                     match op {
                         Op::Put(k, v) => { t.put(&key(*k), &[*v]).expect("put"); model.insert(key(*k), vec![*v]); }
@@ -393,10 +393,10 @@ async fn stable_reads_conflict_with_puts_but_not_with_deltas() {
     .await
     .expect("seed");
     // A stable reader, then a concurrent delta: the reader still commits.
-    let mut reader = db.begin().expect("begin");
+    let mut reader = db.begin().await.expect("begin");
     assert!(reader.get_stable(&parent).await.expect("get").is_some());
     reader.put(b"\x02child-a", b"x").expect("put");
-    let mut bumper = db.begin().expect("begin");
+    let mut bumper = db.begin().await.expect("begin");
     bumper
         .delta(&parent, tafdb::DeltaOp::Add { offset: 0, by: 1 })
         .expect("delta");
@@ -406,10 +406,10 @@ async fn stable_reads_conflict_with_puts_but_not_with_deltas() {
         .await
         .expect("a delta does not invalidate a stable read");
     // The same with a concurrent put: the reader must abort.
-    let mut reader = db.begin().expect("begin");
+    let mut reader = db.begin().await.expect("begin");
     reader.get_stable(&parent).await.expect("get");
     reader.put(b"\x02child-b", b"x").expect("put");
-    let mut writer = db.begin().expect("begin");
+    let mut writer = db.begin().await.expect("begin");
     writer.put(&parent, &[9u8; 16]).expect("put");
     writer.commit().await.expect("put commits");
     let err = reader
@@ -418,10 +418,10 @@ async fn stable_reads_conflict_with_puts_but_not_with_deltas() {
         .expect_err("a put invalidates a stable read");
     assert!(err.is_retryable(), "{err}");
     // An ordinary read is invalidated by a delta.
-    let mut reader = db.begin().expect("begin");
+    let mut reader = db.begin().await.expect("begin");
     reader.get(&parent).await.expect("get");
     reader.put(b"\x02child-c", b"x").expect("put");
-    let mut bumper = db.begin().expect("begin");
+    let mut bumper = db.begin().await.expect("begin");
     bumper
         .delta(&parent, tafdb::DeltaOp::Add { offset: 0, by: 1 })
         .expect("delta");
@@ -445,7 +445,7 @@ async fn a_refused_transaction_writes_nothing() {
         .expect_err("refused");
     assert!(matches!(&err, tafdb::Error::Refused(p) if p == b"nope"));
     assert!(!err.is_retryable());
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(t.get(b"\x02refused").await.expect("get"), None);
     db.shutdown().await;
 }
@@ -462,7 +462,7 @@ async fn dump_lists_a_hash_table_in_key_order() {
     db.run_txn(|t| Box::pin(async move { t.delete(&[1, 9]) }))
         .await
         .expect("delete");
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert!(
         t.scan(&tafdb::KeyRange::prefix(&[1]), 10).await.is_err(),
         "a hash table refuses ordered scans"
@@ -510,7 +510,7 @@ async fn hot_keys_queue_instead_of_aborting() {
     for h in handles {
         h.await.expect("task");
     }
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(counter(&t.get(&key).await.expect("get")), tasks * each);
     let n = attempts.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
@@ -521,14 +521,14 @@ async fn hot_keys_queue_instead_of_aborting() {
     drop(t);
     assert!(db.lock_table().is_hot(&key));
     // Blind writes queue too, and a lone transaction outside run_txn releases on drop.
-    let mut a = db.begin().expect("begin");
+    let mut a = db.begin().await.expect("begin");
     a.put(&key, &7u64.to_le_bytes()).expect("put");
     a.commit().await.expect("blind write");
-    let mut b = db.begin().expect("begin");
+    let mut b = db.begin().await.expect("begin");
     assert_eq!(counter(&b.get(&key).await.expect("get")), 7);
     assert_eq!(b.locks().len(), 1);
     drop(b);
-    let mut c = db.begin().expect("begin");
+    let mut c = db.begin().await.expect("begin");
     c.get(&key)
         .await
         .expect("the lock was released with the dropped transaction");
@@ -573,7 +573,7 @@ async fn hot_key_deadlocks_back_off() {
             .expect("task")
             .expect("both commit after backing off");
     }
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(counter(&t.get(b"\x02h1").await.expect("get")), 2);
     assert_eq!(counter(&t.get(b"\x02h2").await.expect("get")), 2);
     db.shutdown().await;
@@ -583,7 +583,7 @@ async fn hot_key_deadlocks_back_off() {
 async fn a_log_of_another_format_is_refused_not_misread() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), false).await;
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.put(b"\x02k", b"v").expect("put");
     t.commit().await.expect("commit");
     db.shutdown().await;
@@ -620,7 +620,7 @@ async fn a_log_of_another_format_is_refused_not_misread() {
     let db = Db::open(DbConfig::new(dir.path()))
         .await
         .expect("the log opens again");
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     assert_eq!(t.get(b"\x02k").await.expect("get"), Some(b"v".to_vec()));
     db.shutdown().await;
 }
@@ -654,7 +654,7 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
     };
     let db = Db::open(config()).await.expect("open");
     for i in 0..400u32 {
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         t.put(format!("\x02k{i:04}").as_bytes(), &[7u8; 100])
             .expect("put");
         t.commit().await.expect("commit");
@@ -690,7 +690,7 @@ async fn snapshots_are_durable_references_and_restarts_keep_everything() {
         "purges delete whole old chunks: {chunks:?}"
     );
     let db = Db::open(config()).await.expect("reopen");
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     let rows = t
         .scan(&KeyRange::prefix(b"\x02k"), 1_000)
         .await
@@ -712,7 +712,7 @@ async fn damage_to_an_acknowledged_log_record_is_reported() {
     };
     let db = Db::open(config()).await.expect("open");
     for i in 0..60u32 {
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         let fill = if i == 10 { b'#' } else { b'.' };
         t.put(format!("\x02k{i:04}").as_bytes(), &[fill; 300])
             .expect("put");
@@ -740,7 +740,7 @@ async fn commits_after_a_shutdown_fail_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), false).await;
     db.shutdown().await;
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     t.put(b"\x02late", b"v").expect("put");
     let err = tokio::time::timeout(std::time::Duration::from_secs(5), t.commit())
         .await
@@ -771,7 +771,7 @@ async fn a_small_log_store_is_purged_as_it_fills() {
         let db = db.clone();
         handles.push(tokio::spawn(async move {
             for i in 0..400u32 {
-                let mut t = db.begin().expect("begin");
+                let mut t = db.begin().await.expect("begin");
                 t.put(format!("\x02k{w}-{i:04}").as_bytes(), &[w as u8; 1024])
                     .expect("put");
                 t.commit().await.expect("commit on a small log store");
@@ -785,7 +785,7 @@ async fn a_small_log_store_is_purged_as_it_fills() {
     drop(db);
     // 3.2 MB of values went through a 2 MiB store.
     let db = Db::open(config()).await.expect("reopen");
-    let mut t = db.begin().expect("begin");
+    let mut t = db.begin().await.expect("begin");
     let rows = t
         .scan(&KeyRange::prefix(b"\x02k"), 10_000)
         .await
@@ -808,16 +808,16 @@ async fn field_sets_commute_with_deltas_but_not_with_stable_readers_or_each_othe
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open(dir.path(), split).await;
         let key = b"\x02rec";
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         t.put(key, &[0u8; 24]).expect("put");
         t.commit().await.expect("commit");
 
         // A setter that read the record stably, racing an adder: both commit, neither update
         // is lost.
-        let mut setter = db.begin().expect("begin");
+        let mut setter = db.begin().await.expect("begin");
         setter.get_stable(key).await.expect("stable read");
         setter.delta(key, set(8, b"name", true)).expect("set");
-        let mut adder = db.begin().expect("begin");
+        let mut adder = db.begin().await.expect("begin");
         adder
             .delta(key, DeltaOp::Add { offset: 0, by: 5 })
             .expect("add");
@@ -826,14 +826,14 @@ async fn field_sets_commute_with_deltas_but_not_with_stable_readers_or_each_othe
             .commit()
             .await
             .expect("the setter commits after an add");
-        let mut r = db.begin().expect("begin");
+        let mut r = db.begin().await.expect("begin");
         let v = r.get(key).await.expect("get").expect("value");
         assert_eq!(counter(&Some(v.clone())), 5, "split {split}");
         assert_eq!(&v[8..], b"name", "split {split}: set and truncated");
 
         // Two setters that read stably: the second to commit conflicts.
-        let mut a = db.begin().expect("begin");
-        let mut b = db.begin().expect("begin");
+        let mut a = db.begin().await.expect("begin");
+        let mut b = db.begin().await.expect("begin");
         a.get_stable(key).await.expect("read");
         b.get_stable(key).await.expect("read");
         a.delta(key, set(8, b"aaaa", false)).expect("set");
@@ -843,19 +843,19 @@ async fn field_sets_commute_with_deltas_but_not_with_stable_readers_or_each_othe
         assert!(e.is_retryable(), "split {split}: {e}");
 
         // A stable reader conflicts with a set committed after it started.
-        let mut reader = db.begin().expect("begin");
+        let mut reader = db.begin().await.expect("begin");
         reader.get_stable(key).await.expect("read");
         reader.put(b"\x02other", b"x").expect("put");
-        let mut s = db.begin().expect("begin");
+        let mut s = db.begin().await.expect("begin");
         s.delta(key, set(8, b"cccc", false)).expect("set");
         s.commit().await.expect("set");
         let e = reader.commit().await.expect_err("the reader conflicts");
         assert!(e.is_retryable(), "split {split}: {e}");
         // ...but not with a plain delta.
-        let mut reader = db.begin().expect("begin");
+        let mut reader = db.begin().await.expect("begin");
         reader.get_stable(key).await.expect("read");
         reader.put(b"\x02other", b"y").expect("put");
-        let mut d = db.begin().expect("begin");
+        let mut d = db.begin().await.expect("begin");
         d.delta(
             key,
             DeltaOp::Max {
@@ -870,7 +870,7 @@ async fn field_sets_commute_with_deltas_but_not_with_stable_readers_or_each_othe
             .await
             .expect("a stable reader passes a plain delta");
         // A set reaching past the delta limit is refused.
-        let mut t = db.begin().expect("begin");
+        let mut t = db.begin().await.expect("begin");
         assert!(matches!(
             t.delta(key, set(4096, &[0; 9], false)),
             Err(Error::InvalidArgument(_))

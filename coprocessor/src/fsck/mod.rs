@@ -247,7 +247,7 @@ pub async fn check_with(
         omitted: 0,
         max: opts.max_problems,
     };
-    let snap = db.snapshot()?;
+    let snap = db.snapshot().await?;
     let ts = snap.ts();
     ticker.phase("reading the namespace registry", 0);
     let mut roots: BTreeMap<Vec<u8>, u64> = BTreeMap::new();

@@ -109,6 +109,11 @@ struct ServeArgs {
     /// 3-node loopback cluster (0.95 s to a new leader instead of 1.9 s, over 20 kills).
     #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(30..))]
     raft_election_ms: u64,
+    /// How a new store is cut into tablets: `single` (one tablet, every operation one-phase)
+    /// or `tables` (system, Index and Meta tables in tablets of their own, which a cluster
+    /// can lead from different nodes). An existing store keeps the layout it was made with.
+    #[arg(long, value_name = "LAYOUT", default_value = "single", value_parser = ["single", "tables"])]
+    layout: String,
 }
 
 impl ServeArgs {
@@ -126,6 +131,10 @@ impl ServeArgs {
             (true, _) => Some(mantle::cluster::Mode::Init),
             (false, Some(a)) => Some(mantle::cluster::Mode::Join(a.clone())),
             (false, None) => None,
+        };
+        cfg.layout = match self.layout.as_str() {
+            "tables" => mantle::server::Layout::Tables,
+            _ => mantle::server::Layout::Single,
         };
         cfg.raft_heartbeat_ms = self.raft_heartbeat_ms;
         cfg.raft_election_ms = self.raft_election_ms.max(3 * self.raft_heartbeat_ms);
@@ -235,6 +244,10 @@ enum AdminCmd {
     RemoveNode { node: u64 },
     /// A fresh timestamp from the cluster's oracle, with the wall-clock time it stands for.
     Timestamp,
+    /// Moves the leadership of tablet TABLET to node NODE (which stands for election; it wins
+    /// if its log is up to date). Leaders on different nodes spread the load of a layout of
+    /// several tablets; the node that receives a call coordinates it across them.
+    MoveLeader { tablet: u64, node: u64 },
 }
 
 #[derive(Subcommand)]
@@ -725,6 +738,24 @@ async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("mantle admin remove-node: {}", e.message());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AdminCmd::MoveLeader { tablet, node } => {
+            match client
+                .move_leader(mantle::proto::MoveLeaderRequest {
+                    tablet: *tablet,
+                    node: *node,
+                })
+                .await
+            {
+                Ok(r) => {
+                    out!("tablet {tablet} is led by node {}", r.into_inner().leader);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mantle admin move-leader: {}", e.message());
                     ExitCode::FAILURE
                 }
             }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 

@@ -132,7 +132,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("preloading {} keys...", args.keys);
         let mut i = 0;
         while i < args.keys {
-            let mut t = db.begin()?;
+            let mut t = db.begin().await?;
             for j in i..(i + 1000).min(args.keys) {
                 t.put(&key_of(j), &[7u8; 64])?;
             }
@@ -257,7 +257,7 @@ fn key_of(i: u64) -> Vec<u8> {
 }
 
 async fn commit(db: &Arc<Db>, client: usize, i: u64, p1: &[u8], p2: &[u8]) -> tafdb::Result<u64> {
-    let mut t = db.begin()?;
+    let mut t = db.begin().await?;
     let suffix = format!("{client:05}-{i:010}");
     t.put(&[p1, suffix.as_bytes()].concat(), b"value-one")?;
     t.put(&[p2, suffix.as_bytes()].concat(), b"value-two")?;

@@ -71,6 +71,11 @@ impl Peers {
         Ok(self)
     }
 
+    /// The credential this node's messages carry, if any.
+    pub(crate) fn auth(&self) -> Option<&tonic::metadata::AsciiMetadataValue> {
+        self.auth.as_ref()
+    }
+
     /// This node's id.
     pub fn me(&self) -> u64 {
         self.me
@@ -239,6 +244,8 @@ pub struct RaftRouter {
     /// Senders whose messages are refused as if the network dropped them (fault injection
     /// for partition tests; empty in service).
     blocked: Arc<DashMap<u64, ()>>,
+    /// The database whose tablets answer other nodes' transaction steps.
+    db: Arc<parking_lot::RwLock<std::sync::Weak<crate::db::Db>>>,
 }
 
 impl std::fmt::Debug for RaftRouter {
@@ -276,6 +283,11 @@ impl RaftRouter {
         }
     }
 
+    /// Answers other nodes' transaction steps with `db`'s tablets from now on.
+    pub(crate) fn serve_db(&self, db: &Arc<crate::db::Db>) {
+        *self.db.write() = Arc::downgrade(db);
+    }
+
     /// The gRPC service to add to the node's server.
     pub fn service(&self) -> proto::raft_server::RaftServer<RaftRouter> {
         proto::raft_server::RaftServer::new(self.clone())
@@ -283,17 +295,21 @@ impl RaftRouter {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    fn check_blocked(&self, from: u64) -> Result<(), Status> {
+        if self.blocked.contains_key(&from) {
+            return Err(Status::unavailable(format!(
+                "messages from node {from} are blocked"
+            )));
+        }
+        Ok(())
+    }
+
     fn route<Req: DeserializeOwned>(
         &self,
         r: Request<proto::RaftRequest>,
     ) -> Result<(Raft, Req), Status> {
         let r = r.into_inner();
-        if self.blocked.contains_key(&r.from) {
-            return Err(Status::unavailable(format!(
-                "messages from node {} are blocked",
-                r.from
-            )));
-        }
+        self.check_blocked(r.from)?;
         let raft = self
             .groups
             .get(&r.group)
@@ -338,5 +354,26 @@ impl proto::raft_server::Raft for RaftRouter {
     ) -> Result<Response<proto::RaftReply>, Status> {
         let (raft, req): (Raft, InstallSnapshotRequest<TypeConfig>) = self.route(r)?;
         reply(&raft.install_snapshot(req).await)
+    }
+
+    async fn tablet(
+        &self,
+        r: Request<proto::RaftRequest>,
+    ) -> Result<Response<proto::RaftReply>, Status> {
+        let r = r.into_inner();
+        self.check_blocked(r.from)?;
+        let db = self.db.read().upgrade();
+        // Refusals before the step runs are answers too: "did not happen", never a transport
+        // failure (which the caller must take as "may have happened").
+        let answer = match (db, bincode::deserialize::<crate::remote::Request>(&r.body)) {
+            (None, _) => Err(crate::remote::WireError::from(&crate::Error::Shutdown)),
+            (Some(_), Err(e)) => Err(crate::remote::WireError::from(
+                &crate::Error::InvalidArgument(format!("a tablet step from node {}: {e}", r.from)),
+            )),
+            (Some(db), Ok(req)) => crate::remote::serve(&db, r.group, req)
+                .await
+                .map_err(|e| crate::remote::WireError::from(&e)),
+        };
+        reply(&answer)
     }
 }
