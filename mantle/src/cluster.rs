@@ -17,13 +17,12 @@
 //! What it is not (yet): a placement service with its own group and timestamp oracle, moving
 //! replicas off dead nodes, several tablets per namespace (the next steps of the cluster work).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ChangeMembers};
 use tafdb::raft::Peers;
 use tafdb::Db;
 use tonic::{Request, Response, Status};
@@ -141,6 +140,10 @@ pub(crate) async fn promote(member: String, node: u64, secret: Option<String>) {
                 .await
         };
         match attempt.await {
+            Ok(r) if r.get_ref().spare => {
+                tracing::info!(node, "this node is a spare: a learner of every group, ready to replace a voter that dies");
+                return;
+            }
             Ok(_) => {
                 tracing::info!(node, "this node is a voter of every group");
                 return;
@@ -158,50 +161,24 @@ pub(crate) struct ClusterApi {
     pub(crate) db: Arc<Db>,
     pub(crate) node: u64,
     pub(crate) remote_admin: bool,
+    /// Voters per group; nodes beyond them stay learners (spares).
+    pub(crate) replicas: usize,
     /// New ids are handed out one at a time.
     pub(crate) joining: tokio::sync::Mutex<()>,
 }
 
-fn raft_status(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("raft: {e}"))
-}
-
-/// One membership change of a group. A change made just before (a join's learner, the second
-/// half of a joint configuration) may still be committing: openraft refuses a new change until
-/// then, so wait for it, up to 30 s, rather than fail the operator's command.
-async fn membership<T, F, Fut>(mut change: F) -> Result<T, Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<
-        Output = Result<
-            T,
-            openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
-        >,
-    >,
-{
-    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match change().await {
-            Ok(v) => return Ok(v),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                ChangeMembershipError::InProgress(p),
-            ))) if Instant::now() < deadline => {
-                tracing::debug!(error = %p, "a membership change is committing; waiting");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(raft_status(e)),
+/// A store error of a membership change as the operator sees it.
+fn change_status(e: tafdb::Error) -> Status {
+    match e {
+        tafdb::Error::InvalidArgument(m) => Status::failed_precondition(m),
+        e @ tafdb::Error::Undetermined(_) => Status::unknown(format!(
+            "{e}; the change may have been made: run the command again (changes are idempotent)"
+        )),
+        e @ (tafdb::Error::NotLeader { .. } | tafdb::Error::Busy(_) | tafdb::Error::Shutdown) => {
+            Status::unavailable(e.to_string())
         }
+        e => Status::internal(e.to_string()),
     }
-}
-
-async fn change_membership(
-    raft: &tafdb::raft::Raft,
-    change: ChangeMembers<u64, BasicNode>,
-) -> Result<(), Status> {
-    membership(|| raft.change_membership(change.clone(), false))
-        .await
-        .map(|_| ())
 }
 
 impl ClusterApi {
@@ -225,12 +202,13 @@ impl ClusterApi {
         }
     }
 
+    /// Node ids are handed out by the leader of the first tablet, one at a time.
     fn leading(&self) -> Result<(), Status> {
-        if self.db.is_serving() {
+        if self.db.tablets().first().is_some_and(|t| t.is_serving()) {
             Ok(())
         } else {
             Err(Status::unavailable(
-                "this node does not lead the cluster's tablets (and none was known to forward to)",
+                "this node does not lead the first tablet (and no leader was known to forward to)",
             ))
         }
     }
@@ -261,28 +239,10 @@ impl proto::cluster_server::Cluster for ClusterApi {
         } else {
             r.node
         };
-        for t in self.db.tablets() {
-            let known = t
-                .raft()
-                .metrics()
-                .borrow()
-                .membership_config
-                .nodes()
-                .find(|(id, _)| **id == node)
-                .map(|(_, n)| n.addr.clone());
-            match known {
-                None => {
-                    let raft = t.raft();
-                    membership(|| raft.add_learner(node, BasicNode::new(&r.addr), false)).await?;
-                }
-                Some(a) if a != r.addr => {
-                    let mut nodes = BTreeMap::new();
-                    nodes.insert(node, BasicNode::new(&r.addr));
-                    change_membership(t.raft(), ChangeMembers::SetNodes(nodes)).await?;
-                }
-                Some(_) => {}
-            }
-        }
+        self.db
+            .add_member(node, &r.addr)
+            .await
+            .map_err(change_status)?;
         tracing::info!(node, addr = %r.addr, "node admitted");
         Ok(Response::new(proto::JoinReply { node }))
     }
@@ -292,47 +252,27 @@ impl proto::cluster_server::Cluster for ClusterApi {
         r: Request<proto::PromoteRequest>,
     ) -> Result<Response<proto::PromoteReply>, Status> {
         self.admin(&r)?;
-        self.leading()?;
         let node = r.into_inner().node;
-        for t in self.db.tablets() {
-            let raft = t.raft();
-            let voter = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == node);
-            if voter {
-                continue;
-            }
-            // Caught up: the leader has replicated to it up to the log's end (as of now).
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let (last, matched) = {
-                    let m = raft.metrics().borrow().clone();
-                    let matched = m
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(&node).cloned().flatten())
-                        .map(|l| l.index);
-                    (m.last_log_index, matched)
-                };
-                if matched.is_some() && matched >= last.map(|l| l.saturating_sub(16)) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(Status::unavailable(format!(
-                        "node {node} has not caught up on tablet {} ({matched:?} of {last:?})",
-                        t.id()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            change_membership(raft, ChangeMembers::AddVoterIds(BTreeSet::from([node]))).await?;
-            tracing::info!(node, tablet = t.id(), "node promoted to voter");
+        // The groups share their members: the first one's voters are everyone's.
+        let voters: Vec<u64> = self
+            .db
+            .tablets()
+            .first()
+            .map(|t| {
+                let m = t.raft().metrics().borrow().membership_config.clone();
+                m.membership().voter_ids().collect()
+            })
+            .unwrap_or_default();
+        if !voters.contains(&node) && voters.len() >= self.replicas {
+            tracing::info!(
+                node,
+                replicas = self.replicas,
+                "the groups have their voters: the node stays a spare"
+            );
+            return Ok(Response::new(proto::PromoteReply { spare: true }));
         }
-        Ok(Response::new(proto::PromoteReply {}))
+        self.db.promote(node).await.map_err(change_status)?;
+        Ok(Response::new(proto::PromoteReply { spare: false }))
     }
 
     async fn remove_node(
@@ -340,31 +280,9 @@ impl proto::cluster_server::Cluster for ClusterApi {
         r: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeReply>, Status> {
         self.admin(&r)?;
-        self.leading()?;
         let node = r.into_inner().node;
-        for t in self.db.tablets() {
-            let raft = t.raft();
-            let (voter, member, voters) = {
-                let m = raft.metrics().borrow().membership_config.clone();
-                let voters: Vec<u64> = m.membership().voter_ids().collect();
-                let member = m.nodes().any(|(id, _)| *id == node);
-                (voters.contains(&node), member, voters.len())
-            };
-            if voter && voters == 1 {
-                return Err(Status::failed_precondition(format!(
-                    "node {node} is the only voter of tablet {}",
-                    t.id()
-                )));
-            }
-            if voter {
-                change_membership(raft, ChangeMembers::RemoveVoters(BTreeSet::from([node])))
-                    .await?;
-            }
-            if member {
-                change_membership(raft, ChangeMembers::RemoveNodes(BTreeSet::from([node]))).await?;
-            }
-            tracing::info!(node, tablet = t.id(), "node removed from the group");
-        }
+        self.db.remove_member(node).await.map_err(change_status)?;
+        tracing::info!(node, "node removed from every group");
         Ok(Response::new(proto::RemoveNodeReply {}))
     }
 
@@ -535,16 +453,22 @@ impl<S> Forward<S> {
         {
             return None;
         }
-        let Some(leader) = self.db.sole_leader().filter(|l| *l != self.peers.me()) else {
-            // The tablets' leaders are on different nodes (or being elected): a namespace call
-            // is coordinated here, its steps going to each tablet's leader.
-            if namespace {
+        // A membership change is made by the first tablet's leader (it hands out node ids),
+        // which takes each group's change to that group's leader.
+        let leader = if membership {
+            let first = self.db.tablets().first()?;
+            if first.is_serving() {
                 return None;
             }
+            first.raft().metrics().borrow().current_leader
+        } else {
+            // The tablets' leaders are on different nodes (or being elected): a namespace call
+            // is coordinated here, its steps going to each tablet's leader.
+            Some(self.db.sole_leader()?)
+        };
+        let Some(leader) = leader.filter(|l| *l != self.peers.me()) else {
             return Some(Err(Status::unavailable(
-                "cluster membership changes need one node leading every tablet, and none does \
-                 now (an election may be under way, or the leaders were moved apart: \
-                 mantle admin move-leader)",
+                "no leader of the first tablet is known yet (an election may be under way)",
             )));
         };
         let Some((_, addr)) = member(&self.db, |id| id == leader) else {
@@ -593,6 +517,115 @@ where
                     }))
                 })
             }
+        }
+    }
+}
+
+/// How the first tablet's leader keeps the groups' voters alive: a voter that has not
+/// answered a ping for `after` is replaced by a live spare (a learner of every group), and a
+/// group short of voters takes a spare.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Placement {
+    /// Voters per group.
+    pub(crate) replicas: usize,
+    /// How long a voter may not answer before it is replaced (`None`: never).
+    pub(crate) replace_after: Option<Duration>,
+}
+
+/// Runs [`Placement`] on this node while it leads the first tablet, until `stop`.
+pub(crate) async fn place(
+    db: Arc<Db>,
+    me: u64,
+    placement: Placement,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(after) = placement.replace_after else {
+        return;
+    };
+    let mut last_ok: BTreeMap<u64, Instant> = BTreeMap::new();
+    // Dead voters already reported without a spare to replace them.
+    let mut reported = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(first) = db.tablets().first().cloned() else {
+            return;
+        };
+        if !first.is_serving() {
+            // Another node places; start afresh if this one leads again.
+            last_ok.clear();
+            continue;
+        }
+        let (voters, learners): (Vec<u64>, Vec<u64>) = {
+            let m = first.raft().metrics().borrow().membership_config.clone();
+            (
+                m.membership().voter_ids().collect(),
+                m.membership().learner_ids().collect(),
+            )
+        };
+        // Ping every other member at once; a node first seen now counts as alive.
+        let now = Instant::now();
+        let mut pings = tokio::task::JoinSet::new();
+        for n in voters.iter().chain(&learners).copied().filter(|n| *n != me) {
+            let db = db.clone();
+            pings.spawn(async move { (n, db.ping(n, Duration::from_secs(1)).await.is_ok()) });
+            last_ok.entry(n).or_insert(now);
+        }
+        let mut alive = BTreeMap::new();
+        while let Some(Ok((n, ok))) = pings.join_next().await {
+            if ok {
+                last_ok.insert(n, Instant::now());
+            }
+            alive.insert(n, ok);
+        }
+        last_ok.retain(|n, _| voters.contains(n) || learners.contains(n));
+        reported.retain(|n| alive.get(n) == Some(&false));
+        let spare = learners
+            .iter()
+            .copied()
+            .find(|l| alive.get(l) == Some(&true));
+        let dead = voters
+            .iter()
+            .copied()
+            .find(|v| *v != me && last_ok.get(v).is_some_and(|t| t.elapsed() >= after));
+        let result = match (dead, spare) {
+            (Some(dead), Some(spare)) => {
+                tracing::warn!(
+                    dead,
+                    spare,
+                    after_s = after.as_secs_f64(),
+                    "a voter has not answered: replacing it with a spare"
+                );
+                match db.promote(spare).await {
+                    Ok(()) => db.remove_member(dead).await.map(|()| {
+                        tracing::warn!(
+                            dead,
+                            spare,
+                            "voter replaced: its replicas are rebuilt on the spare"
+                        );
+                        last_ok.remove(&dead);
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            (Some(dead), None) => {
+                if reported.insert(dead) {
+                    tracing::warn!(dead, "a voter has not answered, and there is no live spare to replace it with (start one with --join)");
+                }
+                Ok(())
+            }
+            (None, Some(spare)) if voters.len() < placement.replicas => {
+                tracing::info!(spare, "a group is short of voters: promoting a spare");
+                db.promote(spare).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "placement: a change failed; will retry");
         }
     }
 }

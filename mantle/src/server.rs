@@ -72,6 +72,17 @@ pub struct ServerConfig {
     pub tokens: Option<Arc<crate::auth::Tokens>>,
     /// How a new store's key space is cut into tablets (an existing store keeps its own).
     pub layout: Layout,
+    /// The address the other nodes and clients reach this node at, if not the bound one (a
+    /// proxy, a NAT, a name).
+    pub advertise: Option<String>,
+    /// The local address this node's connections to its peers start from (default: the
+    /// system's choice).
+    pub peer_source_ip: Option<std::net::IpAddr>,
+    /// Voters per group in a cluster; further nodes are spares (learners of every group).
+    pub replicas: usize,
+    /// How long a voter may not answer before the first tablet's leader replaces it with a
+    /// spare (`None`: never).
+    pub replace_dead_after: Option<Duration>,
 }
 
 /// How a new store's key space is cut into tablets.
@@ -148,6 +159,10 @@ impl ServerConfig {
             raft_election_ms: 250,
             tokens: None,
             layout: Layout::Single,
+            advertise: None,
+            peer_source_ip: None,
+            replicas: 3,
+            replace_dead_after: Some(Duration::from_secs(30)),
         }
     }
 
@@ -206,6 +221,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
+    // What the cluster records for this node.
+    let public = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let mut store = config.store();
     let data = store.dir.clone();
     std::fs::create_dir_all(&data)?;
@@ -239,12 +256,12 @@ pub async fn serve(
         }
         (Some(crate::cluster::Mode::Init), None) => {
             let mut members = std::collections::BTreeMap::new();
-            members.insert(1u64, openraft::BasicNode::new(addr.to_string()));
+            members.insert(1u64, openraft::BasicNode::new(public.clone()));
             crate::cluster::save_identity(&data, 1)?;
             Some((1, Some(members)))
         }
         (Some(crate::cluster::Mode::Join(member)), None) => {
-            let node = crate::cluster::join(member, &addr.to_string(), 0, node_secret.as_deref())
+            let node = crate::cluster::join(member, &public, 0, node_secret.as_deref())
                 .await
                 .map_err(|s| {
                     ServerError::Cluster(format!("joining through {member}: {}", s.message()))
@@ -262,6 +279,7 @@ pub async fn serve(
             Some(tafdb::raft::Peers::new(*n).with_auth(&crate::auth::bearer(s))?)
         }
     };
+    let peers = peers.map(|p| p.with_source_ip(config.peer_source_ip));
     let router = tafdb::raft::RaftRouter::new();
     if let (Some((n, init)), Some(peers)) = (&node, &peers) {
         store.cluster = Some(tafdb::ClusterConfig {
@@ -304,7 +322,7 @@ pub async fn serve(
         }
         if !first_start {
             let db = db.clone();
-            let me = addr.to_string();
+            let me = public.clone();
             let secret = node_secret.clone();
             tokio::spawn(async move {
                 let recorded = crate::cluster::member(&db, |id| id == n).map(|m| m.1);
@@ -374,6 +392,19 @@ pub async fn serve(
             }
         }
     });
+    // A cluster node keeps the groups' voters alive while it leads the first tablet.
+    let (stop_placement, placement_stop) = tokio::sync::watch::channel(false);
+    let placement = node.as_ref().map(|(n, _)| {
+        tokio::spawn(crate::cluster::place(
+            db.clone(),
+            *n,
+            crate::cluster::Placement {
+                replicas: config.replicas.max(1),
+                replace_after: config.replace_dead_after,
+            },
+            placement_stop,
+        ))
+    });
     let budget = Budget::new(limits.max_inflight_request_bytes, MAX_REQUEST_BYTES);
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -407,6 +438,7 @@ pub async fn serve(
                 db: db.clone(),
                 node: node.as_ref().map_or(0, |(n, _)| *n),
                 remote_admin: config.allow_remote_admin,
+                replicas: config.replicas,
                 joining: tokio::sync::Mutex::new(()),
             },
         ))
@@ -427,6 +459,10 @@ pub async fn serve(
     };
     tracing::info!("shutting down the store");
     expiry.abort();
+    let _ = stop_placement.send(true);
+    if let Some(p) = placement {
+        let _ = p.await;
+    }
     db.shutdown().await;
     result.map_err(Into::into)
 }

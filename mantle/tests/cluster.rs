@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{finish, settled, status, Cluster};
+use common::cluster::{finish, move_leaders_apart, settled, status, Cluster};
 use common::spawn_server;
 use mantle::client::Client;
 use mantle::proto::cluster_client::ClusterClient;
@@ -478,7 +478,8 @@ async fn histories_are_linearizable_across_a_leader_kill() {
 /// is forwarded to the leader); the cluster goes on with the three others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_and_is_removed() {
-    let mut cl = Cluster::start(3, &[]).await;
+    // Four voters: the fourth node is not a spare.
+    let mut cl = Cluster::start(3, &["--replicas", "4"]).await;
     let [a1, a2, a3] = [
         cl.addrs[0].clone(),
         cl.addrs[1].clone(),
@@ -486,7 +487,7 @@ async fn a_node_joins_and_is_removed() {
     ];
     // The fourth joins through node 2.
     let d4 = tempfile::tempdir().expect("dir");
-    let (c4, _a4) = spawn_server(d4.path(), &["--join", &a2]);
+    let (c4, _a4) = spawn_server(d4.path(), &["--join", &a2, "--replicas", "4"]);
     cl.procs.0.push(c4);
     settled(&a3, 4).await;
     // The leader (node 1) lists every member with its lag; a follower cannot tell lags.
@@ -521,6 +522,56 @@ async fn a_node_joins_and_is_removed() {
         &["admin".as_ref(), "remove-node".as_ref(), "4".as_ref()],
     );
     assert!(out.contains("node 4 removed"), "{out}");
+}
+
+/// Waits until `addr` sees `voters` as the voters of every tablet.
+async fn voters_everywhere(addr: &str, voters: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = status(addr).await {
+            if s.tablets.iter().all(|t| t.voters == voters) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tablets do not have voters {voters:?} at {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Membership changes with the tablets led from different nodes: a fourth node joins through
+/// a node that leads neither the first tablet nor the one it is asked about, and is removed
+/// through another; each group's change is made by that group's leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_is_removed_with_tablet_leaders_apart() {
+    let mut cl = Cluster::start(3, &["--layout", "tables", "--replicas", "4"]).await;
+    move_leaders_apart(&cl).await;
+    let d4 = tempfile::tempdir().expect("dir");
+    let (c4, _a4) = spawn_server(
+        d4.path(),
+        &[
+            "--join",
+            &cl.addrs[2],
+            "--layout",
+            "tables",
+            "--replicas",
+            "4",
+        ],
+    );
+    cl.procs.0.push(c4);
+    voters_everywhere(&cl.addrs[0], &[1, 2, 3, 4]).await;
+    let out = common::cli_ok(
+        &cl.addrs[1],
+        &["admin".as_ref(), "remove-node".as_ref(), "4".as_ref()],
+    );
+    assert!(out.contains("node 4 removed"), "{out}");
+    voters_everywhere(&cl.addrs[2], &[1, 2, 3]).await;
+    let c = Client::connect(&cl.all()).await.expect("connect");
+    c.mkdir("/after-removal", 0o755).await.expect("mkdir");
+    let report = c.fsck(|_| {}).await.expect("fsck");
+    assert!(report.is_clean(), "{report}");
 }
 
 /// The Spark commit pattern on a cluster: 64 tasks, each making an attempt directory under
@@ -627,23 +678,6 @@ async fn check_spark(addrs: &str, committed: &Mutex<Vec<String>>, before: usize)
     assert!(report.is_clean(), "{report}");
 }
 
-/// Waits until `addr` sees tablet `tablet` led by `node`.
-async fn led_by(addr: &str, tablet: u64, node: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = status(addr).await {
-            if s.tablets.iter().any(|t| t.id == tablet && t.leader == node) {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tablet {tablet} is not led by node {node}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The distributed layout (`--layout tables`: the system, Index and Meta tables in tablets of
 /// their own) with each tablet led by a different node (`mantle admin move-leader`): a node
 /// coordinates every call it receives across the three leaders, and an operation that
@@ -655,21 +689,7 @@ async fn spark_commits_across_tablet_leaders_on_three_nodes() {
     let mut cl = Cluster::start(3, &["--layout", "tables"]).await;
     let s = status(&cl.addrs[0]).await.expect("status");
     assert_eq!(s.tablets.len(), 3, "the tables layout has three tablets");
-    for (tablet, node) in [(1u64, 2u64), (2, 3)] {
-        let out = common::cli_ok(
-            &cl.addrs[0],
-            &[
-                "admin".as_ref(),
-                "move-leader".as_ref(),
-                tablet.to_string().as_ref(),
-                node.to_string().as_ref(),
-            ],
-        );
-        assert!(out.contains(&format!("led by node {node}")), "{out}");
-    }
-    led_by(&cl.addrs[0], 0, 1).await;
-    led_by(&cl.addrs[0], 1, 2).await;
-    led_by(&cl.addrs[0], 2, 3).await;
+    move_leaders_apart(&cl).await;
     let all = cl.all();
     let stop = Arc::new(AtomicBool::new(false));
     let committed: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -689,7 +709,7 @@ async fn spark_commits_across_tablet_leaders_on_three_nodes() {
 /// nothing acknowledged is lost; the killed follower, restarted, catches up; fsck is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_the_loss_of_two() {
-    let mut cl = Cluster::start(5, &[]).await;
+    let mut cl = Cluster::start(5, &["--replicas", "5"]).await;
     let addrs = cl.addrs.clone();
     let all = cl.all();
     let stop = Arc::new(AtomicBool::new(false));

@@ -549,6 +549,48 @@ impl Db {
         self.route(self.tablet_for(key))
     }
 
+    /// Whether node `node` (a member of the first tablet's group) answers within `within`.
+    pub async fn ping(&self, node: u64, within: Duration) -> Result<()> {
+        let c = self
+            .config
+            .cluster
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("not a cluster".into()))?;
+        let first = self.tablets.first().ok_or(Error::Shutdown)?;
+        let r = self.remote_at(first, c, node)?;
+        match tokio::time::timeout(within, r.call(&crate::remote::Request::Ping, false)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(Error::NotLeader {
+                tablet: first.id(),
+                leader: None,
+            }),
+        }
+    }
+
+    /// The steps of tablet `t` sent to node `node`.
+    fn remote_at(&self, t: &Arc<Tablet>, c: &ClusterConfig, node: u64) -> Result<Remote> {
+        let addr = t
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == node)
+            .map(|(_, b)| b.addr.clone())
+            .ok_or_else(|| Error::InvalidArgument(format!("node {node} is not a member")))?;
+        let channel = c
+            .peers
+            .channel(node, &addr)
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(Remote {
+            tablet: t.id(),
+            node,
+            me: c.node,
+            channel,
+            auth: c.peers.auth().cloned(),
+        })
+    }
+
     /// Asks this node's replica of tablet `tablet` to stand for election, or (with `node`)
     /// asks node `node` to: leadership moves there if its log is up to date. For placing
     /// leaders (and for tests).
@@ -560,31 +602,11 @@ impl Db {
             .ok_or_else(|| Error::InvalidArgument(format!("no tablet {tablet}")))?;
         let c = self.config.cluster.as_ref();
         match (c, node) {
-            (Some(c), Some(n)) if n != c.node => {
-                let addr = t
-                    .raft()
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .nodes()
-                    .find(|(id, _)| **id == n)
-                    .map(|(_, b)| b.addr.clone())
-                    .ok_or_else(|| Error::InvalidArgument(format!("node {n} is not a member")))?;
-                let channel = c
-                    .peers
-                    .channel(n, &addr)
-                    .map_err(|e| Error::Raft(e.to_string()))?;
-                let r = Remote {
-                    tablet,
-                    node: n,
-                    me: c.node,
-                    channel,
-                    auth: c.peers.auth().cloned(),
-                };
-                r.call(&crate::remote::Request::Elect, false)
-                    .await
-                    .map(|_| ())
-            }
+            (Some(c), Some(n)) if n != c.node => self
+                .remote_at(t, c, n)?
+                .call(&crate::remote::Request::Elect, false)
+                .await
+                .map(|_| ()),
             _ => t
                 .raft()
                 .trigger()
@@ -761,9 +783,28 @@ impl Db {
     pub async fn dump_at(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         let mut out = Vec::new();
         for t in self.tablets_for_range(range) {
-            if let Some(piece) = range.intersect(t.range()) {
-                out.extend(self.route(&t)?.dump(&piece, ts).await?);
-            }
+            let Some(piece) = range.intersect(t.range()) else {
+                continue;
+            };
+            // A lock left by a coordinator that died is resolved once it expires: wait for
+            // that (a checker must see one state, not give up on a leftover).
+            let deadline = std::time::Instant::now()
+                + Duration::from_millis(self.config.lock_ttl_ms.saturating_mul(2) + 2_000);
+            let mut attempt = 0;
+            let rows = loop {
+                attempt += 1;
+                let route = self.route(&t)?;
+                match route.dump(&piece, ts).await {
+                    Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                        for (k, _) in route.scan_locks(&piece).await? {
+                            self.resolve_lock(&k).await?;
+                        }
+                        backoff(attempt).await;
+                    }
+                    other => break other?,
+                }
+            };
+            out.extend(rows);
         }
         Ok(out)
     }

@@ -41,6 +41,7 @@ pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod lockq;
+pub(crate) mod membership;
 pub mod mvcc;
 pub mod raft;
 pub(crate) mod remote;

@@ -101,6 +101,10 @@ pub(crate) enum Request {
     },
     /// Asks the node to stand for election in the tablet's group (moving its leadership).
     Elect,
+    /// A membership change of the tablet's group, for its leader to make.
+    Member(crate::membership::Change),
+    /// Whether the node answers at all (a failure detector's probe).
+    Ping,
 }
 
 /// The answer to a [`Request`].
@@ -205,8 +209,10 @@ pub(crate) fn copy_error(e: &Error) -> Error {
 /// Runs a step that another node sent for tablet `tablet`, on this node's replica. Only a
 /// replica that serves answers (a follower's view of locks and versions may be stale).
 pub(crate) async fn serve(db: &Arc<Db>, tablet: u64, req: Request) -> Result<Reply> {
-    if let Request::Timestamps { n } = req {
-        return db.local_timestamps(n).await.map(Reply::Ts);
+    match req {
+        Request::Timestamps { n } => return db.local_timestamps(n).await.map(Reply::Ts),
+        Request::Ping => return Ok(Reply::Unit),
+        _ => {}
     }
     let t = db
         .tablets()
@@ -224,7 +230,11 @@ pub(crate) async fn serve(db: &Arc<Db>, tablet: u64, req: Request) -> Result<Rep
     }
     t.check_serving()?;
     Ok(match req {
-        Request::Timestamps { .. } | Request::Elect => {
+        Request::Member(c) => {
+            crate::membership::apply(&t, c).await?;
+            Reply::Unit
+        }
+        Request::Timestamps { .. } | Request::Elect | Request::Ping => {
             return Err(Error::InvalidArgument(
                 "a step that is not for a tablet's leader".into(),
             ))

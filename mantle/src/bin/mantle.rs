@@ -114,6 +114,22 @@ struct ServeArgs {
     /// can lead from different nodes). An existing store keeps the layout it was made with.
     #[arg(long, value_name = "LAYOUT", default_value = "single", value_parser = ["single", "tables"])]
     layout: String,
+    /// The address the other nodes (and clients told by them) reach this node at, when it is
+    /// not the --listen address: a proxy, a NAT, a host name. Recorded in the membership.
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// The local IP address this node's connections to the other nodes start from (a host
+    /// with several addresses; the partition tests give each node a loopback address).
+    #[arg(long, value_name = "IP")]
+    peer_source_ip: Option<std::net::IpAddr>,
+    /// Voters per tablet group in a cluster: nodes that join beyond them stay learners of
+    /// every group (spares), ready to replace a voter that dies. Give every node the same.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    replicas: u64,
+    /// Seconds a voter may not answer before the first tablet's leader replaces it with a
+    /// live spare (its replicas are rebuilt there from a snapshot); 0: never.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    replace_dead_after_s: u64,
 }
 
 impl ServeArgs {
@@ -136,6 +152,11 @@ impl ServeArgs {
             "tables" => mantle::server::Layout::Tables,
             _ => mantle::server::Layout::Single,
         };
+        cfg.advertise = self.advertise.clone();
+        cfg.replicas = usize::try_from(self.replicas).unwrap_or(usize::MAX);
+        cfg.replace_dead_after = (self.replace_dead_after_s > 0)
+            .then(|| std::time::Duration::from_secs(self.replace_dead_after_s));
+        cfg.peer_source_ip = self.peer_source_ip;
         cfg.raft_heartbeat_ms = self.raft_heartbeat_ms;
         cfg.raft_election_ms = self.raft_election_ms.max(3 * self.raft_heartbeat_ms);
         let ms = std::time::Duration::from_millis;
@@ -156,7 +177,7 @@ impl ServeArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the server: one process, one tablet, data under --data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Makes directories.
     Mkdir {
         /// Make parents as needed; existing directories are fine.

@@ -56,6 +56,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes and waits until the last one sees them all as voters, and a leader.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_voters(n, n, extra).await
+    }
+
+    /// Starts `n` nodes and waits until the last one sees `voters` voters (the others are
+    /// spares), and a leader.
+    pub async fn start_with_voters(n: usize, voters: usize, extra: &[&str]) -> Cluster {
         let dirs: Vec<tempfile::TempDir> =
             (0..n).map(|_| tempfile::tempdir().expect("dir")).collect();
         let mut procs = Killed(Vec::new());
@@ -70,7 +76,7 @@ impl Cluster {
             procs.0.push(c);
             addrs.push(a);
         }
-        settled(&addrs[n - 1], n).await;
+        settled(&addrs[n - 1], voters).await;
         Cluster {
             dirs,
             procs,
@@ -123,4 +129,41 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Waits until `addr` sees tablet `tablet` led by `node`.
+pub async fn led_by(addr: &str, tablet: u64, node: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status(addr).await {
+            if s.tablets.iter().any(|t| t.id == tablet && t.leader == node) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tablet {tablet} is not led by node {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Moves tablet 1's leadership to node 2 and tablet 2's to node 3 (through node 1), and waits
+/// until node 1 sees it.
+pub async fn move_leaders_apart(cl: &Cluster) {
+    for (tablet, node) in [(1u64, 2u64), (2, 3)] {
+        let out = super::cli_ok(
+            &cl.addrs[0],
+            &[
+                "admin".as_ref(),
+                "move-leader".as_ref(),
+                tablet.to_string().as_ref(),
+                node.to_string().as_ref(),
+            ],
+        );
+        assert!(out.contains(&format!("led by node {node}")), "{out}");
+    }
+    led_by(&cl.addrs[0], 0, 1).await;
+    led_by(&cl.addrs[0], 1, 2).await;
+    led_by(&cl.addrs[0], 2, 3).await;
 }

@@ -48,6 +48,8 @@ pub struct Peers {
     channels: Arc<DashMap<u64, (String, Channel)>>,
     /// The `authorization` value this node's Raft messages carry, if the nodes require one.
     auth: Option<tonic::metadata::AsciiMetadataValue>,
+    /// The local address connections to peers start from (`None`: the system's choice).
+    source: Option<std::net::IpAddr>,
 }
 
 impl Peers {
@@ -57,6 +59,7 @@ impl Peers {
             me,
             channels: Arc::new(DashMap::new()),
             auth: None,
+            source: None,
         }
     }
 
@@ -69,6 +72,14 @@ impl Peers {
         v.set_sensitive(true);
         self.auth = Some(v);
         Ok(self)
+    }
+
+    /// The same peers, connecting from local address `ip` (`None`: the system's choice): a
+    /// host with several addresses, or loopback nodes told apart by their source address
+    /// (the partition tests).
+    pub fn with_source_ip(mut self, ip: Option<std::net::IpAddr>) -> Peers {
+        self.source = ip;
+        self
     }
 
     /// The credential this node's messages carry, if any.
@@ -97,6 +108,7 @@ impl Peers {
         let channel = Endpoint::from_shared(url)
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_secs(1))
+            .local_address(self.source)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
