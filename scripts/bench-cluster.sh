@@ -5,13 +5,19 @@
 #   bash scripts/bench-cluster.sh [ITEMS] [TASKS]      (defaults: 200 64)
 #
 # Writes docs/bench/cluster/{single,cluster,cluster-leader-only}.txt and summary.txt. Release
-# builds.
+# builds. BIN=DIR uses the binaries in DIR, OUT=DIR writes elsewhere.
 set -eu
 cd "$(dirname "$0")/.."
 N=${1:-200}; TASKS=${2:-64}
-cargo build -q --release -p mantle -p mdtest
-T=${CARGO_TARGET_DIR:-target}/release
-OUT=docs/bench/cluster; mkdir -p "$OUT"
+# BIN=DIR runs the mantle and mdtest binaries in DIR instead (another commit's build, for a
+# side-by-side run); OUT=DIR writes the results there.
+if [ -n "${BIN:-}" ]; then
+  T=$BIN
+else
+  cargo build -q --release -p mantle -p mdtest
+  T=${CARGO_TARGET_DIR:-target}/release
+fi
+OUT=${OUT:-docs/bench/cluster}; mkdir -p "$OUT"
 W=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
