@@ -14,8 +14,15 @@
 //! - **Status** (`ClusterApi`): members, tablets, leaders, applied indexes, as the
 //!   answering node sees them.
 //!
-//! What it is not (yet): a placement service with its own group and timestamp oracle, moving
-//! replicas off dead nodes, several tablets per namespace (the next steps of the cluster work).
+//! - **Placement** (`place`): the first tablet's leader keeps `--replicas` voters per group;
+//!   further nodes are spares (learners of every group), and a voter that does not answer
+//!   pings for `--replace-dead-after-s` is replaced by a live spare.
+//! - **Leaders apart** (`MoveLeader`): with several tablets, a node coordinates each call
+//!   across the tablets' leaders (`tafdb`'s routes); whole calls are forwarded only to a node
+//!   that leads every tablet.
+//!
+//! What it is not (yet): a placement service with a group and routing table of its own,
+//! replicas on a subset of the nodes, balancing (the next steps of the cluster work).
 
 use std::collections::BTreeMap;
 use std::path::Path;

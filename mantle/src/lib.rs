@@ -5,7 +5,8 @@
 //! validation that turns protobuf messages into the namespace's domain requests ([`convert`]),
 //! the server ([`server::run`]: by default one process, one TafDB tablet holding the Index and
 //! Meta tables, single-voter Raft, data in one directory; with `--init` / `--join` a node of a
-//! cluster whose tablet is replicated over the nodes, [`cluster`]; [`limits`] bounds what
+//! cluster whose tablets are replicated over the nodes, with spares that replace dead voters
+//! and tablets that may be led from different nodes, [`cluster`]; [`limits`] bounds what
 //! clients may hold of it), the
 //! access tokens ([`auth`]: who may call, and as which user), the
 //! async client SDK ([`client::Client`], whose mutations carry request ids so that a retry

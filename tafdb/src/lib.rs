@@ -24,7 +24,12 @@
 //! ([`tablet::Replication`], [`DbConfig::cluster`]): Raft messages travel over gRPC
 //! ([`raft::net`]: one service per node, routed by group id; one channel per peer), and a
 //! replica serves only while it leads, each read confirmed with a quorum. A replica that joins
-//! or falls behind the purged log receives the tablet as a full snapshot streamed from a file. The `failpoints`
+//! or falls behind the purged log receives the tablet as a full snapshot streamed from a file.
+//! Tablets may be led from different nodes: a node coordinates a transaction by sending each
+//! tablet's steps to its leader (`remote`, over the same Raft service), takes timestamps from
+//! the oracle on the first tablet's leader, which confirms its leadership before it hands any
+//! out, and changes the groups' membership through each group's leader
+//! ([`Db::add_member`], [`Db::promote`], [`Db::remove_member`]). The `failpoints`
 //! feature compiles in the fault-injection points the `failpoints` tests use.
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
