@@ -172,6 +172,9 @@ pub(crate) struct ClusterApi {
     pub(crate) replicas: usize,
     /// New ids are handed out one at a time.
     pub(crate) joining: tokio::sync::Mutex<()>,
+    /// Held while a promotion is decided and made (here and by [`place`]), so that two
+    /// nodes asking at once cannot both become voters past `replicas`.
+    pub(crate) promotions: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A store error of a membership change as the operator sees it.
@@ -260,6 +263,7 @@ impl proto::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<proto::PromoteReply>, Status> {
         self.admin(&r)?;
         let node = r.into_inner().node;
+        let _one = self.promotions.lock().await;
         // The groups share their members: the first one's voters are everyone's.
         let voters: Vec<u64> = self
             .db
@@ -544,6 +548,7 @@ pub(crate) async fn place(
     db: Arc<Db>,
     me: u64,
     placement: Placement,
+    promotions: Arc<tokio::sync::Mutex<()>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(after) = placement.replace_after else {
@@ -599,6 +604,14 @@ pub(crate) async fn place(
             .iter()
             .copied()
             .find(|v| *v != me && last_ok.get(v).is_some_and(|t| t.elapsed() >= after));
+        // Decided and made under the promotions lock, on the membership as it is then.
+        let _one = promotions.lock().await;
+        let voters: Vec<u64> = {
+            let m = first.raft().metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().collect()
+        };
+        let spare = spare.filter(|s| !voters.contains(s));
+        let dead = dead.filter(|d| voters.contains(d));
         let result = match (dead, spare) {
             (Some(dead), Some(spare)) => {
                 tracing::warn!(

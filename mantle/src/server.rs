@@ -394,6 +394,7 @@ pub async fn serve(
     });
     // A cluster node keeps the groups' voters alive while it leads the first tablet.
     let (stop_placement, placement_stop) = tokio::sync::watch::channel(false);
+    let promotions = Arc::new(tokio::sync::Mutex::new(()));
     let placement = node.as_ref().map(|(n, _)| {
         tokio::spawn(crate::cluster::place(
             db.clone(),
@@ -402,6 +403,7 @@ pub async fn serve(
                 replicas: config.replicas.max(1),
                 replace_after: config.replace_dead_after,
             },
+            promotions.clone(),
             placement_stop,
         ))
     });
@@ -440,6 +442,7 @@ pub async fn serve(
                 remote_admin: config.allow_remote_admin,
                 replicas: config.replicas,
                 joining: tokio::sync::Mutex::new(()),
+                promotions,
             },
         ))
         .add_service(router.service())

@@ -125,6 +125,9 @@ pub struct Db {
     stop_space: tokio::sync::watch::Sender<bool>,
     /// Timestamps from the replicated oracle (in a cluster), here or on another node.
     oracle: Arc<Oracle>,
+    /// Snapshot pins held here for other nodes' snapshots: id -> (pin, lease end).
+    held_pins: parking_lot::Mutex<HashMap<u64, (crate::raft::SnapshotPin, std::time::Instant)>>,
+    next_pin: std::sync::atomic::AtomicU64,
 }
 
 /// A snapshot held open on every tablet ([`Db::snapshot`]): reads at its timestamp never fail
@@ -134,7 +137,43 @@ pub struct Db {
 pub struct Snapshot {
     ts: u64,
     _pins: Vec<crate::raft::SnapshotPin>,
+    /// Pins on tablets led by other nodes, renewed while the snapshot lives.
+    _remote: Option<RemotePins>,
 }
+
+/// A snapshot's pins on tablets other nodes lead: leased there, renewed by a task, released
+/// when the snapshot is dropped (or when the lease runs out, if the release is lost).
+struct RemotePins {
+    pins: Arc<Vec<(Remote, u64)>>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RemotePins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePins")
+            .field("pins", &self.pins.len())
+            .finish()
+    }
+}
+
+impl Drop for RemotePins {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let pins = self.pins.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for (r, id) in pins.iter() {
+                    let _ = r
+                        .call(&crate::remote::Request::Unpin { id: *id }, false)
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+/// How long a pin taken for another node lasts without a renewal.
+const PIN_LEASE: Duration = Duration::from_secs(10);
 
 impl Snapshot {
     /// The snapshot's timestamp.
@@ -241,6 +280,8 @@ impl Db {
             space_task: parking_lot::Mutex::new(None),
             stop_space: tokio::sync::watch::channel(false).0,
             oracle: Arc::new(Oracle::default()),
+            held_pins: parking_lot::Mutex::new(HashMap::new()),
+            next_pin: std::sync::atomic::AtomicU64::new(1),
         });
         if let Some(c) = &db.config.cluster {
             db.oracle.set_db(&db);
@@ -261,6 +302,7 @@ impl Db {
                         _ = stop.changed() => return,
                     }
                     let Some(db) = weak.upgrade() else { return };
+                    db.expire_pins();
                     let engines: Vec<_> = db
                         .tablets
                         .iter()
@@ -371,8 +413,9 @@ impl Db {
     }
 
     /// Holds a snapshot open on every tablet at a fresh timestamp (see [`Snapshot`]). In a
-    /// cluster only the tablets this node leads are pinned: reads of the others at the
-    /// snapshot may fail with `SnapshotTooOld` once it leaves their MVCC window.
+    /// cluster the tablets other nodes lead are pinned there under a lease, renewed while the
+    /// snapshot lives; if a tablet's leader changes meanwhile, its pin is lost and reads of
+    /// it at the snapshot may fail with `SnapshotTooOld` once the snapshot leaves its window.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut last = None;
         for _ in 0..self.config.max_attempts.max(1) {
@@ -394,14 +437,121 @@ impl Db {
                     Err(e) => return Err(e),
                 }
             }
-            if pins.len() == local.len() {
-                return Ok(Snapshot { ts, _pins: pins });
+            if pins.len() < local.len() {
+                continue;
             }
+            // The tablets other nodes lead are pinned there, under a lease.
+            let mut remote = Vec::new();
+            let mut overtaken = false;
+            for t in self
+                .tablets
+                .iter()
+                .filter(|t| !local.iter().any(|l| Arc::ptr_eq(l, t)))
+            {
+                let Route::Remote(r) = self.route(t)? else {
+                    continue;
+                };
+                let req = crate::remote::Request::Pin {
+                    ts,
+                    lease_ms: PIN_LEASE.as_millis() as u64,
+                    id: None,
+                };
+                match r.call(&req, false).await {
+                    Ok(crate::remote::Reply::Ts(id)) => remote.push((r, id)),
+                    Ok(other) => {
+                        return Err(Error::Raft(format!(
+                            "unexpected answer to a pin: {other:?}"
+                        )))
+                    }
+                    Err(e @ Error::SnapshotTooOld { .. }) => {
+                        last = Some(e);
+                        overtaken = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let remote = Arc::new(remote);
+            if overtaken {
+                // Dropping them releases the pins taken so far.
+                drop(RemotePins {
+                    pins: remote,
+                    renew: tokio::spawn(async {}),
+                });
+                continue;
+            }
+            let remote = (!remote.is_empty()).then(|| {
+                let pins = remote.clone();
+                let renew = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(PIN_LEASE / 3).await;
+                        for (r, id) in pins.iter() {
+                            let req = crate::remote::Request::Pin {
+                                ts,
+                                lease_ms: PIN_LEASE.as_millis() as u64,
+                                id: Some(*id),
+                            };
+                            if let Err(e) = r.call(&req, false).await {
+                                tracing::warn!(tablet = r.tablet, error = %e, "a snapshot pin could not be renewed; reads of that tablet at the snapshot may fail");
+                            }
+                        }
+                    }
+                });
+                RemotePins {
+                    pins: remote,
+                    renew,
+                }
+            });
+            return Ok(Snapshot {
+                ts,
+                _pins: pins,
+                _remote: remote,
+            });
         }
         Err(Error::RetriesExhausted {
             attempts: self.config.max_attempts,
             last: Box::new(last.unwrap_or(Error::Shutdown)),
         })
+    }
+
+    /// Holds a snapshot at `ts` open on tablet `t` (led here) for another node, for `lease`
+    /// (with `id`: renews that pin). Returns the pin's id.
+    pub(crate) fn hold_pin(
+        &self,
+        t: &Arc<Tablet>,
+        ts: u64,
+        lease: Duration,
+        id: Option<u64>,
+    ) -> Result<u64> {
+        let until = std::time::Instant::now() + lease.min(Duration::from_secs(60));
+        let mut held = self.held_pins.lock();
+        if let Some(id) = id {
+            return match held.get_mut(&id) {
+                Some(p) => {
+                    p.1 = until;
+                    Ok(id)
+                }
+                None => Err(Error::SnapshotTooOld { ts, floor: 0 }),
+            };
+        }
+        let pin = t.pin(ts)?;
+        let id = self
+            .next_pin
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        held.insert(id, (pin, until));
+        Ok(id)
+    }
+
+    /// Releases a pin held for another node.
+    pub(crate) fn release_pin(&self, id: u64) {
+        self.held_pins.lock().remove(&id);
+    }
+
+    /// Drops the pins held for other nodes whose lease ran out (their node died, or lost the
+    /// release).
+    fn expire_pins(&self) {
+        let now = std::time::Instant::now();
+        self.held_pins.lock().retain(|_, (_, until)| *until > now);
     }
 
     /// One round of 2PC garbage collection: resolves every lock older than the lock TTL (so a

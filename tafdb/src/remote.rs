@@ -105,6 +105,17 @@ pub(crate) enum Request {
     Member(crate::membership::Change),
     /// Whether the node answers at all (a failure detector's probe).
     Ping,
+    /// Holds a snapshot at `ts` open on the tablet for `lease_ms` (a new pin, or with `id` a
+    /// renewal of one); answers the pin's id.
+    Pin {
+        ts: u64,
+        lease_ms: u64,
+        id: Option<u64>,
+    },
+    /// Releases pin `id`.
+    Unpin {
+        id: u64,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -232,6 +243,13 @@ pub(crate) async fn serve(db: &Arc<Db>, tablet: u64, req: Request) -> Result<Rep
     Ok(match req {
         Request::Member(c) => {
             crate::membership::apply(&t, c).await?;
+            Reply::Unit
+        }
+        Request::Pin { ts, lease_ms, id } => {
+            Reply::Ts(db.hold_pin(&t, ts, Duration::from_millis(lease_ms), id)?)
+        }
+        Request::Unpin { id } => {
+            db.release_pin(id);
             Reply::Unit
         }
         Request::Timestamps { .. } | Request::Elect | Request::Ping => {

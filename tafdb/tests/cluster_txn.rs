@@ -389,3 +389,48 @@ async fn timestamps_increase_whichever_node_is_asked() {
     ));
     stop_all(&mut nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_holds_tablets_that_other_nodes_lead() {
+    let mut nodes = three_nodes().await;
+    spread(&nodes).await;
+    let key = b"\x02t-pinned".to_vec();
+    let put = |db: Arc<Db>, v: u64| {
+        let key = key.clone();
+        async move {
+            db.run_txn(move |t| {
+                let key = key.clone();
+                Box::pin(async move { t.put(&key, &v.to_le_bytes()) })
+            })
+            .await
+            .expect("put");
+        }
+    };
+    put(nodes[0].db.clone(), 1).await;
+    // Node 1 leads tablet 0 only; the key is in tablet 2, which node 3 leads.
+    let snap = nodes[0].db.snapshot().await.expect("snapshot");
+    // Newer versions, and time for the flusher (200 ms window) to move past the snapshot.
+    for v in 2..8 {
+        put(nodes[1].db.clone(), v).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let old = nodes[0]
+        .db
+        .get_at(&key, snap.ts())
+        .await
+        .expect("read at the snapshot");
+    assert_eq!(num(old), 1, "the snapshot's value");
+    let at = snap.ts();
+    drop(snap);
+    // Released: the tablet's floor moves past the snapshot's time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        put(nodes[1].db.clone(), 9).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Err(Error::SnapshotTooOld { .. }) = nodes[0].db.get_at(&key, at).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pin was never released");
+    }
+    stop_all(&mut nodes).await;
+}
