@@ -14,26 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{finish, move_leaders_apart, settled, status, Cluster};
+use common::cluster::{finish, lost, move_leaders_apart, settled, status, Cluster};
 use common::spawn_server;
 use mantle::client::Client;
 use mantle::proto::cluster_client::ClusterClient;
-
-/// The names of `acked` that `c` does not list under `/`.
-async fn lost(c: &Client, acked: &[String]) -> Vec<String> {
-    let names: std::collections::HashSet<String> = c
-        .list("/", false)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
-        .collect();
-    acked
-        .iter()
-        .filter(|n| !names.contains(*n))
-        .cloned()
-        .collect()
-}
 
 /// Creates directory `name`; whether it exists now (EEXIST: an earlier attempt through a node
 /// that then failed did commit).

@@ -231,19 +231,12 @@ async fn a_partitioned_leader_acknowledges_nothing_and_the_majority_serves() {
     // Every acknowledged write is there, read through the old leader's node too (it forwards
     // to the new leader); the minority's attempts were not acknowledged and are not there.
     let through_old = Client::connect(&addrs[old]).await.expect("connect");
-    let names: HashSet<String> = through_old
-        .list("/", false)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
-        .collect();
-    for a in &acked {
-        assert!(names.contains(a), "{a} was acknowledged and is lost");
-    }
+    let missing = common::cluster::lost(&through_old, &acked).await;
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
+    let absent = common::cluster::lost(&through_old, &minority_tried).await;
     let resurrected: Vec<&String> = minority_tried
         .iter()
-        .filter(|n| names.contains(*n))
+        .filter(|n| !absent.contains(n))
         .collect();
     let report = through_old.fsck(|_| {}).await.expect("fsck");
     assert!(report.is_clean(), "{report}");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{finish, status, Cluster};
+use common::cluster::{finish, lost, status, Cluster};
 use mantle::client::Client;
 
 /// Waits until `addr` sees `voters` as the voters of every tablet; returns how long it took.
@@ -109,15 +109,8 @@ fn create_load(
 /// Every name in `acked` is listed through `addrs`, and fsck is clean.
 async fn check(addrs: &str, acked: &Mutex<Vec<String>>) {
     let c = Client::connect(addrs).await.expect("connect");
-    let names: std::collections::HashSet<String> = c
-        .list("/", false)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
-        .collect();
     let acked = acked.lock().expect("lock").clone();
-    let lost: Vec<&String> = acked.iter().filter(|a| !names.contains(*a)).collect();
+    let lost = lost(&c, &acked).await;
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     let report = c.fsck(|_| {}).await.expect("fsck");
     assert!(report.is_clean(), "{report}");

@@ -408,6 +408,79 @@ fn unexpected(r: Reply) -> Error {
     Error::Raft(format!("unexpected answer from a tablet's leader: {r:?}"))
 }
 
+/// Takes one kind of answer out of a [`Reply`] (anything else is handed back).
+type Pick<T> = fn(Reply) -> std::result::Result<T, Reply>;
+
+impl Remote {
+    /// Sends `req` and takes the answer `pick` expects.
+    async fn ask<T>(&self, req: Request, mutates: bool, pick: Pick<T>) -> Result<T> {
+        pick(self.call(&req, mutates).await?).map_err(unexpected)
+    }
+}
+
+fn value(r: Reply) -> std::result::Result<Option<Value>, Reply> {
+    match r {
+        Reply::Value(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn rows(r: Reply) -> std::result::Result<Vec<(Key, Value)>, Reply> {
+    match r {
+        Reply::Rows(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn changed(r: Reply) -> std::result::Result<bool, Reply> {
+    match r {
+        Reply::Changed(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn ts(r: Reply) -> std::result::Result<u64, Reply> {
+    match r {
+        Reply::Ts(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn unit(r: Reply) -> std::result::Result<(), Reply> {
+    match r {
+        Reply::Unit => Ok(()),
+        o => Err(o),
+    }
+}
+
+fn outcome(r: Reply) -> std::result::Result<CommandResult, Reply> {
+    match r {
+        Reply::Result(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn locks(r: Reply) -> std::result::Result<LockRecord, Reply> {
+    match r {
+        Reply::Locks(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn lock_list(r: Reply) -> std::result::Result<Vec<(Key, LockRecord)>, Reply> {
+    match r {
+        Reply::LockList(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
+fn status(r: Reply) -> std::result::Result<Option<TxnStatus>, Reply> {
+    match r {
+        Reply::Status(v) => Ok(v),
+        o => Err(o),
+    }
+}
+
 impl Route {
     /// The tablet's id.
     pub(crate) fn id(&self) -> u64 {
@@ -420,19 +493,10 @@ impl Route {
     pub(crate) async fn get(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
         match self {
             Route::Local(t) => t.get(key, ts).await,
-            Route::Remote(r) => match r
-                .call(
-                    &Request::Get {
-                        key: key.to_vec(),
-                        ts,
-                    },
-                    false,
-                )
-                .await?
-            {
-                Reply::Value(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => {
+                let key = key.to_vec();
+                r.ask(Request::Get { key, ts }, false, value).await
+            }
         }
     }
 
@@ -444,58 +508,31 @@ impl Route {
     ) -> Result<Vec<(Key, Value)>> {
         match self {
             Route::Local(t) => t.scan(range, ts, limit).await,
-            Route::Remote(r) => match r
-                .call(
-                    &Request::Scan {
-                        range: range.clone(),
-                        ts,
-                        limit: limit as u64,
-                    },
-                    false,
-                )
-                .await?
-            {
-                Reply::Rows(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => {
+                let (range, limit) = (range.clone(), limit as u64);
+                r.ask(Request::Scan { range, ts, limit }, false, rows).await
+            }
         }
     }
 
     pub(crate) async fn dump(&self, range: &KeyRange, ts: u64) -> Result<Vec<(Key, Value)>> {
         match self {
             Route::Local(t) => t.dump(range, ts).await,
-            Route::Remote(r) => match r
-                .call(
-                    &Request::Dump {
-                        range: range.clone(),
-                        ts,
-                    },
-                    false,
-                )
-                .await?
-            {
-                Reply::Rows(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => {
+                let range = range.clone();
+                r.ask(Request::Dump { range, ts }, false, rows).await
+            }
         }
     }
 
     pub(crate) async fn changed_since(&self, key: &[u8], ts: u64) -> Result<bool> {
         match self {
             Route::Local(t) => t.changed_since(key, ts),
-            Route::Remote(r) => match r
-                .call(
-                    &Request::ChangedSince {
-                        key: key.to_vec(),
-                        ts,
-                    },
-                    false,
-                )
-                .await?
-            {
-                Reply::Changed(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => {
+                let key = key.to_vec();
+                r.ask(Request::ChangedSince { key, ts }, false, changed)
+                    .await
+            }
         }
     }
 
@@ -515,10 +552,7 @@ impl Route {
                     stable: rs.stable.to_vec(),
                     writes,
                 };
-                match r.call(&req, true).await? {
-                    Reply::Ts(ts) => Ok(ts),
-                    other => Err(unexpected(other)),
-                }
+                r.ask(req, true, ts).await
             }
         }
     }
@@ -540,10 +574,7 @@ impl Route {
                     scans: rs.scans.to_vec(),
                     writes,
                 };
-                match r.call(&req, true).await? {
-                    Reply::Unit => Ok(()),
-                    other => Err(unexpected(other)),
-                }
+                r.ask(req, true, unit).await
             }
         }
     }
@@ -569,10 +600,7 @@ impl Route {
                     reads,
                     primary,
                 };
-                match r.call(&req, true).await? {
-                    Reply::Result(v) => Ok(v),
-                    other => Err(unexpected(other)),
-                }
+                r.ask(req, true, outcome).await
             }
         }
     }
@@ -591,10 +619,7 @@ impl Route {
                     keys,
                     primary,
                 };
-                match r.call(&req, true).await? {
-                    Reply::Result(v) => Ok(v),
-                    other => Err(unexpected(other)),
-                }
+                r.ask(req, true, outcome).await
             }
         }
     }
@@ -602,38 +627,27 @@ impl Route {
     pub(crate) async fn locks(&self, key: &[u8]) -> Result<LockRecord> {
         match self {
             Route::Local(t) => t.locks(key),
-            Route::Remote(r) => match r.call(&Request::Locks { key: key.to_vec() }, false).await? {
-                Reply::Locks(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => {
+                let key = key.to_vec();
+                r.ask(Request::Locks { key }, false, locks).await
+            }
         }
     }
 
     pub(crate) async fn scan_locks(&self, range: &KeyRange) -> Result<Vec<(Key, LockRecord)>> {
         match self {
             Route::Local(t) => t.scan_locks(range),
-            Route::Remote(r) => match r
-                .call(
-                    &Request::ScanLocks {
-                        range: range.clone(),
-                    },
-                    false,
-                )
-                .await?
-            {
-                Reply::LockList(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => {
+                let range = range.clone();
+                r.ask(Request::ScanLocks { range }, false, lock_list).await
+            }
         }
     }
 
     pub(crate) async fn txn_status(&self, start_ts: u64) -> Result<Option<TxnStatus>> {
         match self {
             Route::Local(t) => t.txn_status(start_ts),
-            Route::Remote(r) => match r.call(&Request::TxnStatus { start_ts }, false).await? {
-                Reply::Status(v) => Ok(v),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => r.ask(Request::TxnStatus { start_ts }, false, status).await,
         }
     }
 }
@@ -714,10 +728,7 @@ impl Oracle {
         let first = db.tablets().first().cloned().ok_or(Error::Shutdown)?;
         match db.route(&first)? {
             Route::Local(_) => db.local_timestamps(n).await,
-            Route::Remote(r) => match r.call(&Request::Timestamps { n }, false).await? {
-                Reply::Ts(ts) => Ok(ts),
-                other => Err(unexpected(other)),
-            },
+            Route::Remote(r) => r.ask(Request::Timestamps { n }, false, ts).await,
         }
     }
 

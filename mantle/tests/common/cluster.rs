@@ -167,3 +167,19 @@ pub async fn move_leaders_apart(cl: &Cluster) {
     led_by(&cl.addrs[0], 1, 2).await;
     led_by(&cl.addrs[0], 2, 3).await;
 }
+
+/// The names of `acked` that `c` does not list under `/`.
+pub async fn lost(c: &mantle::client::Client, acked: &[String]) -> Vec<String> {
+    let names: std::collections::HashSet<String> = c
+        .list("/", false)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| format!("/{}", String::from_utf8_lossy(&e.name)))
+        .collect();
+    acked
+        .iter()
+        .filter(|n| !names.contains(*n))
+        .cloned()
+        .collect()
+}
