@@ -1,9 +1,11 @@
-//! What every operation shares: the inode id allocator and the clock.
+//! What every operation shares: the inode id allocator, the clock and the path cache.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use indexnode::{CacheConfig, PathCache};
 use parking_lot::Mutex;
+use tafdb::tablet::Tablet;
 use tafdb::Db;
 
 use crate::error::OpResult;
@@ -20,16 +22,49 @@ pub struct Ctx {
     db: Arc<Db>,
     ids: Mutex<(u64, u64)>,
     refill: tokio::sync::Mutex<()>,
+    cache: Option<Arc<PathCache>>,
 }
 
 impl Ctx {
-    /// A context over `db`.
+    /// A context over `db`, with no path cache.
     pub fn new(db: Arc<Db>) -> Ctx {
         Ctx {
             db,
             ids: Mutex::new((0, 0)),
             refill: tokio::sync::Mutex::new(()),
+            cache: None,
         }
+    }
+
+    /// A context over `db` whose path resolutions use a TopDirPathCache, kept exact by a write
+    /// watch on the Index table's tablet. Without a cache if that tablet already has a watch
+    /// (another service over the same store).
+    pub fn with_cache(db: Arc<Db>, cfg: CacheConfig) -> Ctx {
+        let mut ctx = Ctx::new(db);
+        let cache = PathCache::new(cfg);
+        let prefix = [indexnode::INDEX_TABLE];
+        match ctx.db.tablet_for(&prefix).watch(&prefix, cache.clone()) {
+            Ok(()) => ctx.cache = Some(cache),
+            Err(e) => tracing::warn!("no path cache: {e}"),
+        }
+        ctx
+    }
+
+    /// The path cache, if there is one.
+    pub fn path_cache(&self) -> Option<&Arc<PathCache>> {
+        self.cache.as_ref()
+    }
+
+    /// The path cache and the Index table's tablet, when resolutions may use the cache now:
+    /// this node's replica of that tablet serves (it leads), so the cache mirrors what a read
+    /// here would see.
+    pub(crate) fn cache_use(&self) -> Option<CacheUse> {
+        let cache = self.cache.as_ref()?;
+        let tablet = self.db.serving_tablet_for(&[indexnode::INDEX_TABLE])?;
+        Some(CacheUse {
+            cache: cache.clone(),
+            tablet: tablet.clone(),
+        })
     }
 
     /// The store.
@@ -80,6 +115,19 @@ impl Ctx {
         let mut ids = self.ids.lock();
         *ids = (start + 1, start + ID_BLOCK);
         Ok(start)
+    }
+}
+
+/// A path cache a resolution may use, with the tablet that validates its fills.
+#[derive(Clone)]
+pub(crate) struct CacheUse {
+    pub(crate) cache: Arc<PathCache>,
+    pub(crate) tablet: Arc<Tablet>,
+}
+
+impl std::fmt::Debug for CacheUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheUse")
     }
 }
 

@@ -17,6 +17,7 @@ use metastore::{keys, Attr, Dentry, FileType};
 use tafdb::Txn;
 
 use crate::api::{Loc, Obj};
+use crate::ctx::{CacheUse, Ctx};
 use crate::error::{fail, Errno, FsError, OpResult};
 
 /// How many symlinks one resolution may follow (Linux's limit).
@@ -29,21 +30,37 @@ pub struct Ns {
     pub name: Vec<u8>,
     /// Its root's Index entry.
     pub root: IndexEntry,
+    /// The path cache path resolutions may use (see [`namespace_cached`]).
+    pub(crate) cache: Option<CacheUse>,
 }
 
-/// Reads namespace `name` (a recorded read of its root's Index entry).
+/// Reads namespace `name` (a recorded read of its root's Index entry). Path resolutions in
+/// it read every directory from the Index table: what a rename needs, since its loop check
+/// depends on every ancestor of the destination staying as it read them.
 pub async fn namespace(txn: &mut Txn, name: &[u8]) -> OpResult<Ns> {
     name::check_name(name).map_err(|e| FsError::new(Errno::EINVAL, format!("namespace: {e}")))?;
     match indexnode::get(txn, 0, name).await? {
         Some(root) => Ok(Ns {
             name: name.to_vec(),
             root,
+            cache: None,
         }),
         None => fail(
             Errno::ENOENT,
             format!("no namespace {:?}", String::from_utf8_lossy(name)),
         ),
     }
+}
+
+/// [`namespace`], whose path resolutions take the leading directories of a deep path from
+/// the path cache when `ctx` has one usable now. Their Index entries are then not read in the
+/// transaction: an operation that must conflict with a rename of any ancestor uses
+/// [`namespace`]. At least the last directory of a walk is always read, so an operation still
+/// conflicts with the removal of the directory it acts in.
+pub async fn namespace_cached(ctx: &Ctx, txn: &mut Txn, name: &[u8]) -> OpResult<Ns> {
+    let mut ns = namespace(txn, name).await?;
+    ns.cache = ctx.cache_use();
+    Ok(ns)
 }
 
 /// A directory an operation acts in: its id and permission.
@@ -153,7 +170,12 @@ async fn walk_dirs(
     while let Some(step) = steps.pop_front() {
         if step.as_slice() == b".." {
             if stack.len() > 1 {
-                stack.pop();
+                let gone = stack.pop();
+                if let (Some(gone), Some(top)) = (gone, stack.last_mut()) {
+                    if top.id == UNKNOWN {
+                        *top = parent_entry(txn, gone.id).await?;
+                    }
+                }
             }
             continue;
         }
@@ -205,6 +227,82 @@ async fn walk_dirs(
     Ok(())
 }
 
+/// The id of a directory a path-cache hit skipped: the stack holds it as a placeholder until a
+/// `..` climbs to it (0 is the super-root, never a directory of a namespace).
+const UNKNOWN: u64 = 0;
+
+/// The entry of directory `id`'s parent, from the inode records (read stably): for a `..` that
+/// climbs into the levels a cache hit skipped.
+async fn parent_entry(txn: &mut Txn, id: u64) -> OpResult<IndexEntry> {
+    let child = must_attr_stable(txn, id).await?;
+    let p = must_attr_stable(txn, child.parent).await?;
+    Ok(IndexEntry {
+        id: p.id,
+        mode: p.mode,
+        uid: p.uid,
+        gid: p.gid,
+        locked: false,
+    })
+}
+
+/// Walks `dirs`, the directories of a path of `total` components, from the namespace root
+/// (`stack` holds only it), taking the leading ones from the path cache when `ns` has one (see
+/// [`namespace_cached`]): a hit skips them, a miss walks them and fills the cache.
+async fn walk_path(
+    txn: &mut Txn,
+    ns: &Ns,
+    stack: &mut Vec<IndexEntry>,
+    dirs: &[&[u8]],
+    total: usize,
+    cred: &Cred,
+    budget: &mut u32,
+) -> OpResult<()> {
+    let steps = |from: usize, to: usize| -> VecDeque<Vec<u8>> {
+        dirs[from..to].iter().map(|n| n.to_vec()).collect()
+    };
+    let Some(cu) = &ns.cache else {
+        return walk_dirs(txn, stack, steps(0, dirs.len()), cred, budget).await;
+    };
+    // The last directory is always read in the transaction (see `namespace_cached`).
+    let depth = cu.cache.depth_for(total).min(dirs.len().saturating_sub(1));
+    if depth == 0 || stack.len() != 1 {
+        return walk_dirs(txn, stack, steps(0, dirs.len()), cred, budget).await;
+    }
+    let ts = txn.start_ts();
+    let hit = cu.cache.probe(&ns.name, dirs, depth, ts, cred);
+    let mut from = indexnode::cache::From::Root(ns.root);
+    let mut walked = 0;
+    if let Some(h) = hit {
+        stack.extend((1..h.depth).map(|_| IndexEntry {
+            id: UNKNOWN,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            locked: false,
+        }));
+        stack.push(h.entry);
+        from = indexnode::cache::From::Hit(h);
+        walked = h.depth;
+    }
+    if walked < depth {
+        let before = *budget;
+        walk_dirs(txn, stack, steps(walked, depth), cred, budget).await?;
+        // Fill only a literal walk: every name a directory, no symlink followed.
+        if *budget == before && stack.len() == depth + 1 {
+            let tablet = &cu.tablet;
+            cu.cache.fill(
+                &ns.name,
+                from,
+                &dirs[..depth],
+                &stack[walked + 1..],
+                ts,
+                |keys| tablet.still_current(keys, ts).unwrap_or(false),
+            );
+        }
+    }
+    walk_dirs(txn, stack, steps(depth, dirs.len()), cred, budget).await
+}
+
 async fn follow(txn: &mut Txn, id: u64, budget: &mut u32) -> OpResult<Vec<u8>> {
     if *budget == 0 {
         return fail(
@@ -237,14 +335,7 @@ pub async fn locate(txn: &mut Txn, ns: &Ns, loc: &Loc, cred: &Cred) -> OpResult<
             };
             let mut stack = vec![ns.root];
             let mut budget = MAX_SYMLINKS;
-            walk_dirs(
-                txn,
-                &mut stack,
-                init.iter().map(|n| n.to_vec()).collect(),
-                cred,
-                &mut budget,
-            )
-            .await?;
+            walk_path(txn, ns, &mut stack, init, names.len(), cred, &mut budget).await?;
             let Some(top) = stack.last().copied() else {
                 return fail(Errno::EIO, "path resolution lost its root");
             };
@@ -379,10 +470,16 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
             let mut budget = MAX_SYMLINKS;
             let mut stack = vec![ns.root];
             let mut steps: VecDeque<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+            let mut first = true;
             loop {
                 // Walk everything but the last step as directories.
                 let last = steps.pop_back();
-                walk_dirs(txn, &mut stack, steps, cred, &mut budget).await?;
+                if std::mem::take(&mut first) {
+                    let dirs = &names[..names.len() - 1];
+                    walk_path(txn, ns, &mut stack, dirs, names.len(), cred, &mut budget).await?;
+                } else {
+                    walk_dirs(txn, &mut stack, steps, cred, &mut budget).await?;
+                }
                 let Some(top) = stack.last().copied() else {
                     return fail(Errno::EIO, "path resolution lost its root");
                 };
@@ -395,14 +492,18 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
                         })
                     }
                     Some(n) if n.as_slice() == b".." => {
+                        let mut id = ns.root.id;
                         if stack.len() > 1 {
-                            stack.pop();
+                            if let (Some(gone), Some(top)) = (stack.pop(), stack.last()) {
+                                id = if top.id == UNKNOWN {
+                                    parent_entry(txn, gone.id).await?.id
+                                } else {
+                                    top.id
+                                };
+                            }
                         }
-                        let Some(top) = stack.last() else {
-                            return fail(Errno::EIO, "path resolution lost its root");
-                        };
                         return Ok(Target {
-                            id: top.id,
+                            id,
                             kind: FileType::Directory,
                             entry: None,
                         });

@@ -74,6 +74,21 @@ impl<R: Op> Coprocessor for Cop<R> {
     }
 }
 
+/// How a [`Service`] is set up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The TopDirPathCache's configuration, or `None` for no cache.
+    pub path_cache: Option<indexnode::CacheConfig>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            path_cache: Some(indexnode::CacheConfig::default()),
+        }
+    }
+}
+
 /// The namespace service over one store.
 pub struct Service {
     ctx: Arc<Ctx>,
@@ -82,10 +97,23 @@ pub struct Service {
 impl Service {
     /// Registers every namespace operation with `db`.
     pub fn open(db: Arc<Db>) -> Service {
-        let ctx = Arc::new(Ctx::new(db));
+        Service::open_with(db, &Options::default())
+    }
+
+    /// [`Service::open`] with `options`.
+    pub fn open_with(db: Arc<Db>, options: &Options) -> Service {
+        let ctx = Arc::new(match options.path_cache {
+            Some(cfg) => Ctx::with_cache(db, cfg),
+            None => Ctx::new(db),
+        });
         let s = Service { ctx };
         crate::ops::register_all(&s);
         s
+    }
+
+    /// The path cache's counters and size, if there is a cache.
+    pub fn path_cache_stats(&self) -> Option<indexnode::CacheStats> {
+        self.ctx.path_cache().map(|c| c.stats())
     }
 
     /// Registers one operation type.

@@ -37,6 +37,14 @@ pub async fn fixture() -> Fixture {
 
 /// A fixture whose store is configured by `tune` first.
 pub async fn fixture_with(tune: impl FnOnce(&mut DbConfig)) -> Fixture {
+    fixture_with_options(tune, &coprocessor::service::Options::default()).await
+}
+
+/// [`fixture_with`], with the service set up by `options`.
+pub async fn fixture_with_options(
+    tune: impl FnOnce(&mut DbConfig),
+    options: &coprocessor::service::Options,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = DbConfig::new(dir.path());
     // The model tests open hundreds of stores one after another, and a store closes a little
@@ -45,7 +53,7 @@ pub async fn fixture_with(tune: impl FnOnce(&mut DbConfig)) -> Fixture {
     cfg.tablet.log_chunk_bytes = 1 << 20;
     tune(&mut cfg);
     let db = Db::open(cfg).await.expect("open");
-    let svc = Service::open(db.clone());
+    let svc = Service::open_with(db.clone(), options);
     svc.call(&NsCreate {
         name: NS.to_vec(),
         cred: Cred::root(),
@@ -99,6 +107,43 @@ impl Fixture {
                 cred: cred.clone(),
                 at: p(path),
                 mode,
+            })
+            .await
+    }
+
+    pub async fn chmod(&self, cred: &Cred, path: &str, mode: u32) -> Result<Attr, FsError> {
+        self.setattr(cred, path, Some(mode), None, None).await
+    }
+
+    pub async fn chown(
+        &self,
+        cred: &Cred,
+        path: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, FsError> {
+        self.setattr(cred, path, None, Some(uid), Some(gid)).await
+    }
+
+    async fn setattr(
+        &self,
+        cred: &Cred,
+        path: &str,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Attr, FsError> {
+        self.svc
+            .call(&coprocessor::ops::setattr::SetAttr {
+                ns: NS.to_vec(),
+                cred: cred.clone(),
+                obj: Some(o(path)),
+                mode,
+                uid,
+                gid,
+                size: None,
+                atime: None,
+                mtime: None,
             })
             .await
     }

@@ -12,14 +12,20 @@
 //! why a transaction may read an ancestor's entry without conflicting with concurrent creates
 //! below it.
 //!
+//! [`cache`] is the TopDirPathCache with its Invalidator: path prefixes of resolved paths
+//! (all but the last `k` levels) mapped to their last directory, answered without a lock and
+//! kept exact by a write watch on the Index table's tablet.
+//!
 //! What it is not: it does not follow symlinks or look at files (those live in the Meta table,
 //! see the `metastore` crate); [`walk`] stops at the first component that is not a directory
 //! and the namespace layer (the `coprocessor` crate) takes over.
 //!
-//! Key types: [`IndexEntry`], [`Cred`], [`walk`], [`Walk`].
+//! Key types: [`IndexEntry`], [`Cred`], [`walk`], [`Walk`], [`PathCache`], [`CacheConfig`].
 
+pub mod cache;
 mod perm;
 
+pub use cache::{CacheConfig, CacheStats, PathCache};
 pub use perm::{Cred, MAY_EXEC, MAY_READ, MAY_WRITE};
 
 use tafdb::{Error, Key, KeyRange, Result, Txn};

@@ -83,6 +83,8 @@ pub struct ServerConfig {
     /// How long a voter may not answer before the first tablet's leader replaces it with a
     /// spare (`None`: never).
     pub replace_dead_after: Option<Duration>,
+    /// The TopDirPathCache (`None`: off).
+    pub path_cache: Option<indexnode::CacheConfig>,
 }
 
 /// How a new store's key space is cut into tablets.
@@ -163,6 +165,7 @@ impl ServerConfig {
             peer_source_ip: None,
             replicas: 3,
             replace_dead_after: Some(Duration::from_secs(30)),
+            path_cache: Some(indexnode::CacheConfig::default()),
         }
     }
 
@@ -294,7 +297,12 @@ pub async fn serve(
     }
     let first_start = identity.is_none();
     let db = Db::open(store).await?;
-    let svc = Arc::new(Service::open(db.clone()));
+    let svc = Arc::new(Service::open_with(
+        db.clone(),
+        &coprocessor::service::Options {
+            path_cache: config.path_cache,
+        },
+    ));
     match &node {
         None => ensure_default_namespace(&svc).await?,
         // The first node of a new cluster makes the default namespace once it leads (at once:

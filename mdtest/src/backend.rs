@@ -42,8 +42,13 @@ pub trait Backend: Send + Sync + 'static {
     fn mkdir_all<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult>;
 }
 
-/// Opens the backend a `--backend` string names.
-pub async fn open(spec: &str, namespace: &str) -> Result<Arc<dyn Backend>, String> {
+/// Opens the backend a `--backend` string names; `path_cache_levels` sets up the embedded
+/// store's path cache (0: none).
+pub async fn open(
+    spec: &str,
+    namespace: &str,
+    path_cache_levels: usize,
+) -> Result<Arc<dyn Backend>, String> {
     if spec == "posix" {
         return Ok(Arc::new(Posix));
     }
@@ -70,7 +75,15 @@ pub async fn open(spec: &str, namespace: &str) -> Result<Arc<dyn Backend>, Strin
         let db = tafdb::Db::open(tafdb::DbConfig::new(dir))
             .await
             .map_err(|e| format!("--backend {spec}: {e}"))?;
-        let svc = Service::open(db);
+        let svc = Service::open_with(
+            db,
+            &coprocessor::service::Options {
+                path_cache: (path_cache_levels > 0).then(|| indexnode::CacheConfig {
+                    keep_last: path_cache_levels,
+                    ..Default::default()
+                }),
+            },
+        );
         let created = svc
             .call(&NsCreate {
                 name: namespace.as_bytes().to_vec(),

@@ -24,7 +24,7 @@ use std::sync::Arc;
 /// Runs `args` and returns the results (printing progress and the summary tables to stdout).
 pub async fn execute(args: &options::Args, command: String) -> Result<report::RunResult, String> {
     let plan = Arc::new(options::plan(args)?);
-    let backend = backend::open(&args.backend, &args.namespace).await?;
+    let backend = backend::open(&args.backend, &args.namespace, args.path_cache_levels).await?;
     if !backend.has_data() && (plan.write_bytes > 0 || plan.read_bytes > 0) {
         return Err(format!(
             "-w/-e move file data, and backend {} has no data path yet (metadata only); use posix",

@@ -92,6 +92,10 @@ pub struct Args {
     /// Path depth of `--preset deep`.
     #[arg(long = "depth", default_value_t = 10)]
     pub deep_depth: u32,
+    /// The embedded backend's TopDirPathCache keeps resolved paths but their last K levels;
+    /// 0 turns it off (for comparison). A server has its own `--path-cache-levels`.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub path_cache_levels: usize,
     /// Also time a straight loop of syscalls (posix backend), to show what the harness costs.
     #[arg(long)]
     pub syscall_baseline: bool,

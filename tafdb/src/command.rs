@@ -290,15 +290,20 @@ pub fn read_status(mvcc: &MvccStore, start_ts: u64) -> Result<Option<TxnStatus>>
 
 fn write_locks(mvcc: &MvccStore, key: &[u8], index: u64, rec: &LockRecord) -> Result<i64> {
     let lk = lock_key(key);
-    if rec.is_empty() {
+    let delta = if rec.is_empty() {
         mvcc.install(&lk, index, index, Mutation::Delete);
-        Ok(-1)
+        -1
     } else {
         let bytes =
             bincode::serialize(rec).map_err(|e| Error::Corruption(format!("lock record: {e}")))?;
         mvcc.install(&lk, index, index, Mutation::Put(bytes));
-        Ok(0)
+        0
+    };
+    // After the record is in place (see `crate::watch`).
+    if let Some(w) = mvcc.watch().for_key(key) {
+        w.locked(key, !rec.writers.is_empty());
     }
+    Ok(delta)
 }
 
 fn write_status(mvcc: &MvccStore, start_ts: u64, index: u64, status: TxnStatus) -> Result<()> {

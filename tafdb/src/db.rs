@@ -788,6 +788,14 @@ impl Db {
         &self.tablets
     }
 
+    /// The tablet holding `key` if this node's replica of it serves reads and commits now
+    /// (always, in the embedded mode): a layer that caches that tablet's keys uses its cache
+    /// only then.
+    pub fn serving_tablet_for(&self, key: &[u8]) -> Option<&Arc<Tablet>> {
+        let t = self.tablet_for(key);
+        t.is_serving().then_some(t)
+    }
+
     /// The tablet holding `key`.
     pub fn tablet_for(&self, key: &[u8]) -> &Arc<Tablet> {
         if let [only] = self.tablets.as_slice() {

@@ -30,7 +30,10 @@
 //! the oracle on the first tablet's leader, which confirms its leadership before it hands any
 //! out, and changes the groups' membership through each group's leader
 //! ([`Db::add_member`], [`Db::promote`], [`Db::remove_member`]). The `failpoints`
-//! feature compiles in the fault-injection points the `failpoints` tests use.
+//! feature compiles in the fault-injection points the `failpoints` tests use. A
+//! [`WriteWatch`] hears of every write of a key prefix in the order the tablet sees it, and
+//! [`tablet::Tablet::still_current`] validates reads outside a transaction: together they keep a
+//! cache above the store exact (the IndexNode's path cache).
 //!
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
 //! crates build on [`Txn`] and register [`Coprocessor`]s.
@@ -54,6 +57,7 @@ pub mod space;
 pub mod tablet;
 pub mod tso;
 pub mod txn;
+pub mod watch;
 
 pub use coprocessor::{BoxFuture, Coprocessor};
 pub use db::{ClusterConfig, Db, DbConfig, GcOutcome, Snapshot};
@@ -61,6 +65,7 @@ pub use error::{Error, Result};
 pub use keys::{Key, KeyRange, Value};
 pub use mvcc::{DeltaOp, Mutation};
 pub use txn::Txn;
+pub use watch::WriteWatch;
 
 /// How many tokio worker threads a process hosting tablets should run: four per core, at
 /// least eight. The commit path holds short `parking_lot` critical sections (the ticket mutex,

@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys::{FastHash, InlineKey, Key, KeyRange, Value};
+use crate::watch::WatchSlot;
 
 /// An update of a field inside a value, folded by readers instead of replacing the value.
 ///
@@ -415,6 +416,9 @@ pub struct MvccStore {
     /// engine row read under an even number that is still current after the key's chain was
     /// looked up cannot be older than the chain says.
     flush_seq: AtomicU64,
+    /// The write watch of the tablet (see [`crate::watch`]), told of every installed version
+    /// and lock change of its keys, and of [`MvccStore::clear`].
+    watch: Arc<WatchSlot>,
 }
 
 /// Makes the flush sequence number even again when a flush ends, however it ends.
@@ -449,7 +453,13 @@ impl MvccStore {
             floor: AtomicU64::new(floor),
             flush_lock: Mutex::new(()),
             flush_seq: AtomicU64::new(0),
+            watch: Arc::default(),
         }
+    }
+
+    /// The tablet's write watch slot.
+    pub(crate) fn watch(&self) -> &Arc<WatchSlot> {
+        &self.watch
     }
 
     /// The engines.
@@ -972,6 +982,9 @@ impl MvccStore {
         *self.ordered.write() = OrderedKeys::default();
         self.dirty.lock().clear();
         self.floor.store(floor, Ordering::Release);
+        if let Some(w) = self.watch.any() {
+            w.reset();
+        }
     }
 
     /// Counts what is in memory.
@@ -1130,6 +1143,19 @@ impl InstallBatch<'_> {
 
     /// Installs a committed version (see [`MvccStore::install`]).
     pub fn install(&mut self, key: Key, ts: u64, index: u64, mutation: Mutation) {
+        match self.store.watch.for_key(&key) {
+            // After the chain has the version: a watcher that fills a cache validates against
+            // the chain, so either its validation sees the version or this call sees its entry.
+            Some(w) => {
+                let k = key.clone();
+                self.install_version(key, ts, index, mutation);
+                w.applied(&k);
+            }
+            None => self.install_version(key, ts, index, mutation),
+        }
+    }
+
+    fn install_version(&mut self, key: Key, ts: u64, index: u64, mutation: Mutation) {
         let store = self.store;
         let version = Version {
             ts,

@@ -208,6 +208,8 @@ struct Pending {
     /// Registrations so far. A reader notes it before it looks at marks and waits only for
     /// marks with a number at or below it (see the module docs).
     registrations: std::sync::atomic::AtomicU64,
+    /// Told of write marks on watched keys (see [`crate::watch`]); the store's slot.
+    watch: Arc<crate::watch::WatchSlot>,
 }
 
 impl Pending {
@@ -268,6 +270,12 @@ impl Pending {
                 }
             }
         }
+        // After the marks are in place, before the ticket (see `crate::watch`).
+        for h in held.iter().filter(|h| h.kind != MarkKind::Read) {
+            if let Some(w) = self.watch.for_key(h.key.as_bytes()) {
+                w.pending(h.key.as_bytes());
+            }
+        }
         Ok(held)
     }
 
@@ -293,6 +301,11 @@ impl Pending {
         }
         for held in batches {
             self.release_marks(held);
+            for h in held.iter().filter(|h| h.kind != MarkKind::Read) {
+                if let Some(w) = self.watch.for_key(h.key.as_bytes()) {
+                    w.settled(h.key.as_bytes());
+                }
+            }
         }
     }
 
@@ -341,6 +354,13 @@ impl Pending {
         self.point
             .get(key)
             .is_some_and(|q| q.iter().any(|m| m.owner != owner))
+    }
+
+    /// Whether any transaction's write mark (not a prewrite's read mark) is on `key`.
+    fn has_write_mark(&self, key: &[u8]) -> bool {
+        self.point
+            .get(&InlineKey::new(key))
+            .is_some_and(|q| q.iter().any(|m| m.kind != MarkKind::Read))
     }
 
     /// Whether a put or delete of `key` by a transaction other than `owner` is in flight.
@@ -702,6 +722,7 @@ impl Tablet {
             point: DashMap::with_hasher(FastHash::default()),
             seq: Mutex::new(0),
             registrations: std::sync::atomic::AtomicU64::new(0),
+            watch: state.mvcc().watch().clone(),
         });
         let (stop_flusher, mut stopped) = tokio::sync::watch::channel(false);
         let tablet = Arc::new(Tablet {
@@ -1070,6 +1091,55 @@ impl Tablet {
                     self.lock_conflict(&lk, &rec, own, Access::Read, false)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Whether reads of `keys` at `ts` would still validate now: no write mark, no 2PC write
+    /// lock and no version newer than `ts` on any of them (a snapshot too old to tell is
+    /// `false`). A layer that caches what it read at `ts` outside the store (the IndexNode's
+    /// path cache) asks this when it fills, under the same lock its [`crate::WriteWatch`] calls
+    /// take, and hears of every later write through that watch (see [`crate::watch`]).
+    pub fn still_current(&self, keys: &[Key], ts: u64) -> Result<bool> {
+        let mvcc = self.state.mvcc();
+        for k in keys {
+            if self.pending.has_write_mark(k) {
+                return Ok(false);
+            }
+            match mvcc.newer_than(k, ts) {
+                Ok(false) => {}
+                Ok(true) | Err(Error::SnapshotTooOld { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            // Always read: the lock count is updated after the apply that wrote the lock.
+            if !command::read_locks(mvcc, k)?.writers.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sets the write watch of this tablet for the keys starting with `prefix` (see
+    /// [`crate::watch`]). A tablet has at most one.
+    pub fn watch(&self, prefix: &[u8], sink: Arc<dyn crate::WriteWatch>) -> Result<()> {
+        let end = crate::keys::KeyRange::prefix(prefix).end;
+        let covered = self.range.start.as_slice() <= prefix
+            && match (&self.range.end, &end) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a >= b,
+            };
+        if !covered {
+            return Err(Error::InvalidArgument(format!(
+                "tablet {} does not hold every key of the watched prefix",
+                self.id
+            )));
+        }
+        if !self.state.mvcc().watch().set(prefix.to_vec(), sink) {
+            return Err(Error::InvalidArgument(format!(
+                "tablet {} already has a write watch",
+                self.id
+            )));
         }
         Ok(())
     }
@@ -1727,6 +1797,7 @@ mod tests {
             point: DashMap::with_hasher(FastHash::default()),
             seq: Mutex::new(0),
             registrations: std::sync::atomic::AtomicU64::new(0),
+            watch: std::sync::Arc::default(),
         }
     }
 

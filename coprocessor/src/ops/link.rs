@@ -9,7 +9,7 @@ use crate::api::{Loc, Obj};
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{must_be_free, touch_dir};
-use crate::resolve::{locate, must_attr, namespace, object};
+use crate::resolve::{locate, must_attr, namespace_cached, object};
 use crate::service::Op;
 
 /// The most links an inode may have.
@@ -32,9 +32,9 @@ impl Op for Link {
     const NAME: &'static str = "ns.link";
     type Reply = Attr;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let t = object(txn, &ns, &self.target, &self.cred).await?;
             if t.kind.is_dir() {
                 return fail(Errno::EPERM, "hard links to directories are not allowed");

@@ -10,7 +10,7 @@ use crate::api::Loc;
 use crate::ctx::Ctx;
 use crate::error::OpResult;
 use crate::ops::common::{create, must_be_free, NewInode};
-use crate::resolve::{locate, namespace};
+use crate::resolve::{locate, namespace_cached};
 use crate::service::Op;
 
 /// Makes directory `at` with permission `mode` (the caller applies its umask).
@@ -32,7 +32,7 @@ impl Op for Mkdir {
 
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let loc = locate(txn, &ns, &self.at, &self.cred).await?;
             loc.dir
                 .check(&self.cred, MAY_WRITE | MAY_EXEC, "mkdir in the parent")?;

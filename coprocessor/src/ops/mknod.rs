@@ -9,7 +9,7 @@ use crate::api::Loc;
 use crate::ctx::Ctx;
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{create, must_be_free, NewInode};
-use crate::resolve::{locate, namespace};
+use crate::resolve::{locate, namespace_cached};
 use crate::service::Op;
 
 /// Makes a non-directory inode at `at`. `mode` carries the type bits (none means a regular
@@ -58,7 +58,7 @@ impl Op for Mknod {
                 // Linux needs CAP_MKNOD for device nodes; fifos and sockets are for anyone.
                 return fail(Errno::EPERM, "only root may make device nodes");
             }
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let loc = locate(txn, &ns, &self.at, &self.cred).await?;
             loc.dir
                 .check(&self.cred, MAY_WRITE | MAY_EXEC, "create in the parent")?;

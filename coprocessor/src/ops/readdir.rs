@@ -11,7 +11,7 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::{DirEntry, Obj};
 use crate::ctx::Ctx;
 use crate::error::{fail, Errno, OpResult};
-use crate::resolve::{must_attr, namespace, object, Dir};
+use crate::resolve::{must_attr, namespace_cached, object, Dir};
 use crate::service::Op;
 
 /// The default page size.
@@ -50,7 +50,7 @@ impl Op for Readdir {
     type Reply = Page;
     const MUTATES: bool = false;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Page>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Page>> {
         Box::pin(async move {
             let limit = match self.limit {
                 0 => DEFAULT_PAGE,
@@ -62,7 +62,7 @@ impl Op for Readdir {
             if self.after.len() > metastore::name::NAME_MAX {
                 return fail(Errno::EINVAL, "cursor longer than a name");
             }
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let obj = match &self.dir {
                 Obj::Path { path, .. } => Obj::Path {
                     path: path.clone(),

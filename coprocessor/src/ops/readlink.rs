@@ -8,7 +8,7 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::Obj;
 use crate::ctx::Ctx;
 use crate::error::{fail, Errno, OpResult};
-use crate::resolve::{must_attr, namespace, object};
+use crate::resolve::{must_attr, namespace_cached, object};
 use crate::service::Op;
 
 /// Reads the target of symlink `obj` (a final symlink in a path is not followed).
@@ -27,9 +27,9 @@ impl Op for Readlink {
     type Reply = Vec<u8>;
     const MUTATES: bool = false;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<u8>>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<u8>>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let obj = match &self.obj {
                 Obj::Path { path, .. } => Obj::Path {
                     path: path.clone(),

@@ -10,7 +10,7 @@ use crate::api::Obj;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{index_entry_of, index_key_of, usage, S_ISGID, S_ISUID};
-use crate::resolve::{must_attr, must_attr_stable, namespace, object};
+use crate::resolve::{must_attr, must_attr_stable, namespace_cached, object};
 use crate::service::Op;
 
 /// A new time: the server's clock, or a given time in ns since the epoch.
@@ -53,12 +53,12 @@ impl Op for SetAttr {
     const NAME: &'static str = "ns.setattr";
     type Reply = Attr;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
             let Some(obj) = &self.obj else {
                 return fail(Errno::EINVAL, "setattr without a target");
             };
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let obj = match obj {
                 Obj::Path { path, .. } => Obj::Path {
                     path: path.clone(),

@@ -8,7 +8,7 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::Obj;
 use crate::ctx::Ctx;
 use crate::error::OpResult;
-use crate::resolve::{must_attr, namespace, object};
+use crate::resolve::{must_attr, namespace_cached, object};
 use crate::service::Op;
 
 /// Reads the attributes of `obj`.
@@ -27,9 +27,9 @@ impl Op for Stat {
     type Reply = Attr;
     const MUTATES: bool = false;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let t = object(txn, &ns, &self.obj, &self.cred).await?;
             must_attr(txn, t.id).await
         })

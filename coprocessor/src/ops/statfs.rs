@@ -8,7 +8,7 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::StatFs as Usage;
 use crate::ctx::Ctx;
 use crate::error::OpResult;
-use crate::resolve::namespace;
+use crate::resolve::namespace_cached;
 use crate::service::Op;
 
 /// Reads namespace `ns`'s usage counters.
@@ -25,9 +25,9 @@ impl Op for StatFs {
     type Reply = Usage;
     const MUTATES: bool = false;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Usage>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Usage>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let v = txn
                 .get(&keys::nsstat_key(ns.root.id))
                 .await?

@@ -9,7 +9,7 @@ use crate::api::Loc;
 use crate::ctx::Ctx;
 use crate::error::OpResult;
 use crate::ops::common::{create, must_be_free, NewInode};
-use crate::resolve::{locate, namespace};
+use crate::resolve::{locate, namespace_cached};
 use crate::service::Op;
 
 /// Makes symlink `at` pointing to `target` (any non-empty byte string without NUL, at most
@@ -33,7 +33,7 @@ impl Op for Symlink {
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
             name::check_target(&self.target)?;
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let loc = locate(txn, &ns, &self.at, &self.cred).await?;
             loc.dir
                 .check(&self.cred, MAY_WRITE | MAY_EXEC, "symlink in the parent")?;

@@ -9,7 +9,7 @@ use crate::api::Loc;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::common::{check_sticky, drop_link, existing_entry, touch_dir};
-use crate::resolve::{must_attr, namespace};
+use crate::resolve::{must_attr, namespace_cached};
 use crate::service::Op;
 
 /// Removes entry `at`, which must not be a directory.
@@ -28,9 +28,9 @@ impl Op for Unlink {
     type Reply = ();
     const FREES_SPACE: bool = true;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let (loc, d) = existing_entry(txn, &ns, &self.at, &self.cred, "unlink").await?;
             if d.kind.is_dir() {
                 return fail(Errno::EISDIR, "unlink of a directory (use rmdir)");

@@ -9,7 +9,7 @@ use crate::api::Obj;
 use crate::ctx::Ctx;
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::xattr_common::{check_access, check_name, Access};
-use crate::resolve::namespace;
+use crate::resolve::namespace_cached;
 use crate::service::Op;
 
 /// Reads extended attribute `name` of `obj`.
@@ -30,10 +30,10 @@ impl Op for XattrGet {
     type Reply = Vec<u8>;
     const MUTATES: bool = false;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<u8>>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<u8>>> {
         Box::pin(async move {
             check_name(&self.name)?;
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let id =
                 check_access(txn, &ns, &self.obj, &self.cred, &self.name, Access::Read).await?;
             match txn.get(&keys::xattr_key(id, &self.name)).await? {

@@ -9,7 +9,7 @@ use crate::api::Obj;
 use crate::ctx::Ctx;
 use crate::error::OpResult;
 use crate::ops::xattr_common::{check_access, Access};
-use crate::resolve::namespace;
+use crate::resolve::namespace_cached;
 use crate::service::Op;
 
 /// Lists the extended attribute names of `obj`.
@@ -28,9 +28,9 @@ impl Op for XattrList {
     type Reply = Vec<Vec<u8>>;
     const MUTATES: bool = false;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<Vec<u8>>>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Vec<Vec<u8>>>> {
         Box::pin(async move {
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let id = check_access(txn, &ns, &self.obj, &self.cred, b"", Access::List).await?;
             let rows = txn.scan(&keys::xattr_range(id), usize::MAX).await?;
             Ok(rows

@@ -9,7 +9,7 @@ use crate::api::Obj;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
 use crate::ops::xattr_common::{check_access, check_name, Access};
-use crate::resolve::namespace;
+use crate::resolve::namespace_cached;
 use crate::service::Op;
 
 /// Removes extended attribute `name` of `obj`.
@@ -30,10 +30,10 @@ impl Op for XattrRemove {
     type Reply = ();
     const FREES_SPACE: bool = true;
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
             check_name(&self.name)?;
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let id =
                 check_access(txn, &ns, &self.obj, &self.cred, &self.name, Access::Write).await?;
             let key = keys::xattr_key(id, &self.name);

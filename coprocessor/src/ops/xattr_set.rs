@@ -11,7 +11,7 @@ use crate::error::{fail, Errno, OpResult};
 use crate::ops::xattr_common::{
     check_access, check_name, usage, Access, MAX_LIST, MAX_TOTAL, MAX_VALUE,
 };
-use crate::resolve::namespace;
+use crate::resolve::namespace_cached;
 use crate::service::Op;
 
 /// `XATTR_CREATE`: fail with `EEXIST` if the attribute exists.
@@ -40,7 +40,7 @@ impl Op for XattrSet {
     const NAME: &'static str = "ns.xattr_set";
     type Reply = ();
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
+    fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
             check_name(&self.name)?;
             if self.value.len() > MAX_VALUE {
@@ -54,7 +54,7 @@ impl Op for XattrSet {
             {
                 return fail(Errno::EINVAL, format!("xattr flags {:#x}", self.flags));
             }
-            let ns = namespace(txn, &self.ns).await?;
+            let ns = namespace_cached(ctx, txn, &self.ns).await?;
             let id =
                 check_access(txn, &ns, &self.obj, &self.cred, &self.name, Access::Write).await?;
             let key = keys::xattr_key(id, &self.name);

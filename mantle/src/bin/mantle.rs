@@ -130,6 +130,13 @@ struct ServeArgs {
     /// live spare (its replicas are rebuilt there from a snapshot); 0: never.
     #[arg(long, value_name = "S", default_value_t = 30)]
     replace_dead_after_s: u64,
+    /// The TopDirPathCache keeps the directories of resolved paths but their last K levels
+    /// (those change most); 0 turns the cache off.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    path_cache_levels: usize,
+    /// The most path prefixes the TopDirPathCache holds (about 200 bytes each).
+    #[arg(long, value_name = "N", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    path_cache_entries: u64,
 }
 
 impl ServeArgs {
@@ -157,6 +164,10 @@ impl ServeArgs {
         cfg.replace_dead_after = (self.replace_dead_after_s > 0)
             .then(|| std::time::Duration::from_secs(self.replace_dead_after_s));
         cfg.peer_source_ip = self.peer_source_ip;
+        cfg.path_cache = (self.path_cache_levels > 0).then(|| indexnode::CacheConfig {
+            keep_last: self.path_cache_levels,
+            capacity: usize::try_from(self.path_cache_entries).unwrap_or(usize::MAX),
+        });
         cfg.raft_heartbeat_ms = self.raft_heartbeat_ms;
         cfg.raft_election_ms = self.raft_election_ms.max(3 * self.raft_heartbeat_ms);
         let ms = std::time::Duration::from_millis;
