@@ -314,6 +314,20 @@ async fn follow(txn: &mut Txn, id: u64, budget: &mut u32) -> OpResult<Vec<u8>> {
     Ok(must_attr(txn, id).await?.target)
 }
 
+/// Resolves `path` to a directory through the Index table alone (symlinks on the way
+/// followed, `ENOTDIR` if the path ends at something else): the IndexNode's one-call lookup
+/// ([`crate::ops::lookup`]). Every component but the last may come from the path cache.
+pub async fn directory(txn: &mut Txn, ns: &Ns, path: &[u8], cred: &Cred) -> OpResult<IndexEntry> {
+    let names = name::split_path(path)?;
+    let mut stack = vec![ns.root];
+    let mut budget = MAX_SYMLINKS;
+    walk_path(txn, ns, &mut stack, &names, names.len(), cred, &mut budget).await?;
+    match stack.last().copied() {
+        Some(top) if top.id != UNKNOWN => Ok(top),
+        _ => fail(Errno::EIO, "path resolution lost its root"),
+    }
+}
+
 /// Where a [`locate`] landed: the parent directory and the entry's name. `stack` is the chain
 /// of directories from the namespace root to the parent (path form only).
 #[derive(Clone, Debug)]
@@ -469,17 +483,21 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
             }
             let mut budget = MAX_SYMLINKS;
             let mut stack = vec![ns.root];
-            let mut steps: VecDeque<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+            // The steps left after a final symlink was spliced in (none before: the path's own
+            // directories are walked from `names`, without a copy of each).
+            let mut steps: VecDeque<Vec<u8>> = VecDeque::new();
             let mut first = true;
             loop {
                 // Walk everything but the last step as directories.
-                let last = steps.pop_back();
-                if std::mem::take(&mut first) {
+                let last = if std::mem::take(&mut first) {
                     let dirs = &names[..names.len() - 1];
                     walk_path(txn, ns, &mut stack, dirs, names.len(), cred, &mut budget).await?;
+                    names.last().map(|n| n.to_vec())
                 } else {
+                    let last = steps.pop_back();
                     walk_dirs(txn, &mut stack, steps, cred, &mut budget).await?;
-                }
+                    last
+                };
                 let Some(top) = stack.last().copied() else {
                     return fail(Errno::EIO, "path resolution lost its root");
                 };

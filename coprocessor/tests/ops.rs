@@ -803,3 +803,93 @@ async fn xattrs_per_inode_are_bounded_and_their_list_fits_linux_buffers() {
     let report = f.fsck().await;
     assert!(report.is_clean(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_resolves_a_directory_in_one_call_and_parent_links_climb_out_of_cached_levels() {
+    use coprocessor::ops::lookup::Lookup;
+    let f = fixture().await;
+    let r = root();
+    let mut path = String::new();
+    for d in ["a", "b", "c", "d", "e", "f"] {
+        path.push('/');
+        path.push_str(d);
+        f.mkdir(&r, &path, 0o755).await.expect("mkdir");
+    }
+    f.create(&r, "/a/b/c/d/e/f/file").await.expect("create");
+    let lookup = |cred: indexnode::Cred, path: &str| Lookup {
+        ns: NS.to_vec(),
+        cred,
+        path: path.as_bytes().to_vec(),
+    };
+    let deep = f.stat(&r, "/a/b/c/d/e/f", false).await.expect("stat");
+    // Twice: the first fills the path cache, the second is answered from it.
+    for _ in 0..2 {
+        let e = f
+            .svc
+            .call(&lookup(r.clone(), "/a/b/c/d/e/f"))
+            .await
+            .expect("lookup");
+        assert_eq!((e.id, e.mode, e.uid), (deep.id, deep.mode, deep.uid));
+    }
+    let root_dir = f.svc.call(&lookup(r.clone(), "/")).await.expect("lookup /");
+    assert_eq!(
+        root_dir.id,
+        f.stat(&r, "/", false).await.expect("stat /").id
+    );
+    assert_eq!(
+        errno(f.svc.call(&lookup(r.clone(), "/a/b/c/d/e/f/file")).await),
+        Errno::ENOTDIR
+    );
+    assert_eq!(
+        errno(f.svc.call(&lookup(r.clone(), "/a/b/c/x/e")).await),
+        Errno::ENOENT
+    );
+    assert_eq!(
+        errno(f.svc.call(&lookup(r.clone(), "/a/b/../c")).await),
+        Errno::EINVAL,
+        "paths are normalized"
+    );
+    // A directory on the way that the caller may not search, after the path was cached.
+    f.chmod(&r, "/a/b", 0o700).await.expect("chmod");
+    assert_eq!(
+        errno(f.svc.call(&lookup(alice(), "/a/b/c/d/e/f")).await),
+        Errno::EACCES
+    );
+    f.chmod(&r, "/a/b", 0o755).await.expect("chmod");
+    // A symlink whose target climbs above the levels a cache hit skipped.
+    for _ in 0..2 {
+        let e = f
+            .svc
+            .call(&lookup(r.clone(), "/a/b/c/d/e/f"))
+            .await
+            .expect("lookup");
+        assert_eq!(e.id, deep.id);
+    }
+    f.svc
+        .call(&Symlink {
+            ns: NS.to_vec(),
+            cred: r.clone(),
+            at: p("/a/b/c/d/e/f/up"),
+            target: b"../../../../x".to_vec(),
+        })
+        .await
+        .expect("symlink");
+    f.mkdir(&r, "/a/b/x", 0o755).await.expect("mkdir");
+    let x = f.stat(&r, "/a/b/x", false).await.expect("stat");
+    for _ in 0..2 {
+        let e = f
+            .svc
+            .call(&lookup(r.clone(), "/a/b/c/d/e/f/up"))
+            .await
+            .expect("lookup through the symlink");
+        assert_eq!(e.id, x.id);
+        let t = f
+            .stat(&r, "/a/b/c/d/e/f/up", true)
+            .await
+            .expect("stat through the symlink");
+        assert_eq!(t.id, x.id);
+    }
+    let stats = f.svc.path_cache_stats().expect("cache");
+    assert!(stats.hits >= 4, "{stats:?}");
+    f.close().await;
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use coprocessor::api::Obj;
-use coprocessor::resolve::{namespace, namespace_cached, object};
+use coprocessor::resolve::{directory, namespace, namespace_cached, object};
 use coprocessor::service::Options;
 use coprocessor::Errno;
 use indexnode::{CacheConfig, Cred};
@@ -193,6 +193,26 @@ async fn run(tune: fn(&mut DbConfig), seed: u64) {
                         "{path} as uid {} at snapshot {} (seed {seed})",
                         cred.uid,
                         txn.start_ts()
+                    );
+                    compared.fetch_add(1, Ordering::Relaxed);
+                }
+                // The IndexNode's one-call lookup (DirectStat) of the same path.
+                let Ok(ns_cached) = namespace_cached(f.svc.ctx(), &mut txn, NS).await else {
+                    continue;
+                };
+                let cached: Answer = directory(&mut txn, &ns_cached, path.as_bytes(), cred)
+                    .await
+                    .map(|e| (e.id, FileType::Directory))
+                    .map_err(errno);
+                let read: Answer = directory(&mut txn, &ns, path.as_bytes(), cred)
+                    .await
+                    .map(|e| (e.id, FileType::Directory))
+                    .map_err(errno);
+                if definite(&cached) && definite(&read) {
+                    assert_eq!(
+                        cached, read,
+                        "lookup {path} as uid {} (seed {seed})",
+                        cred.uid
                     );
                     compared.fetch_add(1, Ordering::Relaxed);
                 }

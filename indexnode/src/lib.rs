@@ -62,7 +62,7 @@ pub fn index_table() -> KeyRange {
 }
 
 /// One directory's Index entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IndexEntry {
     /// The directory's id.
     pub id: u64,

@@ -90,7 +90,7 @@ impl TryFrom<Option<proto::Header>> for Header {
     }
 }
 
-fn check_path(p: &[u8]) -> Result<(), Status> {
+pub(crate) fn check_path(p: &[u8]) -> Result<(), Status> {
     name::split_path(p)
         .map(|_| ())
         .map_err(|e| to_status(&e.into()))

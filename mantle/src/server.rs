@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use coprocessor::dedup::RequestId;
 use coprocessor::ops::{
-    link::Link, mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, ns_list::NsList, readdir::Readdir,
-    readlink::Readlink, rename::Rename, rmdir::Rmdir, setattr::SetAttr, stat::Stat, statfs::StatFs,
-    symlink::Symlink, unlink::Unlink, xattr_get::XattrGet, xattr_list::XattrList,
-    xattr_remove::XattrRemove, xattr_set::XattrSet,
+    link::Link, lookup::Lookup, mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, ns_list::NsList,
+    readdir::Readdir, readlink::Readlink, rename::Rename, rmdir::Rmdir, setattr::SetAttr,
+    stat::Stat, statfs::StatFs, symlink::Symlink, unlink::Unlink, xattr_get::XattrGet,
+    xattr_list::XattrList, xattr_remove::XattrRemove, xattr_set::XattrSet,
 };
 use coprocessor::{Op, Service};
 use indexnode::Cred;
@@ -733,6 +733,31 @@ impl proto::mantle_server::Mantle for Api {
             )
             .await?;
         Ok(Response::new(proto::ReadlinkReply { target }))
+    }
+
+    async fn lookup(
+        &self,
+        r: Request<proto::LookupRequest>,
+    ) -> Result<Response<proto::DirReply>, Status> {
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
+        convert::check_path(&r.path)?;
+        let e = self
+            .call(
+                Lookup {
+                    ns: h.ns,
+                    cred: h.cred,
+                    path: r.path,
+                },
+                h.request,
+            )
+            .await?;
+        Ok(Response::new(proto::DirReply {
+            id: e.id,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+        }))
     }
 
     async fn readdir(

@@ -85,6 +85,17 @@ async fn sdk_round_trip() {
     let all = c.list(big, false).await.expect("list");
     assert_eq!(all.len(), 1500);
     assert_eq!(c.stat(big).await.expect("stat").entries, 1500);
+    // DirectStat: a directory in one call to the Index table.
+    let month = c.stat("/data/2026/11").await.expect("stat");
+    let d = c.lookup_dir("/data/2026/11").await.expect("lookup");
+    assert_eq!((d.id, d.mode, d.uid), (month.id, month.mode, month.uid));
+    assert_eq!(
+        c.lookup_dir("/data/2026/11/part-00000")
+            .await
+            .expect_err("a file")
+            .errno,
+        Errno::ENOTDIR
+    );
     c.rename("/data/2026", "/data/archive", 0)
         .await
         .expect("rename");
@@ -303,6 +314,11 @@ fn cli_against_a_real_server_process_with_kill_9_and_restart() {
     assert!(
         ls.lines().any(|l| l.starts_with("-rw-r--r--   2")),
         "nlink 2 shown: {ls}"
+    );
+    let dir = ok(&["lookup", "/latest"]);
+    assert!(
+        dir.contains("directory") && dir.contains("mode 0755"),
+        "{dir}"
     );
     let stat = ok(&["stat", "/latest"]);
     assert!(

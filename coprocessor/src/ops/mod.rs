@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod link;
+pub mod lookup;
 pub mod mkdir;
 pub mod mknod;
 pub mod ns_create;
@@ -32,6 +33,7 @@ pub fn register_all(s: &Service) {
     s.register::<mknod::Mknod>();
     s.register::<symlink::Symlink>();
     s.register::<readlink::Readlink>();
+    s.register::<lookup::Lookup>();
     s.register::<link::Link>();
     s.register::<unlink::Unlink>();
     s.register::<rmdir::Rmdir>();

@@ -210,6 +210,8 @@ enum Cmd {
     },
     /// Shows an inode's attributes.
     Stat { path: OsString },
+    /// Resolves a directory in one call to the Index table (DirectStat): id, mode, owner.
+    Lookup { path: OsString },
     /// Renames.
     Mv {
         src: OsString,
@@ -563,6 +565,18 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
                     None => return Ok(ExitCode::SUCCESS),
                 }
             }
+        }
+        Cmd::Lookup { path } => {
+            let (path, what) = (raw(&path), esc(raw(&path)));
+            let d = ctx(&what, c.lookup_dir(path).await)?;
+            out!(
+                "{what}: directory {}, mode {:04o}, uid {}, gid {}",
+                d.id,
+                d.mode & 0o7777,
+                d.uid,
+                d.gid
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Stat { path } => {
             let (path, what) = (raw(&path), esc(raw(&path)));
