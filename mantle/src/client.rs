@@ -19,6 +19,8 @@ use tokio::sync::Semaphore;
 
 use coprocessor::api::DirEntry;
 use coprocessor::fsck::Report;
+/// A directory as [`Client::lookup_dir`] finds it: its id, mode and owner.
+pub use coprocessor::resolve::Dir;
 use coprocessor::{Errno, FsError};
 use indexnode::Cred;
 use metastore::{Attr, FileType};
@@ -188,19 +190,6 @@ fn attr(reply: proto::AttrReply) -> Result<Attr> {
 
 /// A directory's parent and name, for a removal by inode.
 type NamedBy = (u64, Vec<u8>);
-
-/// A directory as [`Client::lookup_dir`] finds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dir {
-    /// Its inode id.
-    pub id: u64,
-    /// Its mode (type and permission bits).
-    pub mode: u32,
-    /// Its owner.
-    pub uid: u32,
-    /// Its group.
-    pub gid: u32,
-}
 
 /// Attribute changes for [`Client::setattr`].
 #[derive(Clone, Debug, Default)]

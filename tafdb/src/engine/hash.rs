@@ -1,4 +1,5 @@
-//! The hash engine: a dashmap in memory, made durable by an append-only batch file.
+//! The hash engine: a packed concurrent map in memory ([`super::packed`]: one allocation per
+//! entry), made durable by an append-only batch file.
 //!
 //! Every [`Engine::write`] appends one record holding the whole batch to `hash.log` through a
 //! buffered writer; [`Engine::persist`] flushes the buffer and calls `fdatasync`. Records are
@@ -22,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chunk_backend::frame::{self, Link};
-use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::packed::PackedMap;
 use super::{BatchOp, Engine, EngineKind};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyRange, Value};
@@ -68,7 +69,7 @@ fn failure(e: &std::io::Error) -> Failure {
 /// An in-memory hash map with an append-only durability file.
 pub struct HashEngine {
     dir: PathBuf,
-    map: DashMap<Key, Value>,
+    map: PackedMap,
     log: Mutex<LogFile>,
     live_bytes: AtomicU64,
 }
@@ -78,7 +79,7 @@ impl HashEngine {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(LOG_NAME);
-        let map = DashMap::new();
+        let map = PackedMap::default();
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -96,10 +97,12 @@ impl HashEngine {
         // the next record will claim it as durable.
         file.sync_data()?;
         let file = OpenOptions::new().append(true).open(&path)?;
-        let live: u64 = map
-            .iter()
-            .map(|e| (e.key().len() + e.value().len()) as u64)
-            .sum();
+        let mut live = 0u64;
+        map.for_each(|k, v| {
+            live += (k.len() + v.len()) as u64;
+            Ok::<(), ()>(())
+        })
+        .ok();
         Ok(HashEngine {
             dir: dir.to_path_buf(),
             map,
@@ -131,12 +134,13 @@ impl HashEngine {
                 batch.clear();
                 Ok(())
             };
-            for e in self.map.iter() {
-                batch.push(BatchOp::Put(e.key().clone(), e.value().clone()));
+            self.map.for_each(|k, v| {
+                batch.push(BatchOp::Put(k.to_vec(), v.to_vec()));
                 if batch.len() == 4096 {
                     flush(&mut batch)?;
                 }
-            }
+                Ok::<(), std::io::Error>(())
+            })?;
             if !batch.is_empty() {
                 flush(&mut batch)?;
             }
@@ -198,7 +202,7 @@ fn write_record(
 
 /// Replays the record chain into `map`; returns the length of the prefix to keep and the link
 /// of its last record (see the module docs for what is cut and what is corruption).
-fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<(u64, Option<Link>)> {
+fn replay(data: &[u8], map: &PackedMap, path: &Path) -> Result<(u64, Option<Link>)> {
     let scan = frame::scan(data);
     let checkpoint_of = |offset: u64| -> Option<u64> {
         let p = frame::payload(data.get(offset as usize..)?).ok()?;
@@ -244,7 +248,7 @@ fn replay(data: &[u8], map: &DashMap<Key, Value>, path: &Path) -> Result<(u64, O
     Ok((keep, last))
 }
 
-fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result<(), &'static str> {
+fn apply_payload(mut p: &[u8], map: &PackedMap) -> std::result::Result<(), &'static str> {
     fn take<'a>(p: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], &'static str> {
         if p.len() < n {
             return Err("truncated batch");
@@ -260,15 +264,15 @@ fn apply_payload(mut p: &[u8], map: &DashMap<Key, Value>) -> std::result::Result
     while !p.is_empty() {
         let tag = take(&mut p, 1)?[0];
         let klen = take_len(&mut p)?;
-        let key = take(&mut p, klen)?.to_vec();
+        let key = take(&mut p, klen)?;
         match tag {
             1 => {
                 let vlen = take_len(&mut p)?;
-                let value = take(&mut p, vlen)?.to_vec();
+                let value = take(&mut p, vlen)?;
                 map.insert(key, value);
             }
             2 => {
-                map.remove(&key);
+                map.remove(key);
             }
             _ => return Err("unknown batch op"),
         }
@@ -306,7 +310,7 @@ impl Engine for HashEngine {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
-        Ok(self.map.get(key).map(|v| v.value().clone()))
+        Ok(self.map.get(key))
     }
 
     fn write(&self, batch: &[BatchOp]) -> Result<()> {
@@ -330,16 +334,16 @@ impl Engine for HashEngine {
             match op {
                 BatchOp::Put(k, v) => {
                     let added = (k.len() + v.len()) as u64;
-                    if let Some(old) = self.map.insert(k.clone(), v.clone()) {
+                    if let Some(old) = self.map.insert(k, v) {
                         self.live_bytes
-                            .fetch_sub((k.len() + old.len()) as u64, Ordering::Relaxed);
+                            .fetch_sub((k.len() + old) as u64, Ordering::Relaxed);
                     }
                     self.live_bytes.fetch_add(added, Ordering::Relaxed);
                 }
                 BatchOp::Delete(k) => {
-                    if let Some((k, old)) = self.map.remove(k) {
+                    if let Some(old) = self.map.remove(k) {
                         self.live_bytes
-                            .fetch_sub((k.len() + old.len()) as u64, Ordering::Relaxed);
+                            .fetch_sub((k.len() + old) as u64, Ordering::Relaxed);
                     }
                 }
             }
@@ -382,10 +386,7 @@ impl Engine for HashEngine {
     }
 
     fn for_each(&self, f: &mut super::Visitor<'_>) -> Result<()> {
-        for e in self.map.iter() {
-            f(e.key(), e.value())?;
-        }
-        Ok(())
+        self.map.for_each(|k, v| f(k, v))
     }
 
     fn latched(&self) -> bool {

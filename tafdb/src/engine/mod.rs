@@ -15,6 +15,7 @@
 
 mod hash;
 mod lsm;
+mod packed;
 
 pub mod conformance;
 
