@@ -3,7 +3,7 @@
 at depth D and at depth 1 (from the same run) and their ratio, as a Markdown table on stdout and
 `ratio-stat.svg` / `ratio-create.svg` (ratio against depth) in the output directory.
 
-    python3 docs/bench/depth-report.py DIR N TASKS > DIR/report.md
+    python3 docs/bench/depth-report.py DIR N TASKS ITER > DIR/report.md
 """
 
 import glob
@@ -85,12 +85,14 @@ def svg(rows, phase, path):
 
 def main():
     out, n, tasks = sys.argv[1], sys.argv[2], sys.argv[3]
+    iters = sys.argv[4] if len(sys.argv) > 4 else "1"
     rows = load(out)
     depths = sorted({d for (_, d) in rows})
     print("# Path depth and the TopDirPathCache\n")
     print(
-        f"`bash docs/bench/run-indexnode.sh`: `mdtest --preset deep --depth D -n {n} --tasks {tasks}`,"
-        " depth 1 and depth D in the same run; rates are ops/s, ratio = depth D / depth 1.\n"
+        f"`bash docs/bench/run-indexnode.sh`: `mdtest --preset deep --depth D -n {n} --tasks {tasks}"
+        f" -i {iters}`, depth 1 and depth D in the same run; rates are ops/s, medians of the"
+        " iterations; ratio = depth D / depth 1.\n"
     )
     for phase in ("File stat", "File creation"):
         print(f"## {phase}\n")

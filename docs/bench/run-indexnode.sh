@@ -6,13 +6,17 @@
 # per depth: the embedded store with the cache (k=3) and without, a server over loopback gRPC
 # with the cache and without.
 #
-#   bash docs/bench/run-indexnode.sh               # N=200 items per task, TASKS=64
-#   DEPTHS="1 10" N=500 bash docs/bench/run-indexnode.sh
+# Each scenario runs ITER times (default 3) and the report takes the median: the first
+# iteration of a fresh process runs up to 20% off the others.
+#
+#   bash docs/bench/run-indexnode.sh               # N=200 items per task, TASKS=64, ITER=3
+#   DEPTHS="1 10" N=500 ITER=5 bash docs/bench/run-indexnode.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-200}
 TASKS=${TASKS:-64}
 DEPTHS=${DEPTHS:-"1 4 10 32 64"}
+ITER=${ITER:-3}
 OUT=${OUT:-docs/bench/indexnode}
 WORK=$(mktemp -d /tmp/indexnode-bench.XXXXXX)
 SERVERS=()
@@ -25,7 +29,7 @@ trap cleanup EXIT
 cargo build --release -p mantle -p mdtest
 BIN=${CARGO_TARGET_DIR:-target}/release
 MD=$BIN/mdtest
-run() { echo "+ mdtest $*" >&2; "$MD" "$@" >/dev/null 2>&1; }
+run() { echo "+ mdtest $*" >&2; "$MD" -i "$ITER" "$@" >/dev/null 2>&1; }
 
 # A server prints its address on stdout once it listens.
 serve() {
@@ -60,5 +64,5 @@ done
 rm -rf "$OUT"
 mkdir -p "$OUT"
 cp "$WORK"/json/*.json "$OUT/"
-python3 docs/bench/depth-report.py "$OUT" "$N" "$TASKS" > "$OUT/report.md"
+python3 docs/bench/depth-report.py "$OUT" "$N" "$TASKS" "$ITER" > "$OUT/report.md"
 echo "report in $OUT/report.md"
