@@ -175,6 +175,8 @@ pub(crate) struct ClusterApi {
     /// Held while a promotion is decided and made (here and by [`place`]), so that two
     /// nodes asking at once cannot both become voters past `replicas`.
     pub(crate) promotions: Arc<tokio::sync::Mutex<()>>,
+    /// The namespace service, for its path cache's figures.
+    pub(crate) svc: Arc<coprocessor::Service>,
 }
 
 /// A store error of a membership change as the operator sees it.
@@ -405,10 +407,22 @@ impl proto::cluster_server::Cluster for ClusterApi {
                 last_log: m.last_log_index.unwrap_or(0),
             });
         }
+        let path_cache = self.svc.path_cache_stats().map(|c| proto::PathCacheInfo {
+            hits: c.hits,
+            misses: c.misses,
+            bypasses: c.bypasses,
+            fills: c.fills,
+            refused: c.refused,
+            invalidations: c.invalidations,
+            evicted: c.evicted,
+            entries: c.entries,
+            bytes: c.bytes,
+        });
         Ok(Response::new(proto::ClusterStatusReply {
             node: self.node,
             nodes: nodes.into_values().collect(),
             tablets,
+            path_cache,
         }))
     }
 }

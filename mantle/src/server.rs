@@ -367,7 +367,7 @@ pub async fn serve(
     ready(addr);
     let limits = config.limits.clone();
     let api = MantleServer::new(Api {
-        svc,
+        svc: svc.clone(),
         remote_admin: config.allow_remote_admin,
         fsck_spill: data.clone(),
     })
@@ -451,6 +451,7 @@ pub async fn serve(
                 replicas: config.replicas,
                 joining: tokio::sync::Mutex::new(()),
                 promotions,
+                svc: svc.clone(),
             },
         ))
         .add_service(router.service())

@@ -320,6 +320,11 @@ fn cli_against_a_real_server_process_with_kill_9_and_restart() {
         dir.contains("directory") && dir.contains("mode 0755"),
         "{dir}"
     );
+    let status = ok(&["admin", "status"]);
+    assert!(
+        status.contains("path cache: ") && status.contains(" hits of "),
+        "{status}"
+    );
     let stat = ok(&["stat", "/latest"]);
     assert!(
         stat.contains("Symlink") && stat.contains("/jobs/run-1"),

@@ -913,6 +913,26 @@ async fn admin(addr: &str, token: Option<&str>, cmd: &AdminCmd) -> ExitCode {
                     if t.serving { "\tserved here" } else { "" }
                 );
             }
+            match &s.path_cache {
+                Some(c) => {
+                    let looked = c.hits + c.misses + c.bypasses;
+                    out!(
+                        "path cache: {} prefixes, {} KiB; {} hits of {} lookups ({:.1}%), {} \
+                         bypassed, {} filled, {} fills refused, {} invalidations, {} evicted",
+                        c.entries,
+                        c.bytes >> 10,
+                        c.hits,
+                        looked,
+                        100.0 * c.hits as f64 / looked.max(1) as f64,
+                        c.bypasses,
+                        c.fills,
+                        c.refused,
+                        c.invalidations,
+                        c.evicted
+                    );
+                }
+                None => out!("path cache: off"),
+            }
             ExitCode::SUCCESS
         }
     }
