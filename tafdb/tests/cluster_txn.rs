@@ -449,3 +449,110 @@ async fn a_snapshot_holds_tablets_that_other_nodes_lead() {
     }
     stop_all(&mut nodes).await;
 }
+
+/// Records what a write watch hears.
+#[derive(Default)]
+struct Heard {
+    applied: parking_lot::Mutex<Vec<Vec<u8>>>,
+    marks: AtomicU64,
+    settled: AtomicU64,
+}
+
+impl tafdb::WriteWatch for Heard {
+    fn pending(&self, _key: &[u8]) {
+        self.marks.fetch_add(1, Ordering::Relaxed);
+    }
+    fn settled(&self, _key: &[u8]) {
+        self.settled.fetch_add(1, Ordering::Relaxed);
+    }
+    fn locked(&self, _key: &[u8], _locked: bool) {}
+    fn applied(&self, key: &[u8]) {
+        self.applied.lock().push(key.to_vec());
+    }
+    fn reset(&self) {}
+}
+
+/// A write watch (what keeps the IndexNode's path cache exact) hears every committed write on
+/// every replica, in log order, across a leader change; marks are heard and settled on the
+/// leaders only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_watches_hear_every_commit_on_every_replica_in_log_order() {
+    let mut nodes = three_nodes().await;
+    wait_served(&nodes, 0, None).await;
+    let heard: Vec<Arc<Heard>> = nodes.iter().map(|_| Arc::new(Heard::default())).collect();
+    for (n, h) in nodes.iter().zip(&heard) {
+        n.db.tablets()[0]
+            .watch(&[1], h.clone())
+            .expect("a watch on the tablet holding the prefix");
+    }
+    assert!(
+        nodes[0].db.tablets()[0]
+            .watch(&[1], heard[0].clone())
+            .is_err(),
+        "one watch per tablet"
+    );
+    let write = |db: Arc<Db>, i: u32| async move {
+        db.run_txn(move |t| {
+            Box::pin(async move {
+                t.put(&[1, (i % 7) as u8, (i / 7) as u8], &i.to_le_bytes())?;
+                // Not watched: another prefix of the same tablet.
+                t.put(&[0, 9, (i % 5) as u8], &i.to_le_bytes())?;
+                Ok(())
+            })
+        })
+        .await
+        .expect("commit")
+    };
+    let mut want = Vec::new();
+    for i in 0..60u32 {
+        write(nodes[(i % 3) as usize].db.clone(), i).await;
+        want.push(vec![1, (i % 7) as u8, (i / 7) as u8]);
+    }
+    // Move the first tablet's leadership, and write on.
+    let from = wait_served(&nodes, 0, None).await;
+    let to = from % 3 + 1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes[(to - 1) as usize].db.tablets()[0].is_serving() {
+        let _ = nodes[0].db.elect(0, Some(to)).await;
+        assert!(Instant::now() < deadline, "tablet 0 did not move");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for i in 60..120u32 {
+        write(nodes[(i % 3) as usize].db.clone(), i).await;
+        want.push(vec![1, (i % 7) as u8, (i / 7) as u8]);
+    }
+    // Every replica applies everything (followers a little later).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (n, h) in nodes.iter().zip(&heard) {
+        loop {
+            let got = h.applied.lock().clone();
+            if got.len() >= want.len() {
+                assert_eq!(
+                    got, want,
+                    "node {} heard the commits in another order",
+                    n.id
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} heard {} of {}",
+                n.id,
+                got.len(),
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let marks: u64 = heard.iter().map(|h| h.marks.load(Ordering::Relaxed)).sum();
+    let settled: u64 = heard
+        .iter()
+        .map(|h| h.settled.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        marks >= 120,
+        "every commit marked its watched key on a leader: {marks}"
+    );
+    assert_eq!(marks, settled, "every mark heard was settled");
+    stop_all(&mut nodes).await;
+}
