@@ -12,6 +12,9 @@
 //! [`fsck`] checks the namespace invariants. [`dedup`] makes a retried mutation (same
 //! [`dedup::RequestId`]) answer what its first attempt answered. Operations that free space
 //! (`Op::FREES_SPACE`: unlink, rmdir, xattr removal) still run when the disk is short of space.
+//! Path resolution ([`resolve`]) takes the leading directories of a deep path from the
+//! IndexNode's path cache ([`indexnode::PathCache`], set up by [`service::Options`]) when this
+//! node leads the Index table; `lookup` (DirectStat) resolves a directory in one call.
 //!
 //! What it is not: no network, no protobuf, no FUSE (those live in `mantle`), and no scripts
 //! (those are `dsl`).

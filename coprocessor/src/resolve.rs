@@ -270,7 +270,7 @@ async fn walk_path(
     }
     let ts = txn.start_ts();
     let hit = cu.cache.probe(&ns.name, dirs, depth, ts, cred);
-    let mut from = indexnode::cache::From::Root(ns.root);
+    let mut from = indexnode::cache::Start::Root(ns.root);
     let mut walked = 0;
     if let Some(h) = hit {
         stack.extend((1..h.depth).map(|_| IndexEntry {
@@ -281,7 +281,7 @@ async fn walk_path(
             locked: false,
         }));
         stack.push(h.entry);
-        from = indexnode::cache::From::Hit(h);
+        from = indexnode::cache::Start::Hit(h);
         walked = h.depth;
     }
     if walked < depth {

@@ -12,7 +12,7 @@
 //! (the file is the last level), as the resolver does. "every path" caches each directory
 //! prefix of every path.
 
-use indexnode::cache::From;
+use indexnode::cache::Start;
 use indexnode::{CacheConfig, IndexEntry, PathCache};
 
 fn dir(id: u64) -> IndexEntry {
@@ -87,7 +87,7 @@ fn main() {
             for d in depths {
                 cache.fill(
                     b"ns",
-                    From::Root(root),
+                    Start::Root(root),
                     &names[..d],
                     &entries[..d],
                     1,

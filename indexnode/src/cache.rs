@@ -122,7 +122,7 @@ pub struct Hit {
 
 /// Where a [`PathCache::fill`] starts: the namespace root, or a prefix that was a hit.
 #[derive(Clone, Copy, Debug)]
-pub enum From {
+pub enum Start {
     /// The namespace root's entry.
     Root(IndexEntry),
     /// A hit for the first `depth` components.
@@ -393,13 +393,13 @@ impl PathCache {
 
     /// Caches the prefix `names` of namespace `ns`, resolved at snapshot `ts`: `entries` are
     /// the Index entries of `names[from_depth..]` (all of them from the root, or those after a
-    /// [`From::Hit`]). `current` is asked, under the cache's lock, whether reads of the given
+    /// [`Start::Hit`]). `current` is asked, under the cache's lock, whether reads of the given
     /// Index keys at `ts` are still current
     /// ([`tafdb::tablet::Tablet::still_current`]). Returns whether the prefix was cached.
     pub fn fill(
         &self,
         ns: &[u8],
-        from: From,
+        from: Start,
         names: &[&[u8]],
         entries: &[IndexEntry],
         ts: u64,
@@ -407,8 +407,8 @@ impl PathCache {
     ) -> bool {
         let s = &*self.shared;
         let from_depth = match from {
-            From::Root(_) => 0,
-            From::Hit(h) => h.depth,
+            Start::Root(_) => 0,
+            Start::Hit(h) => h.depth,
         };
         if names.is_empty()
             || from_depth >= names.len()
@@ -433,13 +433,13 @@ impl PathCache {
         let mut restrict: Vec<Restrict> = Vec::new();
         let mut check: Vec<Key> = Vec::with_capacity(entries.len() + 1);
         let (mut pid, mut plen, start) = match from {
-            From::Root(root) => {
+            Start::Root(root) => {
                 let k = index_key(0, ns);
                 check.push(k.clone());
                 chain.push((k, ns.into(), root));
                 (root.id, ns.len(), root)
             }
-            From::Hit(h) => {
+            Start::Hit(h) => {
                 let base_len =
                     ns.len() + names[..h.depth].iter().map(|n| n.len() + 1).sum::<usize>();
                 let base = &path[..base_len];

@@ -25,7 +25,7 @@ fn cache(k: usize, capacity: usize) -> Arc<PathCache> {
 fn fill_abc(c: &PathCache, ts: u64) -> bool {
     c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"a", b"b", b"c"],
         &[dir(20, 0o755, 0), dir(21, 0o755, 0), dir(22, 0o755, 0)],
         ts,
@@ -64,7 +64,7 @@ fn a_committed_write_of_a_directory_on_the_path_evicts_its_subtree() {
     assert!(fill_abc(&c, 10));
     assert!(c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"a", b"z"],
         &[dir(20, 0o755, 0), dir(30, 0o755, 0)],
         10,
@@ -111,7 +111,7 @@ fn a_write_in_flight_lists_the_prefix_until_it_settles() {
     assert_eq!(probe(&c, &[b"a", b"b", b"c"], 3, 20), None);
     assert!(!c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"a", b"b", b"c", b"d"],
         &[
             dir(20, 0o755, 0),
@@ -136,7 +136,7 @@ fn a_fill_is_refused_when_the_store_says_the_reads_are_stale_or_the_tree_disagre
     let mut asked = Vec::new();
     assert!(!c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"a", b"b"],
         &[dir(20, 0o755, 0), dir(21, 0o755, 0)],
         10,
@@ -158,7 +158,7 @@ fn a_fill_is_refused_when_the_store_says_the_reads_are_stale_or_the_tree_disagre
     // /a was replaced by another directory (id 40) while the old node waits for eviction.
     assert!(!c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"a", b"y"],
         &[dir(40, 0o755, 0), dir(41, 0o755, 0)],
         20,
@@ -179,7 +179,7 @@ fn a_fill_extends_a_hit_one_level() {
     let mut asked = Vec::new();
     assert!(c.fill(
         b"ns",
-        From::Hit(hit),
+        Start::Hit(hit),
         names,
         &[dir(23, 0o700, 5)],
         11,
@@ -217,7 +217,7 @@ fn restricting_directories_are_checked_for_each_caller() {
     // /home (0755) / alice (0750, alice's) / work: bob is in alice's group, eve is not.
     assert!(c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"home", b"alice", b"work"],
         &[
             dir(20, 0o755, 0),
@@ -253,7 +253,7 @@ fn capacity_is_kept_and_the_tree_shrinks_with_the_entries() {
         let name = format!("d{i}");
         assert!(c.fill(
             b"ns",
-            From::Root(dir(ROOT, 0o755, 0)),
+            Start::Root(dir(ROOT, 0o755, 0)),
             &[b"top", name.as_bytes()],
             &[dir(20, 0o755, 0), dir(100 + i, 0o755, 0)],
             10,
@@ -298,7 +298,7 @@ fn a_fill_through_a_node_left_under_an_old_path_is_refused() {
     let c = cache(3, 100);
     assert!(c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"a", b"x"],
         &[dir(20, 0o755, 0), dir(30, 0o755, 0)],
         10,
@@ -309,7 +309,7 @@ fn a_fill_through_a_node_left_under_an_old_path_is_refused() {
     // invalidation of x lists and evicts as /a/x.
     assert!(!c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"z", b"x", b"y"],
         &[dir(20, 0o755, 0), dir(30, 0o755, 0), dir(31, 0o755, 0)],
         20,
@@ -319,7 +319,7 @@ fn a_fill_through_a_node_left_under_an_old_path_is_refused() {
     c.quiesce();
     assert!(c.fill(
         b"ns",
-        From::Root(dir(ROOT, 0o755, 0)),
+        Start::Root(dir(ROOT, 0o755, 0)),
         &[b"z", b"x", b"y"],
         &[dir(20, 0o755, 0), dir(30, 0o755, 0), dir(31, 0o755, 0)],
         20,
