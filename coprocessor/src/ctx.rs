@@ -58,13 +58,10 @@ impl Ctx {
     /// The path cache and the Index table's tablet, when resolutions may use the cache now:
     /// this node's replica of that tablet serves (it leads), so the cache mirrors what a read
     /// here would see.
-    pub(crate) fn cache_use(&self) -> Option<CacheUse> {
-        let cache = self.cache.as_ref()?;
+    pub(crate) fn cache_use(&self) -> Option<CacheUse<'_>> {
+        let cache = self.cache.as_deref()?;
         let tablet = self.db.serving_tablet_for(&[indexnode::INDEX_TABLE])?;
-        Some(CacheUse {
-            cache: cache.clone(),
-            tablet: tablet.clone(),
-        })
+        Some(CacheUse { cache, tablet })
     }
 
     /// The store.
@@ -119,13 +116,13 @@ impl Ctx {
 }
 
 /// A path cache a resolution may use, with the tablet that validates its fills.
-#[derive(Clone)]
-pub(crate) struct CacheUse {
-    pub(crate) cache: Arc<PathCache>,
-    pub(crate) tablet: Arc<Tablet>,
+#[derive(Clone, Copy)]
+pub(crate) struct CacheUse<'c> {
+    pub(crate) cache: &'c PathCache,
+    pub(crate) tablet: &'c Tablet,
 }
 
-impl std::fmt::Debug for CacheUse {
+impl std::fmt::Debug for CacheUse<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CacheUse")
     }

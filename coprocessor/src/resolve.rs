@@ -9,6 +9,7 @@
 //! components follow, `ENOENT` if it does not exist). Search permission is checked on every
 //! directory entered.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use indexnode::{Cred, IndexEntry, MAY_EXEC};
@@ -24,24 +25,27 @@ use crate::error::{fail, Errno, FsError, OpResult};
 pub const MAX_SYMLINKS: u32 = 40;
 
 /// A namespace, as a transaction sees it.
-#[derive(Clone, Debug)]
-pub struct Ns {
+/// It borrows its name from the request and its path cache from the [`Ctx`]: an operation
+/// makes one per attempt, and an owned copy would cost an allocation and, for the cache,
+/// reference-count writes that every core's lookups share.
+#[derive(Clone, Copy, Debug)]
+pub struct Ns<'c> {
     /// Its name.
-    pub name: Vec<u8>,
+    pub name: &'c [u8],
     /// Its root's Index entry.
     pub root: IndexEntry,
     /// The path cache path resolutions may use (see [`namespace_cached`]).
-    pub(crate) cache: Option<CacheUse>,
+    pub(crate) cache: Option<CacheUse<'c>>,
 }
 
 /// Reads namespace `name` (a recorded read of its root's Index entry). Path resolutions in
 /// it read every directory from the Index table: what a rename needs, since its loop check
 /// depends on every ancestor of the destination staying as it read them.
-pub async fn namespace(txn: &mut Txn, name: &[u8]) -> OpResult<Ns> {
+pub async fn namespace<'c>(txn: &mut Txn, name: &'c [u8]) -> OpResult<Ns<'c>> {
     name::check_name(name).map_err(|e| FsError::new(Errno::EINVAL, format!("namespace: {e}")))?;
     match indexnode::get(txn, 0, name).await? {
         Some(root) => Ok(Ns {
-            name: name.to_vec(),
+            name,
             root,
             cache: None,
         }),
@@ -57,7 +61,7 @@ pub async fn namespace(txn: &mut Txn, name: &[u8]) -> OpResult<Ns> {
 /// transaction: an operation that must conflict with a rename of any ancestor uses
 /// [`namespace`]. At least the last directory of a walk is always read, so an operation still
 /// conflicts with the removal of the directory it acts in.
-pub async fn namespace_cached(ctx: &Ctx, txn: &mut Txn, name: &[u8]) -> OpResult<Ns> {
+pub async fn namespace_cached<'c>(ctx: &'c Ctx, txn: &mut Txn, name: &'c [u8]) -> OpResult<Ns<'c>> {
     let mut ns = namespace(txn, name).await?;
     ns.cache = ctx.cache_use();
     Ok(ns)
@@ -163,12 +167,12 @@ fn show(name: &[u8]) -> String {
 async fn walk_dirs(
     txn: &mut Txn,
     stack: &mut Vec<IndexEntry>,
-    mut steps: VecDeque<Vec<u8>>,
+    mut steps: VecDeque<Cow<'_, [u8]>>,
     cred: &Cred,
     budget: &mut u32,
 ) -> OpResult<()> {
     while let Some(step) = steps.pop_front() {
-        if step.as_slice() == b".." {
+        if &*step == b".." {
             if stack.len() > 1 {
                 let gone = stack.pop();
                 if let (Some(gone), Some(top)) = (gone, stack.last_mut()) {
@@ -202,8 +206,8 @@ async fn walk_dirs(
                 }
                 for s in tsteps.into_iter().rev() {
                     steps.push_front(match s {
-                        Step::Parent => b"..".to_vec(),
-                        Step::Name(n) => n.to_vec(),
+                        Step::Parent => Cow::Borrowed(b".."),
+                        Step::Name(n) => Cow::Owned(n.to_vec()),
                     });
                 }
             }
@@ -250,17 +254,17 @@ async fn parent_entry(txn: &mut Txn, id: u64) -> OpResult<IndexEntry> {
 /// [`namespace_cached`]): a hit skips them, a miss walks them and fills the cache.
 async fn walk_path(
     txn: &mut Txn,
-    ns: &Ns,
+    ns: &Ns<'_>,
     stack: &mut Vec<IndexEntry>,
     dirs: &[&[u8]],
     total: usize,
     cred: &Cred,
     budget: &mut u32,
 ) -> OpResult<()> {
-    let steps = |from: usize, to: usize| -> VecDeque<Vec<u8>> {
-        dirs[from..to].iter().map(|n| n.to_vec()).collect()
+    let steps = |from: usize, to: usize| -> VecDeque<Cow<'_, [u8]>> {
+        dirs[from..to].iter().map(|n| Cow::Borrowed(*n)).collect()
     };
-    let Some(cu) = &ns.cache else {
+    let Some(cu) = ns.cache else {
         return walk_dirs(txn, stack, steps(0, dirs.len()), cred, budget).await;
     };
     // The last directory is always read in the transaction (see `namespace_cached`).
@@ -269,7 +273,7 @@ async fn walk_path(
         return walk_dirs(txn, stack, steps(0, dirs.len()), cred, budget).await;
     }
     let ts = txn.start_ts();
-    let hit = cu.cache.probe(&ns.name, dirs, depth, ts, cred);
+    let hit = cu.cache.probe(ns.name, dirs, depth, ts, cred);
     let mut from = indexnode::cache::Start::Root(ns.root);
     let mut walked = 0;
     if let Some(h) = hit {
@@ -289,9 +293,9 @@ async fn walk_path(
         walk_dirs(txn, stack, steps(walked, depth), cred, budget).await?;
         // Fill only a literal walk: every name a directory, no symlink followed.
         if *budget == before && stack.len() == depth + 1 {
-            let tablet = &cu.tablet;
+            let tablet = cu.tablet;
             cu.cache.fill(
-                &ns.name,
+                ns.name,
                 from,
                 &dirs[..depth],
                 &stack[walked + 1..],
@@ -317,9 +321,15 @@ async fn follow(txn: &mut Txn, id: u64, budget: &mut u32) -> OpResult<Vec<u8>> {
 /// Resolves `path` to a directory through the Index table alone (symlinks on the way
 /// followed, `ENOTDIR` if the path ends at something else): the IndexNode's one-call lookup
 /// ([`crate::ops::lookup`]). Every component but the last may come from the path cache.
-pub async fn directory(txn: &mut Txn, ns: &Ns, path: &[u8], cred: &Cred) -> OpResult<IndexEntry> {
+pub async fn directory(
+    txn: &mut Txn,
+    ns: &Ns<'_>,
+    path: &[u8],
+    cred: &Cred,
+) -> OpResult<IndexEntry> {
     let names = name::split_path(path)?;
-    let mut stack = vec![ns.root];
+    let mut stack = Vec::with_capacity(names.len() + 1);
+    stack.push(ns.root);
     let mut budget = MAX_SYMLINKS;
     walk_path(txn, ns, &mut stack, &names, names.len(), cred, &mut budget).await?;
     match stack.last().copied() {
@@ -340,14 +350,15 @@ pub struct Located {
 
 /// Resolves the parent of an entry to create, remove or rename. The parent's existence is
 /// protected by the transaction (its Index entry, or its inode record read stably).
-pub async fn locate(txn: &mut Txn, ns: &Ns, loc: &Loc, cred: &Cred) -> OpResult<Located> {
+pub async fn locate(txn: &mut Txn, ns: &Ns<'_>, loc: &Loc, cred: &Cred) -> OpResult<Located> {
     match loc {
         Loc::Path(path) => {
             let names = name::split_path(path)?;
             let Some((last, init)) = names.split_last() else {
                 return fail(Errno::EBUSY, "the root directory cannot be the target");
             };
-            let mut stack = vec![ns.root];
+            let mut stack = Vec::with_capacity(names.len());
+            stack.push(ns.root);
             let mut budget = MAX_SYMLINKS;
             walk_path(txn, ns, &mut stack, init, names.len(), cred, &mut budget).await?;
             let Some(top) = stack.last().copied() else {
@@ -407,7 +418,7 @@ pub async fn reachable(txn: &mut Txn, a: &Attr, cred: &Cred) -> OpResult<()> {
 
 /// Directory `id` by its inode record, read stably; `cred` must be able to reach it (see
 /// [`reachable`]).
-pub async fn dir_by_id(txn: &mut Txn, ns: &Ns, id: u64, cred: &Cred) -> OpResult<Dir> {
+pub async fn dir_by_id(txn: &mut Txn, ns: &Ns<'_>, id: u64, cred: &Cred) -> OpResult<Dir> {
     match attr_stable(txn, id).await? {
         // An inode of another namespace is as good as absent: ids must not cross namespaces.
         Some(a) if a.ns != ns.root.id => {
@@ -434,7 +445,7 @@ pub struct Target {
 }
 
 /// Resolves an existing inode.
-pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<Target> {
+pub async fn object(txn: &mut Txn, ns: &Ns<'_>, obj: &Obj, cred: &Cred) -> OpResult<Target> {
     match obj {
         Obj::Inode(id) => {
             let a = must_attr(txn, *id).await?;
@@ -482,17 +493,18 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
                 });
             }
             let mut budget = MAX_SYMLINKS;
-            let mut stack = vec![ns.root];
+            let mut stack = Vec::with_capacity(names.len() + 1);
+            stack.push(ns.root);
             // The steps left after a final symlink was spliced in (none before: the path's own
             // directories are walked from `names`, without a copy of each).
-            let mut steps: VecDeque<Vec<u8>> = VecDeque::new();
+            let mut steps: VecDeque<Cow<'_, [u8]>> = VecDeque::new();
             let mut first = true;
             loop {
                 // Walk everything but the last step as directories.
                 let last = if std::mem::take(&mut first) {
                     let dirs = &names[..names.len() - 1];
                     walk_path(txn, ns, &mut stack, dirs, names.len(), cred, &mut budget).await?;
-                    names.last().map(|n| n.to_vec())
+                    names.last().map(|n| Cow::Borrowed(*n))
                 } else {
                     let last = steps.pop_back();
                     walk_dirs(txn, &mut stack, steps, cred, &mut budget).await?;
@@ -509,7 +521,7 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
                             entry: None,
                         })
                     }
-                    Some(n) if n.as_slice() == b".." => {
+                    Some(n) if &*n == b".." => {
                         let mut id = ns.root.id;
                         if stack.len() > 1 {
                             if let (Some(gone), Some(top)) = (stack.pop(), stack.last()) {
@@ -540,8 +552,8 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
                         steps = tsteps
                             .into_iter()
                             .map(|s| match s {
-                                Step::Parent => b"..".to_vec(),
-                                Step::Name(n) => n.to_vec(),
+                                Step::Parent => Cow::Borrowed(&b".."[..]),
+                                Step::Name(n) => Cow::Owned(n.to_vec()),
                             })
                             .collect();
                     }
@@ -551,7 +563,7 @@ pub async fn object(txn: &mut Txn, ns: &Ns, obj: &Obj, cred: &Cred) -> OpResult<
                             kind: d.kind,
                             entry: Some(Located {
                                 dir: top.into(),
-                                name,
+                                name: name.into_owned(),
                             }),
                         })
                     }

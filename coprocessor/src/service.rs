@@ -42,6 +42,10 @@ impl<R: Op> Coprocessor for Cop<R> {
         R::NAME
     }
 
+    fn read_only(&self) -> bool {
+        !R::MUTATES
+    }
+
     fn call<'a>(
         &'a self,
         txn: &'a mut Txn,
@@ -51,27 +55,50 @@ impl<R: Op> Coprocessor for Cop<R> {
             let (id, req): (Option<RequestId>, R) = bincode::deserialize(input).map_err(|e| {
                 tafdb::Error::InvalidArgument(format!("{}: undecodable request: {e}", R::NAME))
             })?;
-            let id = id.filter(|_| R::MUTATES);
-            if R::FREES_SPACE {
-                txn.frees_space();
-            }
-            if let Some(id) = &id {
-                match dedup::check(txn, id).await.map_err(|e| e.into_store())? {
-                    Seen::Done(reply) => return Ok(reply),
-                    Seen::Fresh => {}
-                }
-            }
-            let reply = req.run(&self.ctx, txn).await.map_err(|e| e.into_store())?;
-            let reply = bincode::serialize(&reply).map_err(|e| tafdb::Error::Coprocessor {
-                name: R::NAME.into(),
-                message: format!("cannot encode the reply: {e}"),
-            })?;
-            if let Some(id) = &id {
-                dedup::record(txn, id, &reply).map_err(|e| e.into_store())?;
-            }
-            Ok(reply)
+            let reply = run_op(&self.ctx, txn, &req, id.as_ref()).await?;
+            encode_reply::<R>(&reply)
         })
     }
+}
+
+fn encode_reply<R: Op>(reply: &R::Reply) -> tafdb::Result<Vec<u8>> {
+    bincode::serialize(reply).map_err(|e| tafdb::Error::Coprocessor {
+        name: R::NAME.into(),
+        message: format!("cannot encode the reply: {e}"),
+    })
+}
+
+/// One attempt of operation `req` in `txn`, with its request id's bookkeeping: the body of
+/// both the coprocessor (a call by name, its request encoded) and [`Service::call_once`]'s
+/// direct path (typed, nothing encoded but a recorded reply).
+async fn run_op<R: Op>(
+    ctx: &Ctx,
+    txn: &mut Txn,
+    req: &R,
+    id: Option<&RequestId>,
+) -> tafdb::Result<R::Reply> {
+    let id = id.filter(|_| R::MUTATES);
+    if R::FREES_SPACE {
+        txn.frees_space();
+    }
+    if let Some(id) = id {
+        match dedup::check(txn, id).await.map_err(|e| e.into_store())? {
+            Seen::Done(reply) => {
+                return bincode::deserialize(&reply).map_err(|e| {
+                    tafdb::Error::Corruption(format!(
+                        "{}: the recorded reply of a request is undecodable: {e}",
+                        R::NAME
+                    ))
+                })
+            }
+            Seen::Fresh => {}
+        }
+    }
+    let reply = req.run(ctx, txn).await.map_err(|e| e.into_store())?;
+    if let Some(id) = id {
+        dedup::record(txn, id, &encode_reply::<R>(&reply)?).map_err(|e| e.into_store())?;
+    }
+    Ok(reply)
 }
 
 /// How a [`Service`] is set up.
@@ -142,6 +169,33 @@ impl Service {
     /// Runs `req` as a coprocessor in the store; a mutation with request id `id` that committed
     /// before answers what it answered then, without running again (see [`crate::dedup`]).
     pub async fn call_once<R: Op>(
+        &self,
+        req: &R,
+        id: Option<RequestId>,
+    ) -> Result<R::Reply, FsError> {
+        // The same transaction the coprocessor would run, called directly: in this process a
+        // call by name would only encode the request and the reply to decode them again.
+        let done = self
+            .ctx
+            .db()
+            .run_with(
+                &(&*self.ctx, req, id.as_ref()),
+                |txn, (ctx, req, id)| Box::pin(run_op(ctx, txn, *req, *id)),
+                !R::MUTATES,
+            )
+            .await;
+        done.map_err(|e| match e {
+            tafdb::Error::Refused(payload) => bincode::deserialize(&payload).unwrap_or_else(|e| {
+                FsError::new(Errno::EIO, format!("{}: undecodable error: {e}", R::NAME))
+            }),
+            e => FsError::from_store(&e),
+        })
+    }
+
+    /// Runs `req` through the store's coprocessor registry, by name with its request encoded,
+    /// as a remote caller would. [`Service::call`] runs the same transaction without the
+    /// encoding; this is for tests and benchmarks of the coprocessor path itself.
+    pub async fn call_by_name<R: Op>(
         &self,
         req: &R,
         id: Option<RequestId>,

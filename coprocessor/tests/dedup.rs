@@ -134,3 +134,76 @@ async fn concurrent_attempts_of_one_request_run_it_once() {
         .expect("fsck");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// `Service::call` runs operations directly in this process; a remote caller reaches the same
+/// code through the coprocessor registry, by name, with the request encoded. Both must answer
+/// alike: replies, errnos, and a request id's recorded reply whichever path retries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_path_and_the_coprocessor_by_name_answer_alike() {
+    use coprocessor::ops::lookup::Lookup;
+    let f = fixture().await;
+    let direct = f
+        .svc
+        .call_once(&mkdir("/d"), id(1, 1))
+        .await
+        .expect("mkdir");
+    // A retry by name answers the direct call's recorded reply, and the other way round.
+    let by_name = f
+        .svc
+        .call_by_name(&mkdir("/d"), id(1, 1))
+        .await
+        .expect("retry by name");
+    assert_eq!(direct.id, by_name.id);
+    let first = f
+        .svc
+        .call_by_name(&mkdir("/e"), id(2, 1))
+        .await
+        .expect("mkdir by name");
+    let again = f
+        .svc
+        .call_once(&mkdir("/e"), id(2, 1))
+        .await
+        .expect("retry");
+    assert_eq!(first.id, again.id);
+    // Errors decode the same.
+    for path in ["/d", "/missing/x"] {
+        let a = f.svc.call(&mkdir(path)).await.expect_err("fails");
+        let b = f
+            .svc
+            .call_by_name(&mkdir(path), None)
+            .await
+            .expect_err("fails");
+        assert_eq!(a.errno, b.errno, "{path}: {a} / {b}");
+    }
+    // A read-only operation runs as a snapshot reader either way.
+    let lookup = |path: &str| Lookup {
+        ns: NS.to_vec(),
+        cred: root(),
+        path: path.as_bytes().to_vec(),
+    };
+    let a = f.svc.call(&lookup("/d")).await.expect("lookup");
+    let b = f
+        .svc
+        .call_by_name(&lookup("/d"), None)
+        .await
+        .expect("lookup");
+    assert_eq!((a.id, a.mode), (b.id, b.mode));
+    assert_eq!(a.id, direct.id);
+    let a = f.svc.call(&lookup("/nope")).await.expect_err("ENOENT");
+    let b = f
+        .svc
+        .call_by_name(&lookup("/nope"), None)
+        .await
+        .expect_err("ENOENT");
+    assert_eq!((a.errno, b.errno), (Errno::ENOENT, Errno::ENOENT));
+    let stat = Stat {
+        ns: NS.to_vec(),
+        cred: root(),
+        obj: o("/e"),
+    };
+    assert_eq!(
+        f.svc.call(&stat).await.expect("stat").id,
+        f.svc.call_by_name(&stat, None).await.expect("stat").id
+    );
+    f.close().await;
+}

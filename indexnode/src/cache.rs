@@ -291,7 +291,11 @@ impl PathCache {
         };
         let shared = Arc::new(Shared {
             cfg,
-            map: DashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
+            // Many shards: every lookup takes one's lock word (see tafdb's READ_SHARDS).
+            map: DashMap::with_hasher_and_shard_amount(
+                hashbrown::DefaultHashBuilder::default(),
+                256,
+            ),
             removal: RwLock::new(Vec::new()),
             listed: AtomicUsize::new(0),
             inner: Mutex::new(Inner::default()),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use coprocessor::api::{Loc, Obj};
 use coprocessor::ops::{
-    mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, rename::Rename, rmdir::Rmdir, stat::Stat,
-    unlink::Unlink,
+    lookup::Lookup, mkdir::Mkdir, mknod::Mknod, ns_create::NsCreate, rename::Rename, rmdir::Rmdir,
+    stat::Stat, unlink::Unlink,
 };
 use coprocessor::{Errno, Service};
 use indexnode::Cred;
@@ -32,6 +32,9 @@ pub trait Backend: Send + Sync + 'static {
     fn create<'a>(&'a self, path: &'a str, bytes: u64) -> BoxFuture<'a, OpResult>;
     /// Stats a path.
     fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult>;
+    /// Resolves a directory path to the directory (Mantle: DirectStat, one call against the
+    /// Index table; POSIX: `stat`).
+    fn lookup<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult>;
     /// Opens a file and reads `bytes` from it.
     fn read<'a>(&'a self, path: &'a str, bytes: u64) -> BoxFuture<'a, OpResult>;
     /// Removes a file.
@@ -151,6 +154,9 @@ impl Backend for Posix {
                 .map_err(|e| io("stat", path, e))
         })
     }
+    fn lookup<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult> {
+        self.stat(path)
+    }
     fn read<'a>(&'a self, path: &'a str, bytes: u64) -> BoxFuture<'a, OpResult> {
         Box::pin(async move {
             let mut f = std::fs::File::open(path).map_err(|e| io("open", path, e))?;
@@ -225,6 +231,15 @@ impl Backend for Grpc {
                 .await
                 .map(|_| ())
                 .map_err(|e| fs("stat", path, e))
+        })
+    }
+    fn lookup<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult> {
+        Box::pin(async move {
+            self.client
+                .lookup_dir(path)
+                .await
+                .map(|_| ())
+                .map_err(|e| fs("lookup", path, e))
         })
     }
     fn read<'a>(&'a self, path: &'a str, _bytes: u64) -> BoxFuture<'a, OpResult> {
@@ -334,6 +349,20 @@ impl Backend for Embedded {
                 .await
                 .map(|_| ())
                 .map_err(|e| fs("stat", path, e))
+        })
+    }
+    fn lookup<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult> {
+        Box::pin(async move {
+            let op = Lookup {
+                ns: self.ns.clone(),
+                cred: Cred::root(),
+                path: path.as_bytes().to_vec(),
+            };
+            self.svc
+                .call(&op)
+                .await
+                .map(|_| ())
+                .map_err(|e| fs("lookup", path, e))
         })
     }
     fn read<'a>(&'a self, path: &'a str, _bytes: u64) -> BoxFuture<'a, OpResult> {

@@ -11,7 +11,8 @@ pub enum Preset {
     /// Spark's commit pattern: every task makes, renames and removes directories under ONE
     /// parent, measured against every task in its own parent in the same run.
     Spark,
-    /// Create and stat files at the end of deep paths: depth 1 against `--depth D`.
+    /// Create and stat files at the end of deep paths, and look up (DirectStat) their
+    /// directories: depth 1 against `--depth D`.
     Deep,
     /// The seven operations of the Mantle paper (create, delete, objstat, dirstat, mkdir,
     /// rmdir, dirrename), each in a shared and in per-task directories.
@@ -120,6 +121,8 @@ pub struct Phases {
     pub stat: bool,
     /// Rename phase (directories).
     pub rename: bool,
+    /// Directory lookup (DirectStat) of each item's directory, after the stat phases.
+    pub lookup: bool,
     /// Remove phases.
     pub remove: bool,
 }
@@ -232,6 +235,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
         create: !only || a.create_only,
         stat: !only || a.stat_only,
         rename: !only,
+        lookup: false,
         remove: !only || a.remove_only,
     };
     let base = |label: &str,
@@ -307,6 +311,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
                 dirs: false,
                 files: true,
                 rename: false,
+                lookup: phases.stat,
                 ..phases
             };
             let d = a.deep_depth;

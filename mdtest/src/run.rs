@@ -22,6 +22,7 @@ enum Kind {
     TreeRemove,
     DirCreate,
     DirStat,
+    DirLookup,
     DirRename,
     DirRemove,
     FileCreate,
@@ -35,6 +36,7 @@ impl Kind {
         match self {
             Kind::DirCreate => "Directory creation",
             Kind::DirStat => "Directory stat",
+            Kind::DirLookup => "Directory lookup",
             Kind::DirRename => "Directory rename",
             Kind::DirRemove => "Directory removal",
             Kind::FileCreate => "File creation",
@@ -119,7 +121,9 @@ async fn task_phase(
     let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     // Stat and read act on the items of the neighbour `stride` tasks away.
     let target = match kind {
-        Kind::DirStat | Kind::FileStat | Kind::FileRead => (t + plan.stride) % plan.tasks,
+        Kind::DirStat | Kind::DirLookup | Kind::FileStat | Kind::FileRead => {
+            (t + plan.stride) % plan.tasks
+        }
         _ => t,
     };
     let ipd = layout.sc.items_per_dir;
@@ -160,6 +164,9 @@ async fn task_phase(
             match kind {
                 Kind::DirCreate => backend.mkdir(&item(node, "dir", t, j, false)).await?,
                 Kind::DirStat => backend.stat(&item(node, "dir", target, j, renamed)).await?,
+                // The item-holding directory itself, once per item: the path without the
+                // harness formatting a new one per call.
+                Kind::DirLookup => backend.lookup(node).await?,
                 Kind::DirRename => {
                     let from = item(node, "dir", t, j, false);
                     let to = item(node, "dir", t, j, true);
@@ -280,6 +287,9 @@ pub async fn scenario(
             order.push(Kind::FileStat);
             if backend.has_data() {
                 order.push(Kind::FileRead);
+            }
+            if p.lookup {
+                order.push(Kind::DirLookup);
             }
         }
         if p.remove {

@@ -64,6 +64,20 @@ pub fn check_name(name: &[u8]) -> Result<(), NameError> {
     Ok(())
 }
 
+/// [`check_name`] of a name cut out of a path already checked for NUL bytes.
+fn check_split_name(name: &[u8]) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > NAME_MAX {
+        return Err(NameError::NameTooLong(name.len()));
+    }
+    if name == b"." || name == b".." {
+        return Err(NameError::Dot);
+    }
+    Ok(())
+}
+
 /// Splits an absolute, normalized path into its names (`/` gives none).
 pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, NameError> {
     if path.len() > PATH_MAX {
@@ -75,9 +89,19 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, NameError> {
     if path == b"/" {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for c in path[1..].split(|&b| b == b'/') {
-        match check_name(c) {
+    // One scan for NUL over the whole path, not one per name (`/` splits it).
+    if memchr::memchr(0, path).is_some() {
+        return Err(NameError::BadByte(lossy(path)));
+    }
+    let mut out = Vec::with_capacity(16);
+    let mut start = 1;
+    for end in memchr::memchr_iter(b'/', &path[1..])
+        .map(|i| i + 1)
+        .chain(std::iter::once(path.len()))
+    {
+        let c = &path[start..end];
+        start = end + 1;
+        match check_split_name(c) {
             Ok(()) => out.push(c),
             Err(NameError::Empty | NameError::Dot) => {
                 return Err(NameError::NotNormalized(lossy(path)))

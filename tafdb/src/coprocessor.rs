@@ -21,6 +21,12 @@ pub trait Coprocessor: Send + Sync + 'static {
     /// The name it is registered and called under.
     fn name(&self) -> &str;
 
+    /// Whether it only reads: then it runs in a snapshot reader ([`crate::Db::run_read`]),
+    /// which refuses writes and validates nothing at commit.
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// Runs with `input` and returns the reply. The caller commits the transaction afterwards.
     fn call<'a>(&'a self, txn: &'a mut Txn, input: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>>;
 }

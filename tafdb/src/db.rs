@@ -628,7 +628,7 @@ impl Db {
     /// `n` consecutive fresh timestamps (the first), like [`Db::timestamp`].
     pub async fn timestamps(&self, n: u32) -> Result<u64> {
         if self.config.cluster.is_some() {
-            self.oracle.next_n(n).await
+            Box::pin(self.oracle.next_n(n)).await
         } else {
             self.tso.next_n(n)
         }
@@ -841,18 +841,55 @@ impl Db {
     where
         F: for<'a> FnMut(&'a mut Txn) -> BoxFuture<'a, Result<T>>,
     {
+        self.run_in(&(), |t, _| f(t), false).await
+    }
+
+    /// [`Db::run_txn`] for a reader: `f` sees a snapshot and may not write (a put, delete or
+    /// delta fails with `InvalidArgument`). It records no reads, takes no hot-key locks and
+    /// commits nothing, so a lookup costs its reads and one timestamp.
+    pub async fn run_read<T, F>(self: &Arc<Self>, mut f: F) -> Result<T>
+    where
+        F: for<'a> FnMut(&'a mut Txn) -> BoxFuture<'a, Result<T>>,
+    {
+        self.run_in(&(), |t, _| f(t), true).await
+    }
+
+    /// [`Db::run_txn`] (or [`Db::run_read`] if `read_only`) with `state` lent to every
+    /// attempt: a closure of the plain form cannot borrow from its caller (its futures must
+    /// live as long as any transaction borrow), so it would have to own, and clone, what it
+    /// uses.
+    pub async fn run_with<C, T, F>(self: &Arc<Self>, state: &C, f: F, read_only: bool) -> Result<T>
+    where
+        C: Sync + ?Sized,
+        F: for<'a> FnMut(&'a mut Txn, &'a C) -> BoxFuture<'a, Result<T>>,
+    {
+        self.run_in(state, f, read_only).await
+    }
+
+    async fn run_in<C, T, F>(self: &Arc<Self>, state: &C, mut f: F, read_only: bool) -> Result<T>
+    where
+        C: Sync + ?Sized,
+        F: for<'a> FnMut(&'a mut Txn, &'a C) -> BoxFuture<'a, Result<T>>,
+    {
         let mut attempt = 0u32;
         // Hot-key locks taken by one attempt stay held into the next (see `lockq`).
-        let locks = LockSet::default();
+        let locks = match read_only {
+            true => LockSet::none(),
+            false => LockSet::default(),
+        };
         loop {
             attempt += 1;
             // The snapshot is taken after any carried locks were granted, so it already holds
             // the writes of their previous holders.
             let res = match self.timestamp().await {
                 Ok(ts) => {
-                    let mut txn = Txn::new(self.clone(), ts, locks.clone());
-                    match f(&mut txn).await {
-                        Ok(v) => txn.commit().await.map(|_| v),
+                    let mut txn = Txn::with_mode(self.clone(), ts, locks.clone(), read_only);
+                    match f(&mut txn, state).await {
+                        // A reader has nothing to commit. (The commit's future is big, and
+                        // it would sit inside every transaction's future: boxed, it costs an
+                        // allocation per write, not a copy of kilobytes per read.)
+                        Ok(v) if read_only || txn.is_read_only() => Ok(v),
+                        Ok(v) => Box::pin(txn.commit()).await.map(|_| v),
                         Err(e) => Err(e),
                     }
                 }
@@ -874,7 +911,7 @@ impl Db {
                 }
                 Err(e) if e.is_retryable() => {
                     if let Error::Locked { key, .. } = &e {
-                        if let Err(x) = self.resolve_lock(key).await {
+                        if let Err(x) = Box::pin(self.resolve_lock(key)).await {
                             self.locks.release(&locks);
                             return Err(x);
                         }
@@ -911,12 +948,12 @@ impl Db {
                     name: name.to_string(),
                     message: "no coprocessor is registered under this name".into(),
                 })?;
-        let input: Arc<[u8]> = input.into();
-        self.run_txn(move |txn| {
-            let cop = cop.clone();
-            let input = input.clone();
-            Box::pin(async move { cop.call(txn, &input).await })
-        })
+        let read_only = cop.read_only();
+        self.run_in(
+            &(cop, input),
+            |txn, (cop, input)| cop.call(txn, input),
+            read_only,
+        )
         .await
     }
 
@@ -969,11 +1006,23 @@ impl Db {
 
     /// A snapshot read, resolving 2PC locks it meets.
     pub async fn get_at(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
-        let tablet = self.route_for(key)?;
+        let t = self.tablet_for(key);
+        // A replica that serves is read by reference: a `Route` would clone the tablet's
+        // `Arc`, a write to one cache line that every read on every core shares. (If it
+        // stops serving meanwhile, its `get` says `NotLeader`, as the route's would.)
+        let remote = match self.config.cluster.is_some() && !t.is_serving() {
+            true => Some(self.route(t)?),
+            false => None,
+        };
         for attempt in 1..=self.config.max_attempts {
-            match tablet.get(key, ts).await {
+            let got = match &remote {
+                Some(r) => r.get(key, ts).await,
+                None => t.get(key, ts).await,
+            };
+            match got {
                 Err(Error::Locked { .. }) => {
-                    self.resolve_lock(key).await?;
+                    // Boxed: a rare path that would otherwise enlarge every read's future.
+                    Box::pin(self.resolve_lock(key)).await?;
                     backoff(attempt).await;
                 }
                 other => return other,

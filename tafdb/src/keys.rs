@@ -16,6 +16,17 @@ pub type Value = Vec<u8>;
 /// standard default, cost a few percent of a commit in hashing alone.
 pub(crate) type FastHash = hashbrown::DefaultHashBuilder;
 
+/// Shards of the concurrent maps every read visits (version chains, commit marks). Each read
+/// takes a shard's lock word for a moment; with DashMap's default (4 per core: 8 here) two
+/// cores reading unrelated keys still write the same few cache lines on every read, and a
+/// lookup of ten keys costs more on two cores than on one.
+pub(crate) const READ_SHARDS: usize = 256;
+
+/// An empty concurrent map sharded for reads (see [`READ_SHARDS`]).
+pub(crate) fn read_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V, FastHash> {
+    dashmap::DashMap::with_hasher_and_shard_amount(FastHash::default(), READ_SHARDS)
+}
+
 /// The first byte of every internal key.
 pub const INTERNAL_PREFIX: u8 = 0xFF;
 /// Largest accepted key (bytes).

@@ -33,39 +33,62 @@ use tokio::sync::OwnedMutexGuard;
 use crate::error::{Error, Result};
 use crate::keys::Key;
 
+/// Held queue locks by key.
+type Held = Mutex<BTreeMap<Key, OwnedMutexGuard<()>>>;
+
 /// The locks one transaction (and its retries) holds. Dropping it releases them.
-#[derive(Clone, Default)]
+///
+/// A snapshot reader's set ([`LockSet::none`]) holds nothing and allocates nothing: readers
+/// never queue.
+#[derive(Clone)]
 pub struct LockSet {
-    held: Arc<Mutex<BTreeMap<Key, OwnedMutexGuard<()>>>>,
+    held: Option<Arc<Held>>,
+}
+
+impl Default for LockSet {
+    fn default() -> Self {
+        LockSet {
+            held: Some(Arc::default()),
+        }
+    }
 }
 
 impl std::fmt::Debug for LockSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockSet")
-            .field("held", &self.held.lock().len())
+            .field("held", &self.len())
             .finish()
     }
 }
 
 impl LockSet {
+    /// The set of a transaction that takes no locks (a snapshot reader).
+    pub(crate) fn none() -> LockSet {
+        LockSet { held: None }
+    }
+
     /// Whether `key` is held.
     pub fn holds(&self, key: &[u8]) -> bool {
-        self.held.lock().contains_key(key)
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.lock().contains_key(key))
     }
 
     /// How many keys are held.
     pub fn len(&self) -> usize {
-        self.held.lock().len()
+        self.held.as_ref().map_or(0, |h| h.lock().len())
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.held.lock().is_empty()
+        self.len() == 0
     }
 
     /// Releases every lock.
     pub fn release_all(&self) {
-        self.held.lock().clear();
+        if let Some(h) = &self.held {
+            h.lock().clear();
+        }
     }
 }
 
@@ -100,10 +123,19 @@ impl LockTable {
         }
         let queue = self.queues.entry(key.to_vec()).or_default().clone();
         match tokio::time::timeout(self.wait, queue.lock_owned()).await {
-            Ok(guard) => {
-                set.held.lock().insert(key.to_vec(), guard);
-                Ok(true)
-            }
+            Ok(guard) => match &set.held {
+                Some(h) => {
+                    h.lock().insert(key.to_vec(), guard);
+                    Ok(true)
+                }
+                None => {
+                    drop(guard);
+                    self.forget(key);
+                    Err(Error::InvalidArgument(
+                        "a snapshot reader takes no hot-key locks".into(),
+                    ))
+                }
+            },
             Err(_) => {
                 set.release_all();
                 self.forget(key);
@@ -124,7 +156,10 @@ impl LockTable {
 
     /// Releases `set` and drops idle queues.
     pub fn release(&self, set: &LockSet) {
-        let keys: Vec<Key> = set.held.lock().keys().cloned().collect();
+        let Some(held) = &set.held else {
+            return;
+        };
+        let keys: Vec<Key> = held.lock().keys().cloned().collect();
         set.release_all();
         for k in keys {
             self.forget(&k);

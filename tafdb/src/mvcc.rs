@@ -447,7 +447,7 @@ impl MvccStore {
     pub fn new(engines: EngineSet, floor: u64) -> Self {
         MvccStore {
             engines,
-            chains: DashMap::with_hasher(FastHash::default()),
+            chains: crate::keys::read_map(),
             ordered: RwLock::new(OrderedKeys::default()),
             dirty: Mutex::new(Default::default()),
             floor: AtomicU64::new(floor),

@@ -719,7 +719,7 @@ impl Tablet {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(Pending {
             ordered: Mutex::new(BTreeMap::new()),
-            point: DashMap::with_hasher(FastHash::default()),
+            point: crate::keys::read_map(),
             seq: Mutex::new(0),
             registrations: std::sync::atomic::AtomicU64::new(0),
             watch: state.mvcc().watch().clone(),
@@ -1460,12 +1460,16 @@ impl Tablet {
     /// A snapshot read of one key at `ts`.
     pub async fn get(&self, key: &[u8], ts: u64) -> Result<Option<Value>> {
         self.check_serving()?;
-        self.confirm_reads().await?;
+        // The waits are boxed: inline, their futures would make every read's future (and
+        // every future that awaits one) larger, and each is moved on every call.
+        if self.reads.is_some() {
+            Box::pin(self.confirm_reads()).await?;
+        }
         let ik = InlineKey::new(key);
         let horizon = self.pending.reader_horizon();
         let blocked = || self.pending.blocks(&ik, ts, horizon);
         if blocked() {
-            self.wait_pending(key, blocked).await?;
+            Box::pin(self.wait_pending(key, blocked)).await?;
         }
         if self.state.may_have_locks() {
             let rec = self.locks(key)?;
@@ -1786,15 +1790,13 @@ async fn run_proposer(
 #[cfg(test)]
 mod tests {
     use super::{MarkKind, Pending, Reorder, ASSIGNING};
-    use crate::keys::FastHash;
-    use dashmap::DashMap;
     use parking_lot::Mutex;
     use std::collections::BTreeMap;
 
     fn pending() -> Pending {
         Pending {
             ordered: Mutex::new(BTreeMap::new()),
-            point: DashMap::with_hasher(FastHash::default()),
+            point: crate::keys::read_map(),
             seq: Mutex::new(0),
             registrations: std::sync::atomic::AtomicU64::new(0),
             watch: std::sync::Arc::default(),

@@ -37,6 +37,9 @@ pub struct Txn {
     locks: LockSet,
     /// Whether it frees disk space (a delete), and so may commit while space is short.
     frees_space: bool,
+    /// A snapshot reader (see [`Db::run_read`]): it refuses writes, so it has nothing to
+    /// validate at commit and records no reads.
+    read_only: bool,
 }
 
 fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
@@ -53,7 +56,12 @@ fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
 
 impl Txn {
     pub(crate) fn new(db: Arc<Db>, start_ts: u64, locks: LockSet) -> Txn {
+        Txn::with_mode(db, start_ts, locks, false)
+    }
+
+    pub(crate) fn with_mode(db: Arc<Db>, start_ts: u64, locks: LockSet, read_only: bool) -> Txn {
         Txn {
+            read_only,
             db,
             start_ts,
             writes: BTreeMap::new(),
@@ -109,6 +117,11 @@ impl Txn {
     /// Reads `key` (this transaction's own writes included).
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
         check_user_key(key)?;
+        if self.read_only {
+            // No writes to fold in and nothing to validate: the snapshot answers. (No hot-key
+            // queue either: the queue orders writers.)
+            return self.db.get_at(key, self.start_ts).await;
+        }
         Self::lock_hot(&self.db, &self.locks, self.start_ts, key).await?;
         if let Some(muts) = self.writes.get(key) {
             if muts
@@ -135,6 +148,9 @@ impl Txn {
     ///
     /// A two-phase commit treats stable reads as ordinary reads (conservatively).
     pub async fn get_stable(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        if self.read_only {
+            return self.get(key).await;
+        }
         check_user_key(key)?;
         Self::lock_hot(&self.db, &self.locks, self.start_ts, key).await?;
         if let Some(muts) = self.writes.get(key) {
@@ -199,12 +215,24 @@ impl Txn {
                 end: Some(end),
             }
         };
-        self.scans.push(read_range);
+        if !self.read_only {
+            self.scans.push(read_range);
+        }
         Ok(out)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::InvalidArgument(
+                "a write in a read-only transaction".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_writable()?;
         check_user_key(key)?;
         check_value(value)?;
         self.writes
@@ -214,6 +242,7 @@ impl Txn {
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.check_writable()?;
         check_user_key(key)?;
         self.writes.insert(key.to_vec(), vec![Mutation::Delete]);
         Ok(())
@@ -222,6 +251,7 @@ impl Txn {
     /// Records a commutative update of `key`. Concurrent delta writers never conflict; readers
     /// see the folded value.
     pub fn delta(&mut self, key: &[u8], op: DeltaOp) -> Result<()> {
+        self.check_writable()?;
         check_user_key(key)?;
         if op.end() > u64::from(MAX_DELTA_OFFSET) + 8 {
             return Err(Error::InvalidArgument(format!(
@@ -269,6 +299,7 @@ impl Txn {
             scans,
             locks,
             frees_space,
+            read_only: _,
         } = self;
         if writes.is_empty() {
             return Ok(start_ts);

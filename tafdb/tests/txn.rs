@@ -878,3 +878,97 @@ async fn field_sets_commute_with_deltas_but_not_with_stable_readers_or_each_othe
         db.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_readers_see_commits_refuse_writes_and_skip_hot_key_queues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = DbConfig::new(dir.path());
+    cfg.hot_keys = vec![b"\x02hot".to_vec()];
+    let db = Db::open(cfg).await.expect("open db");
+    db.run_txn(|t| {
+        Box::pin(async move {
+            t.put(b"\x02hot", b"1")?;
+            t.put(b"\x02b", &2u64.to_le_bytes())
+        })
+    })
+    .await
+    .expect("seed");
+
+    // A reader sees what committed before it started, deltas folded in.
+    db.run_txn(|t| Box::pin(async move { t.delta(b"\x02b", DeltaOp::Add { offset: 0, by: 1 }) }))
+        .await
+        .expect("delta");
+    let (hot, b) = db
+        .run_read(|t| {
+            Box::pin(async move {
+                let hot = t.get(b"\x02hot").await?;
+                let b = t.get_stable(b"\x02b").await?;
+                Ok((hot, b))
+            })
+        })
+        .await
+        .expect("read");
+    assert_eq!(hot, Some(b"1".to_vec()));
+    assert_eq!(counter(&b), 3);
+
+    // Writes are refused, and nothing of a refused reader lands.
+    for attempt in 0..3 {
+        let err = db
+            .run_read(|t| {
+                Box::pin(async move {
+                    match attempt {
+                        0 => t.put(b"\x02c", b"x"),
+                        1 => t.delete(b"\x02b"),
+                        _ => t.delta(b"\x02b", DeltaOp::Add { offset: 0, by: 5 }),
+                    }
+                })
+            })
+            .await
+            .expect_err("a reader may not write");
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+    let mut r = db.begin().await.expect("begin");
+    assert_eq!(r.get(b"\x02c").await.expect("get"), None);
+
+    // A writer holding the hot key's queue does not hold a reader up.
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let go_rx = Arc::new(tokio::sync::Mutex::new(Some(go_rx)));
+    let held_tx = Arc::new(parking_lot::Mutex::new(Some(held_tx)));
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.run_txn(move |t| {
+                let (go_rx, held_tx) = (go_rx.clone(), held_tx.clone());
+                Box::pin(async move {
+                    t.get(b"\x02hot").await?;
+                    if let Some(tx) = held_tx.lock().take() {
+                        let _ = tx.send(());
+                    }
+                    if let Some(rx) = go_rx.lock().await.take() {
+                        let _ = rx.await;
+                    }
+                    t.put(b"\x02hot", b"3")
+                })
+            })
+            .await
+        })
+    };
+    held_rx.await.expect("the writer holds the queue");
+    let seen = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        db.run_read(|t| Box::pin(async move { t.get(b"\x02hot").await })),
+    )
+    .await
+    .expect("a reader does not wait in the hot-key queue")
+    .expect("read");
+    assert_eq!(seen, Some(b"1".to_vec()));
+    go_tx.send(()).expect("release the writer");
+    writer.await.expect("join").expect("writer commits");
+    let seen = db
+        .run_read(|t| Box::pin(async move { t.get(b"\x02hot").await }))
+        .await
+        .expect("read");
+    assert_eq!(seen, Some(b"3".to_vec()), "a later reader sees the commit");
+    db.shutdown().await;
+}

@@ -29,16 +29,16 @@ pub fn index_entry_of(a: &Attr) -> IndexEntry {
 }
 
 /// The Index key of directory `a` (its parent and own name, or the namespace root's).
-pub fn index_key_of(ns: &Ns, a: &Attr) -> Vec<u8> {
+pub fn index_key_of(ns: &Ns<'_>, a: &Attr) -> Vec<u8> {
     if a.parent == a.id {
-        indexnode::root_key(&ns.name)
+        indexnode::root_key(ns.name)
     } else {
         indexnode::index_key(a.parent, &a.target)
     }
 }
 
 /// Records a change in the namespace's usage counters.
-pub fn usage(txn: &mut Txn, ns: &Ns, inodes: i64, bytes: i64) -> OpResult<()> {
+pub fn usage(txn: &mut Txn, ns: &Ns<'_>, inodes: i64, bytes: i64) -> OpResult<()> {
     let key = keys::nsstat_key(ns.root.id);
     if inodes != 0 {
         txn.delta(
@@ -106,7 +106,7 @@ pub struct NewInode {
 pub async fn create(
     ctx: &Ctx,
     txn: &mut Txn,
-    ns: &Ns,
+    ns: &Ns<'_>,
     loc: &Located,
     cred: &Cred,
     new: NewInode,
@@ -199,7 +199,7 @@ pub async fn drop_xattrs(txn: &mut Txn, id: u64) -> OpResult<()> {
 
 /// Drops one link to a non-directory inode `a` (its entry is removed by the caller): the inode
 /// goes when its last link does.
-pub async fn drop_link(txn: &mut Txn, ns: &Ns, a: &Attr, now: u64) -> OpResult<()> {
+pub async fn drop_link(txn: &mut Txn, ns: &Ns<'_>, a: &Attr, now: u64) -> OpResult<()> {
     if a.nlink <= 1 {
         txn.delete(&keys::attr_key(a.id))?;
         drop_xattrs(txn, a.id).await?;
@@ -220,7 +220,7 @@ pub async fn drop_link(txn: &mut Txn, ns: &Ns, a: &Attr, now: u64) -> OpResult<(
 
 /// Removes the empty directory `a` whose entry is `(pid, name)`: its Index entry, inode
 /// record and extended attributes (the caller removes the entry and fixes the parent).
-pub async fn drop_dir(txn: &mut Txn, ns: &Ns, a: &Attr, pid: u64, name: &[u8]) -> OpResult<()> {
+pub async fn drop_dir(txn: &mut Txn, ns: &Ns<'_>, a: &Attr, pid: u64, name: &[u8]) -> OpResult<()> {
     must_be_empty(txn, a.id, name).await?;
     txn.delete(&indexnode::index_key(pid, name))?;
     txn.delete(&keys::attr_key(a.id))?;
@@ -244,7 +244,7 @@ pub async fn must_be_empty(txn: &mut Txn, id: u64, name: &[u8]) -> OpResult<()> 
 /// permission on its parent (`what` names the operation in the error).
 pub async fn existing_entry(
     txn: &mut Txn,
-    ns: &Ns,
+    ns: &Ns<'_>,
     at: &crate::api::Loc,
     cred: &Cred,
     what: &str,

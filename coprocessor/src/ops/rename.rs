@@ -220,7 +220,7 @@ impl Op for Rename {
 /// Drops destination `da` that `sa` replaces (its entry is overwritten by the caller).
 async fn replace(
     txn: &mut Txn,
-    ns: &Ns,
+    ns: &Ns<'_>,
     to: &Located,
     sa: &Attr,
     da: &Attr,

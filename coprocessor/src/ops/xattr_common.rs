@@ -78,7 +78,7 @@ pub fn check_name(name: &[u8]) -> OpResult<()> {
 /// Resolves `obj` (following a final symlink) and checks `access`; returns the inode id.
 pub async fn check_access(
     txn: &mut Txn,
-    ns: &Ns,
+    ns: &Ns<'_>,
     obj: &Obj,
     cred: &Cred,
     name: &[u8],
