@@ -5,7 +5,9 @@
 //! xattrs, namespaces) over the Index table ([`indexnode`]) and the Meta table ([`metastore`]).
 //! Each operation is a request type implementing [`Op`] whose `run` is one retryable closure
 //! over a [`tafdb::Txn`]: resolve the path, check permissions, write. [`Service`] registers them
-//! as TafDB coprocessors, so a client call is one RPC and one transaction next to the data; in
+//! as TafDB coprocessors (how a remote node calls them, by name) and runs them directly in its
+//! own process (read-only ones as snapshot readers), so a client call is one RPC and one
+//! transaction next to the data; in
 //! the single-tablet (MantleX) layout every one of them commits in one phase. Parent link
 //! counts and times change through delta records, so concurrent creates in one directory do not
 //! conflict; a rename or chmod of a busy directory writes field sets, so it commutes with them.

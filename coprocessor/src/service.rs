@@ -3,8 +3,10 @@
 //! Each operation is a request type implementing [`Op`]: `run` is the whole operation as one
 //! closure over a transaction (resolve, check, write), free of side effects outside it, so
 //! TafDB may run it again on a conflict. [`Service::open`] registers every operation as a TafDB
-//! coprocessor named `ns.<op>`; [`Service::call`] encodes the request, runs the coprocessor in
-//! the store (one transaction, retried on conflicts) and decodes the reply or the errno.
+//! coprocessor named `ns.<op>` (what a call by name runs: [`Service::call_by_name`], a remote
+//! node). [`Service::call`] runs the same body, `run_op`, directly in one transaction retried
+//! on conflicts (a snapshot reader for an op that does not mutate), with nothing encoded but a
+//! recorded reply, and turns a failure into the operation's errno.
 
 use std::sync::Arc;
 
@@ -101,6 +103,17 @@ async fn run_op<R: Op>(
     Ok(reply)
 }
 
+/// The caller's error for a failed run of `R`: the operation's own (carried through the store
+/// as `Refused`), or the store's mapped to an errno.
+fn fs_error<R: Op>(e: tafdb::Error) -> FsError {
+    match e {
+        tafdb::Error::Refused(payload) => bincode::deserialize(&payload).unwrap_or_else(|e| {
+            FsError::new(Errno::EIO, format!("{}: undecodable error: {e}", R::NAME))
+        }),
+        e => FsError::from_store(&e),
+    }
+}
+
 /// How a [`Service`] is set up.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -184,12 +197,7 @@ impl Service {
                 !R::MUTATES,
             )
             .await;
-        done.map_err(|e| match e {
-            tafdb::Error::Refused(payload) => bincode::deserialize(&payload).unwrap_or_else(|e| {
-                FsError::new(Errno::EIO, format!("{}: undecodable error: {e}", R::NAME))
-            }),
-            e => FsError::from_store(&e),
-        })
+        done.map_err(fs_error::<R>)
     }
 
     /// Runs `req` through the store's coprocessor registry, by name with its request encoded,
@@ -202,15 +210,13 @@ impl Service {
     ) -> Result<R::Reply, FsError> {
         let input = bincode::serialize(&(id, req))
             .map_err(|e| FsError::new(Errno::EINVAL, format!("cannot encode {}: {e}", R::NAME)))?;
-        match self.ctx.db().call_coprocessor(R::NAME, &input).await {
-            Ok(out) => bincode::deserialize(&out).map_err(|e| {
-                FsError::new(Errno::EIO, format!("{}: undecodable reply: {e}", R::NAME))
-            }),
-            Err(tafdb::Error::Refused(payload)) => Err(bincode::deserialize(&payload)
-                .unwrap_or_else(|e| {
-                    FsError::new(Errno::EIO, format!("{}: undecodable error: {e}", R::NAME))
-                })),
-            Err(e) => Err(FsError::from_store(&e)),
-        }
+        let out = self
+            .ctx
+            .db()
+            .call_coprocessor(R::NAME, &input)
+            .await
+            .map_err(fs_error::<R>)?;
+        bincode::deserialize(&out)
+            .map_err(|e| FsError::new(Errno::EIO, format!("{}: undecodable reply: {e}", R::NAME)))
     }
 }

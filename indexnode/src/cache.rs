@@ -291,10 +291,10 @@ impl PathCache {
         };
         let shared = Arc::new(Shared {
             cfg,
-            // Many shards: every lookup takes one's lock word (see tafdb's READ_SHARDS).
+            // Many shards: every lookup takes one's lock word.
             map: DashMap::with_hasher_and_shard_amount(
                 hashbrown::DefaultHashBuilder::default(),
-                256,
+                tafdb::keys::READ_SHARDS,
             ),
             removal: RwLock::new(Vec::new()),
             listed: AtomicUsize::new(0),

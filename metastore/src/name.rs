@@ -49,23 +49,16 @@ fn lossy(b: &[u8]) -> String {
 
 /// Checks one name.
 pub fn check_name(name: &[u8]) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.len() > NAME_MAX {
-        return Err(NameError::NameTooLong(name.len()));
-    }
+    check_name_shape(name)?;
     if name.iter().any(|&b| b == b'/' || b == 0) {
         return Err(NameError::BadByte(lossy(name)));
-    }
-    if name == b"." || name == b".." {
-        return Err(NameError::Dot);
     }
     Ok(())
 }
 
-/// [`check_name`] of a name cut out of a path already checked for NUL bytes.
-fn check_split_name(name: &[u8]) -> Result<(), NameError> {
+/// [`check_name`] but for the bytes: for a name cut out of a path at its `/`s, the path
+/// already checked for NUL once.
+fn check_name_shape(name: &[u8]) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
@@ -101,7 +94,7 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, NameError> {
     {
         let c = &path[start..end];
         start = end + 1;
-        match check_split_name(c) {
+        match check_name_shape(c) {
             Ok(()) => out.push(c),
             Err(NameError::Empty | NameError::Dot) => {
                 return Err(NameError::NotNormalized(lossy(path)))

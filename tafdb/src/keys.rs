@@ -20,7 +20,7 @@ pub(crate) type FastHash = hashbrown::DefaultHashBuilder;
 /// takes a shard's lock word for a moment; with DashMap's default (4 per core: 8 here) two
 /// cores reading unrelated keys still write the same few cache lines on every read, and a
 /// lookup of ten keys costs more on two cores than on one.
-pub(crate) const READ_SHARDS: usize = 256;
+pub const READ_SHARDS: usize = 256;
 
 /// An empty concurrent map sharded for reads (see [`READ_SHARDS`]).
 pub(crate) fn read_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V, FastHash> {

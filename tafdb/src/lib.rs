@@ -38,7 +38,8 @@
 //! What it is not: it knows nothing about paths, directories, inodes or scripts. The namespace
 //! crates build on [`Txn`] and register [`Coprocessor`]s.
 //!
-//! Key types: [`Db`] (open, begin, run_txn, snapshot, coprocessors), [`Txn`],
+//! Key types: [`Db`] (open, begin, run_txn, run_read for snapshot readers, snapshot,
+//! coprocessors), [`Txn`],
 //! [`engine::Engine`], [`mvcc::MvccStore`], [`tablet::Tablet`], [`raft::LogStore`],
 //! [`raft::RaftRouter`], [`raft::Peers`], [`lockq::LockTable`], [`Error`].
 
