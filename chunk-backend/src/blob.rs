@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::extents::{Extents, Piece};
 use crate::frame;
 
 /// Where a record is.
@@ -55,25 +56,6 @@ pub const LOG: u8 = 0;
 /// An `ExtentBlob`.
 pub const EXTENT: u8 = 1;
 
-/// A byte range of an `ExtentBlob` and the record that holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Piece {
-    len: u64,
-    version: u64,
-    chunk: u32,
-    record: u64,
-    /// Where the range's first byte is in the record's payload.
-    data: u64,
-}
-
-impl Piece {
-    fn advance(mut self, by: u64) -> Piece {
-        self.len -= by;
-        self.data += by;
-        self
-    }
-}
-
 struct BlobState {
     kind: u8,
     /// seq -> chunk id.
@@ -85,10 +67,8 @@ struct BlobState {
     /// durable record, which no number handed out but never made durable was visible beyond.
     assigned: u64,
     lease: Option<Granted>,
-    /// ExtentBlobs: start offset -> piece.
-    index: BTreeMap<u64, Piece>,
-    /// ExtentBlobs: one past the highest byte written.
-    size: u64,
+    /// ExtentBlobs: where each byte range lives, and the size.
+    extents: Extents,
 }
 
 impl BlobState {
@@ -99,60 +79,7 @@ impl BlobState {
             version: 0,
             assigned: 0,
             lease: None,
-            index: BTreeMap::new(),
-            size: 0,
-        }
-    }
-
-    /// Records that `[start, start + new.len)` now lives in `new`, except where a newer
-    /// version already covers it (writes may complete out of order).
-    fn insert(&mut self, start: u64, new: Piece) {
-        // An empty write changes nothing, as a zero-byte pwrite does not extend a file.
-        if new.len == 0 {
-            return;
-        }
-        let end = start + new.len;
-        self.size = self.size.max(end);
-        let overlapping: Vec<(u64, Piece)> = self
-            .index
-            .range(..end)
-            .rev()
-            .take_while(|(s, p)| *s + p.len > start)
-            .map(|(s, p)| (*s, *p))
-            .collect();
-        let mut newer: Vec<(u64, u64)> = Vec::new();
-        for (s, p) in overlapping {
-            if p.version > new.version {
-                newer.push((s.max(start), (s + p.len).min(end)));
-                continue;
-            }
-            self.index.remove(&s);
-            if s < start {
-                self.index.insert(
-                    s,
-                    Piece {
-                        len: start - s,
-                        ..p
-                    },
-                );
-            }
-            if s + p.len > end {
-                self.index.insert(end, p.advance(end - s));
-            }
-        }
-        newer.sort_unstable();
-        let mut at = start;
-        for (ns, ne) in newer.into_iter().chain(std::iter::once((end, end))) {
-            if ns > at {
-                self.index.insert(
-                    at,
-                    Piece {
-                        len: ns - at,
-                        ..new.advance(at - start)
-                    },
-                );
-            }
-            at = at.max(ne);
+            extents: Extents::default(),
         }
     }
 }
@@ -247,7 +174,7 @@ impl LogStore {
                     record: pos.offset,
                     data: 16,
                 };
-                b.insert(off, piece);
+                b.extents.insert(off, piece, &mut |_, _| {});
             }
         }
         Ok(store)
@@ -383,7 +310,7 @@ impl LogStore {
         let (pos, version) = self.append_record(lease, EXTENT, &offset.to_le_bytes(), data)?;
         let mut blobs = self.blobs.lock();
         if let Some(b) = blobs.get_mut(&lease.blob) {
-            b.insert(
+            b.extents.insert(
                 offset,
                 Piece {
                     len: data.len() as u64,
@@ -392,6 +319,7 @@ impl LogStore {
                     record: pos.offset,
                     data: 16,
                 },
+                &mut |_, _| {},
             );
         }
         Ok(version)
@@ -504,11 +432,9 @@ impl LogStore {
                     want: min_version,
                 });
             }
-            b.index
-                .range(..end)
-                .rev()
-                .take_while(|(s, p)| *s + p.len > offset)
-                .map(|(s, p)| (*s, *p, *b.chunks.get(&p.chunk).unwrap_or(&0)))
+            b.extents
+                .covering(offset, end)
+                .map(|(s, p)| (s, p, *b.chunks.get(&p.chunk).unwrap_or(&0)))
                 .collect()
         };
         let mut out = vec![0u8; len];
@@ -532,7 +458,8 @@ impl LogStore {
         Ok(blobs
             .get(&blob)
             .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
-            .size)
+            .extents
+            .size())
     }
 
     /// Reads the record at `pos`, demanding the blob be at least at `min_version`.

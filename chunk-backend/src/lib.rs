@@ -25,6 +25,8 @@ pub mod conformance;
 pub mod crashload;
 pub mod disk;
 pub mod error;
+mod extents;
+pub mod files;
 pub mod frame;
 pub mod replica;
 pub mod uring;
