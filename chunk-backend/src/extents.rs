@@ -41,6 +41,11 @@ impl Extents {
         self.size
     }
 
+    /// One past the highest byte a piece holds (0: none).
+    pub(crate) fn end(&self) -> u64 {
+        self.index.last_key_value().map_or(0, |(s, p)| s + p.len)
+    }
+
     /// The pieces overlapping `[offset, end)`, as `(start, piece)`.
     pub(crate) fn covering(
         &self,

@@ -457,6 +457,21 @@ impl FileStore {
         v
     }
 
+    /// One past the highest byte of `file` the store holds (0: none).
+    pub fn end(&self, file: u64) -> u64 {
+        self.inner.lock().files.get(&file).map_or(0, |e| e.end())
+    }
+
+    /// The store's capacity and the bytes still free for new chunks.
+    pub fn space(&self) -> (u64, u64) {
+        let cfg = self.disk.config();
+        let block = u64::from(cfg.block_size);
+        (
+            u64::from(cfg.blocks) * block,
+            self.disk.free_blocks() * block,
+        )
+    }
+
     /// What the store holds.
     pub fn stats(&self) -> FilesStats {
         let inner = self.inner.lock();

@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod convert;
 mod layer;
 pub mod limits;
+pub mod mount;
 pub mod server;
 pub mod status;
 

@@ -16,6 +16,7 @@ pub mod stat;
 pub mod statfs;
 pub mod symlink;
 pub mod unlink;
+pub mod wrote;
 pub mod xattr_common;
 pub mod xattr_get;
 pub mod xattr_list;
@@ -45,4 +46,5 @@ pub fn register_all(s: &Service) {
     s.register::<xattr_get::XattrGet>();
     s.register::<xattr_list::XattrList>();
     s.register::<xattr_remove::XattrRemove>();
+    s.register::<wrote::Wrote>();
 }

@@ -185,10 +185,56 @@ impl ServeArgs {
     }
 }
 
+/// `mantle mount`'s flags.
+#[derive(clap::Args)]
+struct MountArgs {
+    /// The data directory of a store run inside the mount (the embedded mode; created if
+    /// missing). File data goes to DATA/files.mstore.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Where to mount.
+    mountpoint: std::path::PathBuf,
+    /// Stay in the foreground (default: detach once mounted, with a pid file and a log).
+    #[arg(long, short = 'f')]
+    foreground: bool,
+    /// Mount options: allow_other, ro (comma-separated or repeated).
+    #[arg(short = 'o', value_delimiter = ',')]
+    options: Vec<String>,
+    /// Refuse every change.
+    #[arg(long)]
+    read_only: bool,
+    /// How long the kernel caches attributes, in ms.
+    #[arg(long, default_value_t = 1000)]
+    attr_ttl_ms: u64,
+    /// How long the kernel caches a name's lookup, in ms.
+    #[arg(long, default_value_t = 1000)]
+    entry_ttl_ms: u64,
+    /// How long the kernel caches that a name does not exist, in ms (0: not at all).
+    #[arg(long, default_value_t = 0)]
+    negative_ttl_ms: u64,
+    /// Threads reading the kernel's requests.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// The file store's capacity in MiB, fixed when it is created.
+    #[arg(long, default_value_t = 4096)]
+    data_capacity_mib: u64,
+    /// The store's MVCC window in ms (tests make it tiny).
+    #[arg(long)]
+    mvcc_window_ms: Option<u64>,
+    /// The pid file of a detached mount (default: DATA/mount.pid).
+    #[arg(long)]
+    pid_file: Option<std::path::PathBuf>,
+    /// The log of a detached mount (default: DATA/mount.log).
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the server: one process, one tablet, data under --data.
     Serve(Box<ServeArgs>),
+    /// Mounts a namespace as a file system (FUSE); `umount` or SIGTERM unmounts it.
+    Mount(Box<MountArgs>),
     /// Makes directories.
     Mkdir {
         /// Make parents as needed; existing directories are fine.
@@ -316,6 +362,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person: a detached mount's log is a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // The server hosts a tablet: more workers than cores (see `tafdb::runtime_threads`).
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -354,7 +402,139 @@ async fn shutdown_signal() {
     tracing::info!("signal received, stopping");
 }
 
+/// Starts the mount again in the foreground as a child of its own session, waits until it
+/// says it is mounted, and leaves it running.
+fn detach(args: &MountArgs, data: &std::path::Path) -> ExitCode {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let log = args
+        .log_file
+        .clone()
+        .unwrap_or_else(|| data.join("mount.log"));
+    if let Err(e) = std::fs::create_dir_all(data) {
+        eprintln!("mantle mount: {}: {e}", data.display());
+        return ExitCode::FAILURE;
+    }
+    let log_out = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mantle mount: log {}: {e}", log.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mantle mount: cannot find my own binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut child = match std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log_out)
+        .process_group(0)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mantle mount: cannot start the mount process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    if line.starts_with("mantle mount: mounted") {
+        print!("{line}");
+        return ExitCode::SUCCESS;
+    }
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+    eprintln!(
+        "mantle mount: the mount process ended ({status}); the end of {}:",
+        log.display()
+    );
+    for l in tail.iter().rev() {
+        eprintln!("  {l}");
+    }
+    ExitCode::FAILURE
+}
+
+async fn mount(args: &MountArgs, ns: &str) -> ExitCode {
+    let Some(data) = args.data.clone() else {
+        eprintln!(
+            "mantle mount: give --data DIR (a store run inside the mount); mounting a server's \
+             namespace (--addr) needs the mount to write file data to the chunk servers, which \
+             is not built yet"
+        );
+        return ExitCode::FAILURE;
+    };
+    if !args.foreground {
+        return detach(args, &data);
+    }
+    let mut cfg = mantle::mount::MountConfig::new(&data, &args.mountpoint);
+    cfg.namespace = ns.to_string();
+    for o in &args.options {
+        match o.as_str() {
+            "allow_other" => cfg.allow_other = true,
+            "ro" => cfg.read_only = true,
+            "rw" | "" => {}
+            other => {
+                eprintln!(
+                    "mantle mount: unknown mount option {other:?} (known: allow_other, ro, rw)"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    cfg.read_only |= args.read_only;
+    cfg.attr_ttl = std::time::Duration::from_millis(args.attr_ttl_ms);
+    cfg.entry_ttl = std::time::Duration::from_millis(args.entry_ttl_ms);
+    cfg.negative_ttl = std::time::Duration::from_millis(args.negative_ttl_ms);
+    cfg.threads = args.threads;
+    cfg.data_capacity = args.data_capacity_mib << 20;
+    cfg.mvcc_window_ms = args.mvcc_window_ms;
+    let pid_file = args
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| data.join("mount.pid"));
+    let ready = |at: &std::path::Path| {
+        use std::io::Write;
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(error = %e, "pid file {}", pid_file.display());
+        }
+        // Scripts, tests and the detaching parent read this line.
+        println!(
+            "mantle mount: mounted {} on {}",
+            cfg.namespace,
+            at.display()
+        );
+        let _ = std::io::stdout().flush();
+    };
+    let r = mantle::mount::run(cfg.clone(), ready, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&pid_file);
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mantle mount: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(cli: Cli) -> ExitCode {
+    if let Cmd::Mount(args) = &cli.cmd {
+        return mount(args, &cli.ns).await;
+    }
     if let Cmd::Serve(args) = &cli.cmd {
         let cfg = match args.config() {
             Ok(c) => c,
@@ -515,7 +695,7 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
 
 async fn command(c: &Client, cmd: Cmd) -> CmdResult {
     match cmd {
-        Cmd::Serve { .. } | Cmd::Admin { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Serve { .. } | Cmd::Mount { .. } | Cmd::Admin { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Mkdir { p, mode, paths } => {
             for path in paths {
                 let (b, what) = (raw(&path), esc(raw(&path)));

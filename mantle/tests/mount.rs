@@ -1,0 +1,443 @@
+//! `mantle mount` end to end: a real FUSE mount (a `mantle mount --foreground` child process)
+//! checked against the kernel's own tmpfs, operation by operation; durability across `kill -9`;
+//! open-but-unlinked files; concurrent writers.
+//!
+//! These tests need `/dev/fuse` and root (or `fusermount3`); `.ci/run` installs `fuse3`.
+
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use proptest::prelude::*;
+
+/// A mounted namespace: the mount process, unmounted (SIGTERM, then a lazy unmount if it
+/// did not go) when dropped.
+struct Mounted {
+    child: Option<Child>,
+    at: PathBuf,
+}
+
+impl Mounted {
+    fn start(data: &Path, at: &Path, extra: &[&str]) -> Mounted {
+        std::fs::create_dir_all(at).expect("mountpoint");
+        let mut child = common::mantle_bin()
+            .args([
+                "mount",
+                "--foreground",
+                "--data-capacity-mib",
+                "256",
+                "--data",
+            ])
+            .arg(data)
+            .arg(at)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mantle mount");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(out).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("mantle mount exited before it mounted")
+                .expect("read stdout");
+            if line.starts_with("mantle mount: mounted") {
+                break;
+            }
+        }
+        Mounted {
+            child: Some(child),
+            at: at.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL: the kernel's side stays until it is unmounted.
+    fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        lazy_unmount(&self.at);
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid reads no memory of ours.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait().expect("wait for the mount");
+            assert!(status.success(), "the mount exited with {status}");
+        }
+    }
+}
+
+fn lazy_unmount(at: &Path) {
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(at)
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+            lazy_unmount(&self.at);
+        }
+    }
+}
+
+/// A scratch directory on tmpfs (the kernel's own file system, the reference).
+fn tmpfs_dir() -> tempfile::TempDir {
+    let base = Path::new("/dev/shm");
+    if base.is_dir() {
+        tempfile::tempdir_in(base).expect("tempdir on /dev/shm")
+    } else {
+        tempfile::tempdir().expect("tempdir")
+    }
+}
+
+fn errno<T>(r: std::io::Result<T>) -> Result<T, i32> {
+    r.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("no NUL")
+}
+
+fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let (f, t) = (c(from), c(to));
+    // SAFETY: both are NUL-terminated strings that live across the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    }
+}
+
+const NAMES: [&str; 4] = ["a", "b", "d/a", "d/e"];
+
+#[derive(Clone, Debug)]
+enum Step {
+    Mkdir(usize),
+    Rmdir(usize),
+    Write {
+        at: usize,
+        offset: u64,
+        len: usize,
+        byte: u8,
+        append: bool,
+    },
+    Create {
+        at: usize,
+        excl: bool,
+        trunc: bool,
+    },
+    Truncate {
+        at: usize,
+        size: u64,
+    },
+    Unlink(usize),
+    Rename {
+        from: usize,
+        to: usize,
+        flags: u32,
+    },
+    Link {
+        from: usize,
+        to: usize,
+    },
+    Symlink {
+        at: usize,
+        target: usize,
+    },
+    Chmod {
+        at: usize,
+        mode: u32,
+    },
+    Read(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let at = 0..NAMES.len();
+    prop_oneof![
+        1 => at.clone().prop_map(Step::Mkdir),
+        1 => at.clone().prop_map(Step::Rmdir),
+        4 => (at.clone(), 0u64..300_000, 1usize..200_000, any::<u8>(), any::<bool>())
+            .prop_map(|(at, offset, len, byte, append)| Step::Write { at, offset, len, byte, append }),
+        1 => (at.clone(), any::<bool>(), any::<bool>()).prop_map(|(at, excl, trunc)| Step::Create { at, excl, trunc }),
+        2 => (at.clone(), 0u64..400_000).prop_map(|(at, size)| Step::Truncate { at, size }),
+        1 => at.clone().prop_map(Step::Unlink),
+        2 => (at.clone(), at.clone(), prop_oneof![Just(0u32), Just(1), Just(2)])
+            .prop_map(|(from, to, flags)| Step::Rename { from, to, flags }),
+        1 => (at.clone(), at.clone()).prop_map(|(from, to)| Step::Link { from, to }),
+        1 => (at.clone(), at.clone()).prop_map(|(at, target)| Step::Symlink { at, target }),
+        1 => (at.clone(), prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o4755)])
+            .prop_map(|(at, mode)| Step::Chmod { at, mode }),
+        2 => at.prop_map(Step::Read),
+    ]
+}
+
+/// Runs one step under `root`; what it returned (bytes read, or the errno).
+fn apply(root: &Path, s: &Step) -> Result<Vec<u8>, i32> {
+    let p = |i: usize| root.join(NAMES[i]);
+    match s {
+        Step::Mkdir(i) => errno(std::fs::create_dir(p(*i))).map(|_| vec![]),
+        Step::Rmdir(i) => errno(std::fs::remove_dir(p(*i))).map(|_| vec![]),
+        Step::Write {
+            at,
+            offset,
+            len,
+            byte,
+            append,
+        } => {
+            let mut f = errno(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .append(*append)
+                    .open(p(*at)),
+            )?;
+            if !append {
+                errno(f.seek(SeekFrom::Start(*offset)))?;
+            }
+            let data: Vec<u8> = (0..*len)
+                .map(|i| byte.wrapping_add((i / 4096) as u8))
+                .collect();
+            errno(f.write_all(&data))?;
+            Ok(vec![])
+        }
+        Step::Create { at, excl, trunc } => {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true);
+            if *excl {
+                o.create_new(true);
+            } else {
+                o.create(true).truncate(*trunc);
+            }
+            errno(o.open(p(*at))).map(|_| vec![])
+        }
+        Step::Truncate { at, size } => {
+            let f = errno(std::fs::OpenOptions::new().write(true).open(p(*at)))?;
+            errno(f.set_len(*size)).map(|_| vec![])
+        }
+        Step::Unlink(i) => errno(std::fs::remove_file(p(*i))).map(|_| vec![]),
+        Step::Rename { from, to, flags } => rename2(&p(*from), &p(*to), *flags).map(|_| vec![]),
+        Step::Link { from, to } => errno(std::fs::hard_link(p(*from), p(*to))).map(|_| vec![]),
+        Step::Symlink { at, target } => {
+            errno(std::os::unix::fs::symlink(NAMES[*target], p(*at))).map(|_| vec![])
+        }
+        Step::Chmod { at, mode } => errno(std::fs::set_permissions(
+            p(*at),
+            std::fs::Permissions::from_mode(*mode),
+        ))
+        .map(|_| vec![]),
+        Step::Read(i) => {
+            let mut f = errno(std::fs::File::open(p(*i)))?;
+            let mut v = Vec::new();
+            errno(f.read_to_end(&mut v))?;
+            Ok(v)
+        }
+    }
+}
+
+/// What a tree looks like: per path, the type, permission bits, size, link count and (for
+/// files) a digest of the contents; symlinks' targets.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let r = rel.join(&n);
+            let full = root.join(&r);
+            let m = std::fs::symlink_metadata(&full).expect("lstat");
+            let desc = if m.file_type().is_dir() {
+                stack.push(r.clone());
+                format!("dir {:o}", m.mode() & 0o7777)
+            } else if m.file_type().is_symlink() {
+                format!(
+                    "symlink -> {:?}",
+                    std::fs::read_link(&full).expect("readlink")
+                )
+            } else {
+                let data = std::fs::read(&full).expect("read");
+                let sum = data.iter().fold(0u64, |h, b| {
+                    h.wrapping_mul(1_000_003).wrapping_add(u64::from(*b))
+                });
+                format!(
+                    "file {:o} size {} nlink {} sum {sum:x}",
+                    m.mode() & 0o7777,
+                    m.len(),
+                    m.nlink()
+                )
+            };
+            out.insert(r.to_string_lossy().into_owned(), desc);
+        }
+    }
+    out
+}
+
+/// Every step answers as tmpfs does (the same bytes or the same errno), and after every
+/// step the two trees look the same. One mount serves every case (each case works in a
+/// directory of its own), with a tiny MVCC window: the flusher runs under every step.
+#[test]
+fn the_mount_behaves_like_tmpfs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = Mounted::start(
+        &dir.path().join("data"),
+        &dir.path().join("mnt"),
+        &["--mvcc-window-ms", "20"],
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        max_shrink_iters: 64,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&prop::collection::vec(step(), 1..40), |steps| {
+        let reference = tmpfs_dir();
+        let here = tempfile::tempdir_in(&mount.at).expect("scratch in the mount");
+        for s in &steps {
+            let want = apply(reference.path(), s);
+            let got = apply(here.path(), s);
+            match (&want, &got) {
+                (Ok(a), Ok(b)) => prop_assert!(
+                    a == b,
+                    "{s:?}: read {} bytes, tmpfs read {}",
+                    b.len(),
+                    a.len()
+                ),
+                _ => prop_assert_eq!(&want, &got, "{:?}", s),
+            }
+            prop_assert_eq!(
+                snapshot(reference.path()),
+                snapshot(here.path()),
+                "after {:?}",
+                s
+            );
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    mount.stop();
+}
+
+#[test]
+fn acknowledged_data_survives_kill_9_and_a_remount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, at) = (dir.path().join("data"), dir.path().join("mnt"));
+    let m = Mounted::start(&data, &at, &[]);
+    let synced: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let mut f = std::fs::File::create(at.join("synced")).expect("create");
+        f.write_all(&synced).expect("write");
+        f.sync_all().expect("fsync");
+        // Still open when the mount dies.
+        std::fs::create_dir(at.join("dir")).expect("mkdir");
+        std::fs::write(at.join("dir/closed"), b"closed before the kill").expect("write and close");
+        std::fs::write(at.join("gone"), vec![7u8; 100_000]).expect("write");
+        std::fs::remove_file(at.join("gone")).expect("unlink");
+        m.kill9();
+    }
+    let m = Mounted::start(&data, &at, &[]);
+    assert!(
+        std::fs::read(at.join("synced")).expect("read") == synced,
+        "the fsynced file"
+    );
+    assert_eq!(
+        std::fs::read(at.join("dir/closed")).expect("read"),
+        b"closed before the kill"
+    );
+    assert!(!at.join("gone").exists());
+    m.stop();
+}
+
+#[test]
+fn an_open_file_outlives_its_last_name_until_it_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, at) = (dir.path().join("data"), dir.path().join("mnt"));
+    let m = Mounted::start(&data, &at, &[]);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(at.join("tmp"))
+        .expect("open");
+    f.write_all(b"still here").expect("write");
+    std::fs::remove_file(at.join("tmp")).expect("unlink");
+    assert!(!at.join("tmp").exists());
+    f.write_all(b", and more").expect("write after unlink");
+    let meta = f.metadata().expect("fstat after unlink");
+    assert_eq!(meta.len(), 20);
+    assert_eq!(meta.nlink(), 0);
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    let mut back = String::new();
+    f.read_to_string(&mut back).expect("read after unlink");
+    assert_eq!(back, "still here, and more");
+    drop(f);
+    // A new file of the same name starts empty.
+    std::fs::write(at.join("tmp"), b"new").expect("write");
+    assert_eq!(std::fs::read(at.join("tmp")).expect("read"), b"new");
+    m.stop();
+}
+
+#[test]
+fn concurrent_writers_of_one_directory_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, at) = (dir.path().join("data"), dir.path().join("mnt"));
+    let m = Mounted::start(&data, &at, &[]);
+    std::fs::create_dir(at.join("out")).expect("mkdir");
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let at = at.clone();
+            std::thread::spawn(move || {
+                for i in 0..40u32 {
+                    let body: Vec<u8> = (0..(i * 997) as usize).map(|j| t ^ (j as u8)).collect();
+                    std::fs::write(at.join(format!("out/{t}-{i}")), &body).expect("write");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer");
+    }
+    let mut n = 0;
+    for t in 0..8u8 {
+        for i in 0..40u32 {
+            let body: Vec<u8> = (0..(i * 997) as usize).map(|j| t ^ (j as u8)).collect();
+            assert!(std::fs::read(at.join(format!("out/{t}-{i}"))).expect("read") == body);
+            n += 1;
+        }
+    }
+    assert_eq!(std::fs::read_dir(at.join("out")).expect("ls").count(), n);
+    m.stop();
+}
