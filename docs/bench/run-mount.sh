@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Produces docs/bench/mount/: the FUSE mount (`mantle mount --data`, the embedded store) against
+# the kernel's own file systems, side by side in one run: tmpfs (/dev/shm) and ext4 (a directory
+# on the root disk). mdtest-rs's posix backend runs the same plan on each: create with a 4 KiB
+# write, stat, read back, remove, for files and directories, N items per task. Then a
+# sequential write and read of one large file (dd). The mount process's CPU time per operation
+# is read from /proc before and after each run.
+#
+# Run as root (the mount uses /dev/fuse directly).
+#
+#   bash docs/bench/run-mount.sh                 # N=500 items per task, TASKS=16, ITER=3
+#   N=2000 TASKS=64 bash docs/bench/run-mount.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-500}
+TASKS=${TASKS:-16}
+ITER=${ITER:-3}
+BIG_MIB=${BIG_MIB:-1024}
+OUT=${OUT:-docs/bench/mount}
+WORK=$(mktemp -d /var/tmp/mount-bench.XXXXXX)
+SHM=/dev/shm/mount-bench.$$
+MNT=$WORK/mnt
+MOUNT_PID=""
+cleanup() {
+  if [ -n "$MOUNT_PID" ]; then kill -TERM "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true; fi
+  fusermount3 -uz "$MNT" 2>/dev/null || true
+  rm -rf "$WORK" "$SHM"
+}
+trap cleanup EXIT
+
+cargo build --release -p mantle -p mdtest
+BIN=${CARGO_TARGET_DIR:-target}/release
+MD=$BIN/mdtest
+
+mkdir -p "$MNT" "$WORK/ext4" "$SHM" "$WORK/json"
+"$BIN/mantle" mount --foreground --data "$WORK/data" --data-capacity-mib $((BIG_MIB * 2 + 1024)) \
+  "$MNT" >"$WORK/mount.out" 2>"$WORK/mount.log" &
+MOUNT_PID=$!
+for _ in $(seq 300); do grep -q "mounted" "$WORK/mount.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "mounted" "$WORK/mount.out" || { cat "$WORK/mount.log"; exit 1; }
+
+TICK=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$MOUNT_PID/stat"; }
+for fs in tmpfs ext4 mantle; do
+  case $fs in
+    tmpfs) DIR=$SHM/t ;;
+    ext4) DIR=$WORK/ext4/t ;;
+    mantle) DIR=$MNT/t ;;
+  esac
+  before=$(cpu)
+  echo "+ mdtest on $fs" >&2
+  "$MD" -n "$N" --tasks "$TASKS" -i "$ITER" -w 4096 -e 4096 -d "$DIR" --label "$fs" \
+    --json "$WORK/json/$fs.json" >"$WORK/$fs.txt" 2>&1
+  after=$(cpu)
+  echo "$(( after - before ))" >"$WORK/$fs.cpu"
+  rm -rf "$DIR"
+done
+# Median rate per phase; the mount's CPU (user + system of its process) over every operation
+# of the run.
+python3 - "$WORK" "$TICK" >"$WORK/table.md" <<'PY'
+import json, statistics, sys
+work, tick = sys.argv[1], int(sys.argv[2])
+runs = {fs: json.load(open(f"{work}/json/{fs}.json")) for fs in ("tmpfs", "ext4", "mantle")}
+phases = [p["name"] for p in runs["mantle"]["scenarios"][0]["phases"]]
+print("| phase | tmpfs ops/s | ext4 ops/s | mantle ops/s | mantle / ext4 | p50 us (tmpfs / ext4 / mantle) |")
+print("|---|---:|---:|---:|---:|---|")
+for ph in phases:
+    row, p50 = [], []
+    for fs in ("tmpfs", "ext4", "mantle"):
+        p = next(x for x in runs[fs]["scenarios"][0]["phases"] if x["name"] == ph)
+        row.append(statistics.median(p["rates"]))
+        p50.append(f'{p["p50_us"]:.0f}')
+    print(f"| {ph} | {row[0]:,.0f} | {row[1]:,.0f} | {row[2]:,.0f} | {row[2] / row[1]:.2f} | {' / '.join(p50)} |")
+m = runs["mantle"]["scenarios"][0]["phases"]
+ops = sum(sum(p["ops"]) for p in m)
+cpu = int(open(f"{work}/mantle.cpu").read()) / tick
+print()
+print(f"The mount process used {cpu:.1f} s of CPU for {ops:,} operations: {cpu / ops * 1e6:.0f} us per operation.")
+PY
+
+echo >>"$WORK/table.md"
+echo "| file system | sequential write MiB/s (with fsync) | sequential read MiB/s (cold open) |" >>"$WORK/table.md"
+echo "|---|---:|---:|" >>"$WORK/table.md"
+for fs in tmpfs ext4 mantle; do
+  case $fs in
+    tmpfs) F=$SHM/big ;;
+    ext4) F=$WORK/ext4/big ;;
+    mantle) F=$MNT/big ;;
+  esac
+  echo "+ dd on $fs" >&2
+  w=$(dd if=/dev/zero of="$F" bs=1M count="$BIG_MIB" conv=fsync 2>&1 | tail -1 | sed -E 's/.*, ([0-9.]+) s, .*/\1/')
+  sync
+  echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  r=$(dd if="$F" of=/dev/null bs=1M 2>&1 | tail -1 | sed -E 's/.*, ([0-9.]+) s, .*/\1/')
+  echo "| $fs | $(python3 -c "print(round($BIG_MIB / $w))") | $(python3 -c "print(round($BIG_MIB / $r))") |" >>"$WORK/table.md"
+  rm -f "$F"
+done
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+cp "$WORK/json"/*.json "$OUT/"
+cp "$WORK/table.md" "$OUT/table.md"
+for fs in tmpfs ext4 mantle; do cp "$WORK/$fs.txt" "$OUT/$fs.txt"; done
+"$MD" report "$OUT"/*.json --out "$OUT" >/dev/null || true
+cat "$OUT/table.md"
