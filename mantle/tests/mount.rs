@@ -69,6 +69,20 @@ impl Mounted {
         lazy_unmount(&self.at);
     }
 
+    /// `fusermount3 -u` from outside, and waits for the mount process's clean exit.
+    fn unmount_from_outside(mut self) {
+        let status = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.at)
+            .status()
+            .expect("fusermount3");
+        assert!(status.success(), "fusermount3 -u: {status}");
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().expect("wait for the mount");
+            assert!(status.success(), "the mount exited with {status}");
+        }
+    }
+
     /// SIGTERM, and waits for a clean exit.
     fn stop(mut self) {
         if let Some(mut c) = self.child.take() {
@@ -407,7 +421,7 @@ fn an_open_file_outlives_its_last_name_until_it_is_closed() {
     // A new file of the same name starts empty.
     std::fs::write(at.join("tmp"), b"new").expect("write");
     assert_eq!(std::fs::read(at.join("tmp")).expect("read"), b"new");
-    m.stop();
+    m.unmount_from_outside();
 }
 
 #[test]
@@ -439,5 +453,374 @@ fn concurrent_writers_of_one_directory_lose_nothing() {
         }
     }
     assert_eq!(std::fs::read_dir(at.join("out")).expect("ls").count(), n);
+    m.stop();
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
+    let (p, n) = (c(p), CString::new(name).expect("name"));
+    // SAFETY: the strings are NUL-terminated and the value's pointer and length match.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    }
+}
+
+fn xattr_get(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (p, n) = (c(p), CString::new(name).expect("name"));
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: as above; the buffer outlives the call and its length is given.
+    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+fn xattr_list(p: &Path) -> Result<Vec<String>, i32> {
+    let p = c(p);
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: as above.
+    let rc = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    let mut names: Vec<String> = buf[..rc as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Sets (atime, mtime) with utimensat(2); `None` is `UTIME_OMIT`, `Some(None)` `UTIME_NOW`.
+fn utimens(
+    p: &Path,
+    atime: Option<Option<(i64, i64)>>,
+    mtime: Option<Option<(i64, i64)>>,
+) -> Result<(), i32> {
+    let ts = |t: Option<Option<(i64, i64)>>| match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(None) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(Some((s, ns))) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        },
+    };
+    let times = [ts(atime), ts(mtime)];
+    let p = c(p);
+    // SAFETY: the path is NUL-terminated and `times` is an array of two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    }
+}
+
+fn mkfifo(p: &Path) -> Result<(), i32> {
+    let p = c(p);
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::mkfifo(p.as_ptr(), 0o640) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    }
+}
+
+/// A fixed script of the corners applications run into, on tmpfs and on the mount: the same
+/// answers (errno for errno) and the same results.
+fn corners(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut log = |what: &str, r: String| out.push(format!("{what}: {r}"));
+    let p = |n: &str| root.join(n);
+    std::fs::create_dir(p("d")).expect("mkdir");
+    std::fs::write(p("d/f"), b"x").expect("write");
+    log(
+        "rmdir non-empty",
+        format!("{:?}", errno(std::fs::remove_dir(p("d")))),
+    );
+    log(
+        "dir into itself",
+        format!("{:?}", rename2(&p("d"), &p("d/sub"), 0)),
+    );
+    log(
+        "link a directory",
+        format!("{:?}", errno(std::fs::hard_link(p("d"), p("d2")))),
+    );
+    log(
+        "name too long",
+        format!("{:?}", errno(std::fs::write(p(&"n".repeat(256)), b""))),
+    );
+    log(
+        "longest name",
+        format!("{:?}", errno(std::fs::write(p(&"n".repeat(255)), b""))),
+    );
+    log(
+        "unlink a directory",
+        format!("{:?}", errno(std::fs::remove_file(p("d")))),
+    );
+    log(
+        "rmdir a file",
+        format!("{:?}", errno(std::fs::remove_dir(p("d/f")))),
+    );
+    log(
+        "file as a directory",
+        format!("{:?}", errno(std::fs::write(p("d/f/g"), b""))),
+    );
+    std::os::unix::fs::symlink("loop2", p("loop1")).expect("symlink");
+    std::os::unix::fs::symlink("loop1", p("loop2")).expect("symlink");
+    log(
+        "symlink loop",
+        format!("{:?}", errno(std::fs::read(p("loop1")))),
+    );
+    log(
+        "dangling symlink",
+        format!("{:?}", {
+            std::os::unix::fs::symlink("nowhere", p("dangling")).expect("symlink");
+            errno(std::fs::read(p("dangling")))
+        }),
+    );
+    log(
+        "rename noreplace onto a file",
+        format!("{:?}", {
+            std::fs::write(p("g"), b"g").expect("write");
+            rename2(&p("g"), &p("d/f"), libc::RENAME_NOREPLACE)
+        }),
+    );
+    log(
+        "rename exchange",
+        format!("{:?}", rename2(&p("g"), &p("d"), libc::RENAME_EXCHANGE)),
+    );
+    log(
+        "after exchange",
+        format!(
+            "{:?} {:?}",
+            std::fs::read(p("d")).ok(),
+            std::fs::read(p("g/f")).ok()
+        ),
+    );
+    log(
+        "dir over a file",
+        format!("{:?}", rename2(&p("g"), &p("d"), 0)),
+    );
+    log("fifo", format!("{:?}", mkfifo(&p("fifo"))));
+    log(
+        "fifo type",
+        format!(
+            "{:?}",
+            std::fs::symlink_metadata(p("fifo"))
+                .map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+                .ok()
+        ),
+    );
+    std::fs::write(p("t"), b"times").expect("write");
+    log(
+        "utimens exact",
+        format!(
+            "{:?}",
+            utimens(
+                &p("t"),
+                Some(Some((1_000_000_000, 123_456_789))),
+                Some(Some((1_500_000_000, 987_654_321)))
+            )
+        ),
+    );
+    let m = std::fs::metadata(p("t")).expect("stat");
+    log(
+        "times",
+        format!(
+            "{} {} {} {}",
+            m.atime(),
+            m.atime_nsec(),
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+    );
+    log(
+        "utimens omit atime, now mtime",
+        format!("{:?}", utimens(&p("t"), None, Some(None))),
+    );
+    let m2 = std::fs::metadata(p("t")).expect("stat");
+    log(
+        "atime kept, mtime moved",
+        format!(
+            "{} {} {}",
+            m2.atime(),
+            m2.atime_nsec(),
+            m2.mtime() > 1_500_000_000
+        ),
+    );
+    log(
+        "xattr create",
+        format!("{:?}", xattr_set(&p("t"), "user.a", b"1", 0)),
+    );
+    log(
+        "xattr create again",
+        format!(
+            "{:?}",
+            xattr_set(&p("t"), "user.a", b"2", libc::XATTR_CREATE)
+        ),
+    );
+    log(
+        "xattr replace missing",
+        format!(
+            "{:?}",
+            xattr_set(&p("t"), "user.b", b"2", libc::XATTR_REPLACE)
+        ),
+    );
+    log(
+        "xattr replace",
+        format!(
+            "{:?}",
+            xattr_set(&p("t"), "user.a", b"three", libc::XATTR_REPLACE)
+        ),
+    );
+    log("xattr get", format!("{:?}", xattr_get(&p("t"), "user.a")));
+    log(
+        "xattr get missing",
+        format!("{:?}", xattr_get(&p("t"), "user.zz")),
+    );
+    xattr_set(&p("t"), "user.c", b"", 0).expect("setxattr");
+    log("xattr list", format!("{:?}", xattr_list(&p("t"))));
+    log(
+        "xattr remove",
+        format!("{:?}", {
+            let n = CString::new("user.a").expect("name");
+            let path = c(&p("t"));
+            // SAFETY: NUL-terminated strings.
+            unsafe { libc::removexattr(path.as_ptr(), n.as_ptr()) }
+        }),
+    );
+    log("xattr list after", format!("{:?}", xattr_list(&p("t"))));
+    // A directory of more entries than one page of the namespace's readdir.
+    std::fs::create_dir(p("many")).expect("mkdir");
+    for i in 0..700 {
+        std::fs::write(p(&format!("many/entry-{i:04}")), b"").expect("create");
+    }
+    let mut names: Vec<_> = std::fs::read_dir(p("many"))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    log(
+        "many",
+        format!(
+            "{} first {:?} last {:?}",
+            names.len(),
+            names.first(),
+            names.last()
+        ),
+    );
+    let m = std::fs::metadata(p("many")).expect("stat");
+    log("dir nlink", format!("{}", m.nlink()));
+    out
+}
+
+#[test]
+fn corners_answer_as_tmpfs_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = Mounted::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let reference = tmpfs_dir();
+    let here = tempfile::tempdir_in(&m.at).expect("scratch in the mount");
+    let want = corners(reference.path());
+    let got = corners(here.path());
+    if std::env::var_os("SHOW").is_some() {
+        eprintln!("{want:#?}");
+    }
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g);
+    }
+    assert_eq!(want.len(), got.len());
+    m.stop();
+}
+
+/// Runs `sh -c SCRIPT` as `uid`:`gid`; whether it succeeded.
+fn as_user(uid: u32, gid: u32, script: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .uid(uid)
+        .gid(gid)
+        .stderr(Stdio::null())
+        .status()
+        .expect("sh")
+        .success()
+}
+
+#[test]
+fn other_users_get_the_permissions_posix_gives_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = Mounted::start(
+        &dir.path().join("data"),
+        &dir.path().join("mnt"),
+        &["-o", "allow_other"],
+    );
+    let at = m.at.clone();
+    // The mount's parents must be searchable by the other users.
+    let mut up = at.clone();
+    while up.pop() {
+        if up.starts_with(dir.path()) || up == dir.path() {
+            let _ = std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    let (alice, bob) = (65534u32, 65533u32);
+    let root_dir = at.join("rootonly");
+    std::fs::create_dir(&root_dir).expect("mkdir");
+    std::fs::set_permissions(&root_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let r = root_dir.display();
+    assert!(
+        !as_user(alice, alice, &format!("touch {r}/x")),
+        "create in a 0755 root directory"
+    );
+    assert!(
+        as_user(alice, alice, &format!("ls {r}")),
+        "list a 0755 root directory"
+    );
+    let shared = at.join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let s = shared.display();
+    assert!(as_user(
+        alice,
+        alice,
+        &format!("echo mine > {s}/a && chmod 600 {s}/a")
+    ));
+    assert!(
+        !as_user(bob, bob, &format!("cat {s}/a")),
+        "read another's 0600 file"
+    );
+    assert!(
+        !as_user(bob, bob, &format!("rm -f {s}/a")),
+        "remove another's file in a sticky directory"
+    );
+    assert!(
+        !as_user(bob, bob, &format!("chmod 666 {s}/a")),
+        "chmod another's file"
+    );
+    assert!(
+        as_user(bob, bob, &format!("echo b > {s}/b && rm {s}/b")),
+        "own files in a sticky directory"
+    );
+    assert!(as_user(alice, alice, &format!("rm {s}/a")));
+    assert!(!shared.join("a").exists());
     m.stop();
 }
