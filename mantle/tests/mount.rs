@@ -824,3 +824,47 @@ fn other_users_get_the_permissions_posix_gives_them() {
     assert!(!shared.join("a").exists());
     m.stop();
 }
+
+/// A real workload: unpack a source tree (this crate's own, through `tar`), copy it with `cp -a`
+/// inside the mount, and compare every byte and mode with `diff -r` against the same on tmpfs.
+#[test]
+fn a_source_tree_unpacks_copies_and_compares_equal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = Mounted::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let tarball = dir.path().join("src.tar");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sh = |script: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .expect("sh");
+        assert!(st.success(), "{script}: {st}");
+    };
+    sh(&format!(
+        "tar -C {} -cf {} src tests proto Cargo.toml",
+        src.display(),
+        tarball.display()
+    ));
+    let reference = tmpfs_dir();
+    for root in [reference.path(), m.at.as_path()] {
+        sh(&format!(
+            "mkdir {r}/x && tar -C {r}/x -xf {t} && cp -a {r}/x {r}/y && mv {r}/y/src {r}/y/moved",
+            r = root.display(),
+            t = tarball.display()
+        ));
+    }
+    sh(&format!(
+        "diff -r {}/x {}/x",
+        reference.path().display(),
+        m.at.display()
+    ));
+    sh(&format!(
+        "diff -r {}/y {}/y",
+        reference.path().display(),
+        m.at.display()
+    ));
+    sh(&format!("rm -r {}/x {}/y", m.at.display(), m.at.display()));
+    assert_eq!(std::fs::read_dir(&m.at).expect("ls").count(), 0);
+    m.stop();
+}

@@ -212,8 +212,9 @@ struct MountArgs {
     /// How long the kernel caches that a name does not exist, in ms (0: not at all).
     #[arg(long, default_value_t = 0)]
     negative_ttl_ms: u64,
-    /// Threads reading the kernel's requests.
-    #[arg(long, default_value_t = 8)]
+    /// Threads reading and answering the kernel's requests (a request that waits for the
+    /// disk holds its thread).
+    #[arg(long, default_value_t = 16)]
     threads: usize,
     /// The file store's capacity in MiB, fixed when it is created.
     #[arg(long, default_value_t = 4096)]

@@ -1,8 +1,9 @@
 //! `mantle mount`: a namespace as a POSIX file system, through FUSE.
 //!
-//! The kernel's requests arrive by inode ([`fs::MantleFs`], on `fuser`'s threads), each one
-//! becomes a task on a Tokio runtime that runs the inode form of a namespace operation
-//! ([`Meta`]) and, for file contents, reads and writes the chunk store's [`FileStore`].
+//! The kernel's requests arrive by inode ([`fs::MantleFs`], on `fuser`'s threads); each
+//! thread drives the request's future itself (on the Tokio runtime's context), running the
+//! inode form of a namespace operation ([`Meta`]) and, for file contents, reads and writes of
+//! the chunk store's [`FileStore`].
 //!
 //! - Metadata: with `--data DIR` the store runs in this process (the embedded default: one
 //!   command, nothing else to start), the same `Service` a server runs.
@@ -69,7 +70,7 @@ pub struct MountConfig {
 
 impl MountConfig {
     /// A mount of namespace `default` of the store at `data` on `mountpoint`, with the
-    /// defaults: 1 s attribute and entry caches, no negative cache, 8 threads, 4 GiB of file
+    /// defaults: 1 s attribute and entry caches, no negative cache, 16 threads, 4 GiB of file
     /// data.
     pub fn new(data: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>) -> MountConfig {
         MountConfig {
@@ -81,7 +82,7 @@ impl MountConfig {
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
             negative_ttl: Duration::ZERO,
-            threads: 8,
+            threads: 16,
             data_capacity: 4 << 30,
             mvcc_window_ms: None,
         }
