@@ -32,7 +32,7 @@ cargo build --release -p mantle -p mdtest
 BIN=${CARGO_TARGET_DIR:-target}/release
 MD=$BIN/mdtest
 
-mkdir -p "$MNT" "$WORK/ext4" "$SHM" "$WORK/json"
+mkdir -p "$MNT" "$WORK/ext4" "$SHM" "$WORK/json" "$WORK/unique"
 "$BIN/mantle" mount --foreground --data "$WORK/data" --data-capacity-mib $((BIG_MIB * 2 + 1024)) \
   "$MNT" >"$WORK/mount.out" 2>"$WORK/mount.log" &
 MOUNT_PID=$!
@@ -54,28 +54,37 @@ for fs in tmpfs ext4 mantle; do
   after=$(cpu)
   echo "$(( after - before ))" >"$WORK/$fs.cpu"
   rm -rf "$DIR"
+  # The same with a directory per task (-u): the kernel serializes creates and removes in one
+  # directory, not across directories.
+  echo "+ mdtest -u on $fs" >&2
+  "$MD" -u -n "$N" --tasks "$TASKS" -i "$ITER" -w 4096 -e 4096 -d "$DIR" --label "$fs-unique" \
+    --json "$WORK/unique/$fs.json" >"$WORK/$fs-unique.txt" 2>&1
+  rm -rf "$DIR"
 done
 # Median rate per phase; the mount's CPU (user + system of its process) over every operation
 # of the run.
 python3 - "$WORK" "$TICK" >"$WORK/table.md" <<'PY'
 import json, statistics, sys
 work, tick = sys.argv[1], int(sys.argv[2])
-runs = {fs: json.load(open(f"{work}/json/{fs}.json")) for fs in ("tmpfs", "ext4", "mantle")}
-phases = [p["name"] for p in runs["mantle"]["scenarios"][0]["phases"]]
-print("| phase | tmpfs ops/s | ext4 ops/s | mantle ops/s | mantle / ext4 | p50 us (tmpfs / ext4 / mantle) |")
-print("|---|---:|---:|---:|---:|---|")
-for ph in phases:
-    row, p50 = [], []
-    for fs in ("tmpfs", "ext4", "mantle"):
-        p = next(x for x in runs[fs]["scenarios"][0]["phases"] if x["name"] == ph)
-        row.append(statistics.median(p["rates"]))
-        p50.append(f'{p["p50_us"]:.0f}')
-    print(f"| {ph} | {row[0]:,.0f} | {row[1]:,.0f} | {row[2]:,.0f} | {row[2] / row[1]:.2f} | {' / '.join(p50)} |")
+for kind, title in (("json", "one shared directory"), ("unique", "a directory per task (-u)")):
+    runs = {fs: json.load(open(f"{work}/{kind}/{fs}.json")) for fs in ("tmpfs", "ext4", "mantle")}
+    phases = [p["name"] for p in runs["mantle"]["scenarios"][0]["phases"]]
+    print(f"**{title}**")
+    print()
+    print("| phase | tmpfs ops/s | ext4 ops/s | mantle ops/s | mantle / ext4 | p50 us (tmpfs / ext4 / mantle) |")
+    print("|---|---:|---:|---:|---:|---|")
+    for ph in phases:
+        row, p50 = [], []
+        for fs in ("tmpfs", "ext4", "mantle"):
+            p = next(x for x in runs[fs]["scenarios"][0]["phases"] if x["name"] == ph)
+            row.append(statistics.median(p["rates"]))
+            p50.append(f'{p["p50_us"]:.0f}')
+        print(f"| {ph} | {row[0]:,.0f} | {row[1]:,.0f} | {row[2]:,.0f} | {row[2] / row[1]:.2f} | {' / '.join(p50)} |")
+    print()
 m = runs["mantle"]["scenarios"][0]["phases"]
 ops = sum(sum(p["ops"]) for p in m)
 cpu = int(open(f"{work}/mantle.cpu").read()) / tick
-print()
-print(f"The mount process used {cpu:.1f} s of CPU for {ops:,} operations: {cpu / ops * 1e6:.0f} us per operation.")
+print(f"The mount process (shared-directory run) used {cpu:.1f} s of CPU for {ops:,} operations: {cpu / ops * 1e6:.0f} us per operation.")
 PY
 
 echo >>"$WORK/table.md"
@@ -99,6 +108,7 @@ done
 rm -rf "$OUT"
 mkdir -p "$OUT"
 cp "$WORK/json"/*.json "$OUT/"
+mkdir -p "$OUT/unique" && cp "$WORK/unique"/*.json "$OUT/unique/"
 cp "$WORK/table.md" "$OUT/table.md"
 for fs in tmpfs ext4 mantle; do cp "$WORK/$fs.txt" "$OUT/$fs.txt"; done
 "$MD" report "$OUT"/*.json --out "$OUT" >/dev/null || true
