@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Produces docs/bench/mount/: the FUSE mount (`mantle mount --data`, the embedded store) against
+# Produces docs/bench/fuse/: the FUSE mount (`mantle mount --data`, the embedded store) against
 # the kernel's own file systems, side by side in one run: tmpfs (/dev/shm) and ext4 (a directory
 # on the root disk). mdtest-rs's posix backend runs the same plan on each: create with a 4 KiB
 # write, stat, read back, remove, for files and directories, N items per task. Then a
@@ -16,7 +16,7 @@ N=${N:-500}
 TASKS=${TASKS:-16}
 ITER=${ITER:-3}
 BIG_MIB=${BIG_MIB:-1024}
-OUT=${OUT:-docs/bench/mount}
+OUT=${OUT:-docs/bench/fuse}
 WORK=$(mktemp -d /var/tmp/mount-bench.XXXXXX)
 SHM=/dev/shm/mount-bench.$$
 MNT=$WORK/mnt

@@ -868,3 +868,58 @@ fn a_source_tree_unpacks_copies_and_compares_equal() {
     assert_eq!(std::fs::read_dir(&m.at).expect("ls").count(), 0);
     m.stop();
 }
+
+/// Shell workloads a user runs, on tmpfs and on the mount, with the same output: git, sqlite3,
+/// make of a small C program, find and du (of files: a directory's own size differs between
+/// file systems).
+#[test]
+fn git_sqlite_make_find_and_du_work_as_on_tmpfs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = Mounted::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let reference = tmpfs_dir();
+    let script = r#"
+set -e
+export GIT_AUTHOR_DATE=2026-01-01T00:00:00Z GIT_COMMITTER_DATE=2026-01-01T00:00:00Z
+export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+export HOME=$PWD
+git init -q -b main repo && cd repo
+mkdir -p src && printf 'int add(int a, int b) { return a + b; }\n' > src/add.c
+printf '#include <stdio.h>\nint add(int, int);\nint main(void) { printf("%%d\\n", add(40, 2)); return 0; }\n' > src/main.c
+printf 'prog: src/main.o src/add.o\n\t$(CC) -o $@ $^\nsrc/%%.o: src/%%.c\n\t$(CC) -c -o $@ $<\nclean:\n\trm -f prog src/*.o\n' > Makefile
+printf 'prog\nsrc/*.o\n' > .gitignore
+git add -A && git commit -q -m first
+echo "// more" >> src/add.c
+git status --short
+git commit -q -am second
+git log --format=%s
+make -s && ./prog
+make -s clean && git status --short --ignored
+sqlite3 db.sqlite 'create table t(k integer primary key, v text);'
+sqlite3 db.sqlite "with recursive c(x) as (select 1 union all select x + 1 from c where x < 2000) insert into t select x, 'value-' || x from c;"
+sqlite3 db.sqlite 'update t set v = v || v where k % 3 = 0; delete from t where k % 7 = 0; vacuum;'
+sqlite3 db.sqlite 'select count(*), sum(length(v)) from t;'
+cd ..
+find repo -not -path '*/.git/*' -not -name db.sqlite | sort
+du -b --apparent-size repo/src/*.c repo/Makefile
+"#;
+    let run = |root: &Path| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(root)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let want = run(reference.path());
+    let got = run(&m.at);
+    assert!(want.contains("42\n"), "{want}");
+    assert_eq!(want, got);
+    m.stop();
+}
