@@ -29,7 +29,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes an empty directory.
     fn rmdir<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult>;
     /// Creates a file and writes `bytes` to it.
-    fn create<'a>(&'a self, path: &'a str, bytes: u64) -> BoxFuture<'a, OpResult>;
+    fn create<'a>(&'a self, path: &'a str, bytes: u64, sync: bool) -> BoxFuture<'a, OpResult>;
     /// Stats a path.
     fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult>;
     /// Resolves a directory path to the directory (Mantle: DirectStat, one call against the
@@ -133,7 +133,7 @@ impl Backend for Posix {
     fn rmdir<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult> {
         Box::pin(async move { std::fs::remove_dir(path).map_err(|e| io("rmdir", path, e)) })
     }
-    fn create<'a>(&'a self, path: &'a str, bytes: u64) -> BoxFuture<'a, OpResult> {
+    fn create<'a>(&'a self, path: &'a str, bytes: u64, sync: bool) -> BoxFuture<'a, OpResult> {
         Box::pin(async move {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -143,6 +143,9 @@ impl Backend for Posix {
             if bytes > 0 {
                 let buf = vec![b'x'; bytes as usize];
                 f.write_all(&buf).map_err(|e| io("write", path, e))?;
+            }
+            if sync {
+                f.sync_all().map_err(|e| io("fsync", path, e))?;
             }
             Ok(())
         })
@@ -215,7 +218,7 @@ impl Backend for Grpc {
                 .map_err(|e| fs("rmdir", path, e))
         })
     }
-    fn create<'a>(&'a self, path: &'a str, _bytes: u64) -> BoxFuture<'a, OpResult> {
+    fn create<'a>(&'a self, path: &'a str, _bytes: u64, _sync: bool) -> BoxFuture<'a, OpResult> {
         Box::pin(async move {
             self.client
                 .create(path, 0o644)
@@ -321,7 +324,7 @@ impl Backend for Embedded {
             self.svc.call(&op).await.map_err(|e| fs("rmdir", path, e))
         })
     }
-    fn create<'a>(&'a self, path: &'a str, _bytes: u64) -> BoxFuture<'a, OpResult> {
+    fn create<'a>(&'a self, path: &'a str, _bytes: u64, _sync: bool) -> BoxFuture<'a, OpResult> {
         Box::pin(async move {
             let op = Mknod {
                 ns: self.ns.clone(),

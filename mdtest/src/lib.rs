@@ -8,8 +8,9 @@
 //! Backends: `posix` (any directory: tmpfs, ext4, a FUSE mount), `grpc://HOST:PORT` (a Mantle
 //! server) and `embedded:DIR` (a Mantle store in this process).
 //!
-//! What it is not: a data benchmark. Mantle backends have no data path yet, so `-w`, `-e` and
-//! the read phase are for `posix` only.
+//! What it is not: a data benchmark. The grpc and embedded backends have no data path (file
+//! data reaches a namespace through `mantle mount`), so `-w`, `-e`, `-y` and the read phase are
+//! for `posix`, which includes a `mantle mount`.
 //!
 //! Key types: [`options::Args`], [`options::Plan`], [`backend::Backend`], [`report::RunResult`].
 
@@ -25,9 +26,10 @@ use std::sync::Arc;
 pub async fn execute(args: &options::Args, command: String) -> Result<report::RunResult, String> {
     let plan = Arc::new(options::plan(args)?);
     let backend = backend::open(&args.backend, &args.namespace, args.path_cache_levels).await?;
-    if !backend.has_data() && (plan.write_bytes > 0 || plan.read_bytes > 0) {
+    if !backend.has_data() && (plan.write_bytes > 0 || plan.read_bytes > 0 || plan.sync_write) {
         return Err(format!(
-            "-w/-e move file data, and backend {} has no data path yet (metadata only); use posix",
+            "-w/-e/-y move file data, and backend {} has none (metadata only); use posix, on a \
+             `mantle mount` for a Mantle namespace",
             backend.name()
         ));
     }

@@ -75,6 +75,9 @@ pub struct Args {
     /// Bytes to read from each file.
     #[arg(short = 'e', default_value_t = 0)]
     pub read_bytes: u64,
+    /// fsync each file after writing it (mdtest's -y): a create then costs a durable write.
+    #[arg(short = 'y')]
+    pub sync_write: bool,
     /// Stride between neighbour tasks for stat and read (0: each task its own items).
     #[arg(short = 'N', default_value_t = 0)]
     pub stride: u32,
@@ -184,6 +187,8 @@ pub struct Plan {
     pub write_bytes: u64,
     /// Bytes read per file.
     pub read_bytes: u64,
+    /// fsync each file after writing it.
+    pub sync_write: bool,
     /// The test directory.
     pub dir: String,
 }
@@ -340,6 +345,7 @@ pub fn plan(a: &Args) -> Result<Plan, String> {
         stride: a.stride,
         write_bytes: a.write_bytes,
         read_bytes: a.read_bytes,
+        sync_write: a.sync_write,
         dir: a.dir.trim_end_matches('/').to_string(),
     })
 }

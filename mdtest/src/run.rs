@@ -175,7 +175,11 @@ async fn task_phase(
                 Kind::DirRemove => backend.rmdir(&item(node, "dir", t, j, renamed)).await?,
                 Kind::FileCreate => {
                     backend
-                        .create(&item(node, "file", t, j, false), plan.write_bytes)
+                        .create(
+                            &item(node, "file", t, j, false),
+                            plan.write_bytes,
+                            plan.sync_write,
+                        )
                         .await?
                 }
                 Kind::FileStat => backend.stat(&item(node, "file", target, j, false)).await?,
