@@ -183,5 +183,5 @@ async fn backend_errors_explain_themselves() {
     let e = mdtest::execute(&args(&line), "t".into())
         .await
         .expect_err("-w");
-    assert!(e.contains("no data path"), "{e}");
+    assert!(e.contains("has none (metadata only)"), "{e}");
 }
