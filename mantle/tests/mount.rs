@@ -821,6 +821,17 @@ fn other_users_get_the_permissions_posix_gives_them() {
         "own files in a sticky directory"
     );
     assert!(as_user(alice, alice, &format!("rm {s}/a")));
+    // A write or a truncate by an unprivileged owner drops setuid, and setgid with group
+    // execute, as Linux does.
+    assert!(as_user(
+        alice,
+        alice,
+        &format!(
+            "cd {s} && touch p && chmod 6755 p && [ $(stat -c %a p) = 6755 ] && echo x >> p \
+             && [ $(stat -c %a p) = 755 ] && chmod 4755 p && truncate -s 10 p \
+             && [ $(stat -c %a p) = 755 ] && rm p"
+        )
+    ));
     assert!(!shared.join("a").exists());
     m.stop();
 }
