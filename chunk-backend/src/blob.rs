@@ -437,19 +437,7 @@ impl LogStore {
                 .map(|(s, p)| (s, p, *b.chunks.get(&p.chunk).unwrap_or(&0)))
                 .collect()
         };
-        let mut out = vec![0u8; len];
-        for (s, p, chunk) in pieces {
-            let payload = self.disk.read(chunk, p.record)?;
-            let from = s.max(offset);
-            let to = (s + p.len).min(end);
-            let src = (p.data + (from - s)) as usize;
-            let n = (to - from) as usize;
-            let bytes = payload.get(src..src + n).ok_or_else(|| {
-                Error::Corrupt(format!("extent of blob {blob} points past its record"))
-            })?;
-            out[(from - offset) as usize..(from - offset) as usize + n].copy_from_slice(bytes);
-        }
-        Ok(out)
+        crate::extents::assemble(&self.disk, &pieces, offset, len, &format!("blob {blob}"))
     }
 
     /// An `ExtentBlob`'s size: one past the highest byte written.

@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+
 /// A byte range and the record that holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Piece {
@@ -129,6 +132,33 @@ impl Extents {
         }
         self.size = size;
     }
+}
+
+/// Reads `[offset, offset + len)` from `pieces` (`(start, piece, chunk id)`, as
+/// [`Extents::covering`] gave them, with their chunks' ids); bytes no piece covers read as zeros.
+/// `what` names the file or blob in errors.
+pub(crate) fn assemble(
+    disk: &Disk,
+    pieces: &[(u64, Piece, u64)],
+    offset: u64,
+    len: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let end = offset + len as u64;
+    let mut out = vec![0u8; len];
+    for (s, p, chunk) in pieces {
+        let payload = disk.read(*chunk, p.record)?;
+        let from = (*s).max(offset);
+        let to = (s + p.len).min(end);
+        let src = (p.data + (from - s)) as usize;
+        let n = (to - from) as usize;
+        let bytes = payload
+            .get(src..src + n)
+            .ok_or_else(|| Error::Corrupt(format!("an extent of {what} points past its record")))?;
+        let dst = (from - offset) as usize;
+        out[dst..dst + n].copy_from_slice(bytes);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

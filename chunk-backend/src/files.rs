@@ -366,33 +366,38 @@ impl FileStore {
     /// Sets `file`'s size: bytes past it are dropped; growing leaves a hole that reads as
     /// zeros.
     pub fn truncate(&self, file: u64, size: u64) -> Result<()> {
-        let _order = self.stripe(file).write();
-        let (submitted, seq, _) = self.submit(TRUNCATE, file, &[&size.to_le_bytes()])?;
-        submitted.wait()?;
-        {
-            let mut inner = self.inner.lock();
-            let Inner { chunks, files, .. } = &mut *inner;
-            if let Some(c) = chunks.get_mut(&seq) {
-                c.tombs.insert(file);
-                c.pending -= 1;
-            }
-            files
-                .entry(file)
-                .or_default()
-                .truncate(size, &mut Inner::live(chunks));
-        }
-        self.reclaim()?;
-        Ok(())
+        self.tomb(TRUNCATE, file, &size.to_le_bytes(), false, |files, live| {
+            files.entry(file).or_default().truncate(size, live);
+        })
     }
 
     /// Drops `file`'s data (its last link is gone and no one has it open). Removing a file the
     /// store does not hold writes nothing.
     pub fn remove(&self, file: u64) -> Result<()> {
+        self.tomb(REMOVE, file, &[], true, |files, live| {
+            if let Some(mut e) = files.remove(&file) {
+                e.truncate(0, live);
+            }
+        })
+    }
+
+    /// Writes a truncate or remove record durably, applies it to the index with `apply`, and
+    /// gives back the chunks that no longer hold anything. It waits for the file's writes in
+    /// flight, so that it lands after them in the log and in the index. With `only_if_held`,
+    /// a file the store holds nothing of writes nothing (no fsync for an empty file's unlink).
+    fn tomb(
+        &self,
+        kind: u8,
+        file: u64,
+        body: &[u8],
+        only_if_held: bool,
+        apply: impl FnOnce(&mut HashMap<u64, Extents>, &mut dyn FnMut(u32, i64)),
+    ) -> Result<()> {
         let _order = self.stripe(file).write();
-        if !self.inner.lock().files.contains_key(&file) {
+        if only_if_held && !self.inner.lock().files.contains_key(&file) {
             return Ok(());
         }
-        let (submitted, seq, _) = self.submit(REMOVE, file, &[])?;
+        let (submitted, seq, _) = self.submit(kind, file, &[body])?;
         submitted.wait()?;
         {
             let mut inner = self.inner.lock();
@@ -401,12 +406,9 @@ impl FileStore {
                 c.tombs.insert(file);
                 c.pending -= 1;
             }
-            if let Some(mut e) = files.remove(&file) {
-                e.truncate(0, &mut Inner::live(chunks));
-            }
+            apply(files, &mut Inner::live(chunks));
         }
-        self.reclaim()?;
-        Ok(())
+        self.reclaim()
     }
 
     /// Reads `len` bytes at `offset` of `file`; bytes no write reached (holes, and whatever
@@ -426,20 +428,7 @@ impl FileStore {
                     .collect(),
             }
         };
-        let mut out = vec![0u8; len];
-        for (s, p, chunk) in pieces {
-            let payload = self.disk.read(chunk, p.record)?;
-            let from = s.max(offset);
-            let to = (s + p.len).min(end);
-            let src = (p.data + (from - s)) as usize;
-            let n = (to - from) as usize;
-            let bytes = payload.get(src..src + n).ok_or_else(|| {
-                Error::Corrupt(format!("an extent of file {file} points past its record"))
-            })?;
-            let dst = (from - offset) as usize;
-            out[dst..dst + n].copy_from_slice(bytes);
-        }
-        Ok(out)
+        crate::extents::assemble(&self.disk, &pieces, offset, len, &format!("file {file}"))
     }
 
     /// Every file the store holds data for (a file whose data was all truncated away may or

@@ -10,6 +10,9 @@
 //! ([`uring`] explains why `pwrite` is the default). `ExtentBlob`s are
 //! log-structured on the same chunks.
 //!
+//! [`files::FileStore`] keeps the contents of many files in one log of chunks (the FUSE
+//! mount's file data), with the extent index `ExtentBlob`s use.
+//!
 //! [`replica`] puts chunk servers and a master behind gRPC and writes each record to three
 //! servers at once, sealing and moving on when one fails.
 //!
@@ -17,6 +20,7 @@
 //! for the whole workspace.
 //!
 //! Key types: [`disk::Disk`], [`disk::DiskConfig`], [`blob::LogStore`], [`blob::Position`],
+//! [`files::FileStore`],
 //! [`replica::client::ReplicatedLog`], [`conformance::LogBlobStore`], [`Error`].
 
 pub mod atomic;

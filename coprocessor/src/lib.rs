@@ -2,7 +2,7 @@
 //!
 //! What it is: POSIX-style operations (mkdir, create, unlink, rmdir, rename with
 //! `RENAME_NOREPLACE`/`RENAME_EXCHANGE`, link, symlink, readlink, readdir, setattr, statfs,
-//! xattrs, namespaces) over the Index table ([`indexnode`]) and the Meta table ([`metastore`]).
+//! xattrs, namespaces, and `wrote`: a mount's report that a file's data grew) over the Index table ([`indexnode`]) and the Meta table ([`metastore`]).
 //! Each operation is a request type implementing [`Op`] whose `run` is one retryable closure
 //! over a [`tafdb::Txn`]: resolve the path, check permissions, write. [`Service`] registers them
 //! as TafDB coprocessors (how a remote node calls them, by name) and runs them directly in its

@@ -10,13 +10,16 @@
 //! clients may hold of it), the
 //! access tokens ([`auth`]: who may call, and as which user), the
 //! async client SDK ([`client::Client`], whose mutations carry request ids so that a retry
-//! after a lost answer returns the first result) and the `mantle` CLI built on it.
+//! after a lost answer returns the first result), the FUSE mount ([`mount::run`]: a namespace
+//! as a POSIX file system, the store and the file data in the mount process) and the `mantle`
+//! CLI built on them.
 //! `docs/operations.md` is the operator's side: flags, limits, a full disk, shutdown.
 //!
 //! What it is not: the namespace logic itself (the `coprocessor` crate) or the store (`tafdb`).
 //! This crate only moves requests in and out.
 //!
 //! Key types: [`server::ServerConfig`], [`server::Limits`], [`server::serve`],
+//! [`mount::MountConfig`],
 //! [`cluster::Mode`], [`auth::Tokens`], [`client::Client`], [`status`].
 
 pub mod auth;

@@ -17,6 +17,16 @@ pub const S_ISGID: u32 = 0o2000;
 /// The sticky bit.
 pub const S_ISVTX: u32 = 0o1000;
 
+/// `mode` without the bits a change of a file's owner or contents drops, as Linux does: setuid,
+/// and setgid when group execute is set (without it, setgid marks mandatory locking and stays).
+pub fn drop_privileges(mode: u32) -> u32 {
+    let mut m = mode & !S_ISUID;
+    if m & 0o010 != 0 {
+        m &= !S_ISGID;
+    }
+    m
+}
+
 /// The Index entry of a directory inode.
 pub fn index_entry_of(a: &Attr) -> IndexEntry {
     IndexEntry {

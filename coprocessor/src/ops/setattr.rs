@@ -9,7 +9,7 @@ use tafdb::{BoxFuture, Txn};
 use crate::api::Obj;
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
-use crate::ops::common::{index_entry_of, index_key_of, usage, S_ISGID, S_ISUID};
+use crate::ops::common::{drop_privileges, index_entry_of, index_key_of, usage, S_ISGID};
 use crate::resolve::{must_attr, must_attr_stable, namespace_cached, object};
 use crate::service::Op;
 
@@ -129,12 +129,8 @@ impl Op for SetAttr {
                     }
                 }
                 if !a.kind().is_dir() {
-                    // chown(2): setuid goes; setgid goes only with group execute (without it,
-                    // setgid marks mandatory locking and stays).
-                    a.mode &= !S_ISUID;
-                    if a.mode & 0o010 != 0 {
-                        a.mode &= !S_ISGID;
-                    }
+                    // chown(2).
+                    a.mode = drop_privileges(a.mode);
                 }
                 a.uid = uid;
                 a.gid = gid;
@@ -155,12 +151,8 @@ impl Op for SetAttr {
                 a.size = size;
                 a.mtime = now;
                 if !cred.is_root() {
-                    // A write by an unprivileged caller drops setuid (and setgid with group
-                    // execute), as Linux does.
-                    a.mode &= !S_ISUID;
-                    if a.mode & 0o010 != 0 {
-                        a.mode &= !S_ISGID;
-                    }
+                    // A truncate by an unprivileged caller.
+                    a.mode = drop_privileges(a.mode);
                 }
             }
             for (set, field) in [(self.atime, 0), (self.mtime, 1)] {

@@ -13,7 +13,7 @@ use tafdb::{BoxFuture, Txn};
 
 use crate::ctx::{now_ns, Ctx};
 use crate::error::{fail, Errno, OpResult};
-use crate::ops::common::{usage, S_ISGID, S_ISUID};
+use crate::ops::common::{drop_privileges, usage};
 use crate::resolve::{must_attr_stable, namespace_cached};
 use crate::service::Op;
 
@@ -68,12 +68,7 @@ impl Op for Wrote {
             a.mtime = a.mtime.max(now);
             a.ctime = a.ctime.max(now);
             if !cred.is_root() {
-                // A write by an unprivileged caller drops setuid (and setgid with group
-                // execute), as Linux does.
-                a.mode &= !S_ISUID;
-                if a.mode & 0o010 != 0 {
-                    a.mode &= !S_ISGID;
-                }
+                a.mode = drop_privileges(a.mode);
             }
             let key = keys::attr_key(a.id);
             for op in metastore::attr::delta::changes(&old, &a) {

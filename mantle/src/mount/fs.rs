@@ -185,9 +185,10 @@ impl<M: Meta> MantleFs<M> {
     }
 
     /// Puts right what a crash left in the file store: the data of files whose inode is gone,
-    /// and bytes past a file's size. Run before the mount serves anything.
-    pub async fn repair(&self) -> Result<(u64, u64), FsError> {
-        self.core.repair().await
+    /// and bytes past a file's size; returns how many files lost data and how many were cut.
+    /// Run before the mount serves anything, on a thread that may block (as requests do).
+    pub fn repair(&self) -> Result<(u64, u64), FsError> {
+        self.rt.block_on(self.core.repair())
     }
 
     /// Runs a request on the FUSE thread that read it, driving its future there: a hand-over
@@ -276,29 +277,30 @@ impl<M: Meta> Core<M> {
             .await
     }
 
+    /// File-store I/O, called where it is: every request (and the repair pass) runs on a
+    /// thread of its own that may block, never on a runtime worker (see `run_here`). A durable
+    /// write blocks for its `fdatasync`.
+    fn store_io<T>(
+        &self,
+        ino: u64,
+        what: &str,
+        f: impl FnOnce(&FileStore) -> chunk_backend::Result<T>,
+    ) -> Res<T> {
+        f(&self.store).map_err(|e| {
+            tracing::error!(ino, error = %e, "file data {what} failed");
+            data_errno(&e)
+        })
+    }
+
     /// Writes a file's buffered bytes to the file store (durably).
     async fn flush_buffer(&self, ino: u64, node: &mut Node) -> Res<()> {
         if node.buf.is_empty() {
             return Ok(());
         }
-        let buf = std::mem::take(&mut node.buf);
-        let start = node.buf_start;
-        let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || store.write(ino, start, &buf).map(|()| buf))
-            .await
-            .map_err(|_| fuser::Errno::EIO)?;
-        match r {
-            Ok(mut buf) => {
-                // Keep the allocation for the next writes.
-                buf.clear();
-                node.buf = buf;
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(ino, error = %e, "file data write failed");
-                Err(data_errno(&e))
-            }
-        }
+        self.store_io(ino, "write", |s| s.write(ino, node.buf_start, &node.buf))?;
+        // Keep the allocation for the next writes.
+        node.buf.clear();
+        Ok(())
     }
 
     /// Flushes the buffer and tells the namespace of the file's new end.
@@ -354,11 +356,7 @@ impl<M: Meta> Core<M> {
     }
 
     async fn remove_data(&self, id: u64) -> Res<()> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.remove(id))
-            .await
-            .map_err(|_| fuser::Errno::EIO)?
-            .map_err(|e| data_errno(&e))
+        self.store_io(id, "remove", |s| s.remove(id))
     }
 
     /// After a name of `id` went away: if it was the inode's last, its data goes.
@@ -381,12 +379,8 @@ impl<M: Meta> Core<M> {
                 }
                 Err(e) => return Err(e),
                 Ok(a) if self.store.end(id) > a.size => {
-                    let store = self.store.clone();
-                    let size = a.size;
-                    tokio::task::spawn_blocking(move || store.truncate(id, size))
-                        .await
-                        .map_err(|_| FsError::new(Errno::EIO, "repair"))?
-                        .map_err(|e| FsError::new(Errno::EIO, e.to_string()))?;
+                    self.store_io(id, "truncate", |s| s.truncate(id, a.size))
+                        .map_err(|_| FsError::new(Errno::EIO, "cutting file data past its size"))?;
                     cut += 1;
                 }
                 Ok(_) => {}
@@ -441,15 +435,8 @@ impl<M: Meta> Core<M> {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || store.read(id, offset, len))
-            .await
-            .map_err(|_| fuser::Errno::EIO)?;
         drop(node);
-        r.map_err(|e| {
-            tracing::error!(ino = id, error = %e, "file data read failed");
-            data_errno(&e)
-        })
+        self.store_io(id, "read", |s| s.read(id, offset, len))
     }
 
     async fn write(&self, id: u64, offset: u64, data: Vec<u8>) -> Res<u32> {
@@ -465,11 +452,7 @@ impl<M: Meta> Core<M> {
             self.flush_buffer(id, &mut node).await?;
         }
         if n >= BUFFER {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.write(id, offset, &data))
-                .await
-                .map_err(|_| fuser::Errno::EIO)?
-                .map_err(|e| data_errno(&e))?;
+            self.store_io(id, "write", |s| s.write(id, offset, &data))?;
         } else {
             if node.buf.is_empty() {
                 node.buf_start = offset;
@@ -552,11 +535,7 @@ impl<M: Meta> Core<M> {
         self.flush_all(id, &mut node).await?;
         let a = self.meta.call(&op).await.map_err(|e| errno(&e))?;
         if self.store.end(id) > size {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.truncate(id, size))
-                .await
-                .map_err(|_| fuser::Errno::EIO)?
-                .map_err(|e| data_errno(&e))?;
+            self.store_io(id, "truncate", |s| s.truncate(id, size))?;
         }
         node.size = Some(a.size);
         if let Some(u) = &mut node.unlinked {

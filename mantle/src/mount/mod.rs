@@ -186,7 +186,13 @@ pub async fn run(
     // Files whose data outlived their inode (a crash between the last unlink and the data's
     // removal) or whose data runs past their size (a crash in a truncate) are put right before
     // the mount serves anything.
-    let (removed, cut) = fs.repair().await?;
+    let (fs, repaired) = tokio::task::spawn_blocking(move || {
+        let r = fs.repair();
+        (fs, r)
+    })
+    .await
+    .map_err(|e| MountError::Fuse(format!("repair: {e}")))?;
+    let (removed, cut) = repaired?;
     if removed + cut > 0 {
         tracing::info!(removed, cut, "repaired the file store after a crash");
     }
