@@ -3,7 +3,7 @@
 //! An `ExtentBlob` costs at least one chunk (a block of the disk) however small it is, which a
 //! namespace of billions of small files cannot afford. The file store instead appends every
 //! file's writes, as records, to one shared sequence of chunks and keeps, per file, the extent
-//! index ([`crate::extents`]) of where each byte range lives:
+//! index (the `extents` module) of where each byte range lives:
 //!
 //! - a write appends `[version][WRITE][file][offset][data]`;
 //! - a truncate appends `[version][TRUNCATE][file][size]`;
@@ -264,7 +264,7 @@ impl FileStore {
         &self.stripes[(file.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % STRIPES]
     }
 
-    /// The largest write one record carries; [`FileStore::write`] splits bigger ones.
+    /// The largest write one record carries; [`FileStore::write()`] splits bigger ones.
     pub fn max_record(&self) -> usize {
         (self.disk.config().chunk_capacity() as usize).saturating_sub(frame::HEADER + WRITE_HEAD)
     }

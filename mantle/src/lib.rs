@@ -16,7 +16,7 @@
 //! `docs/operations.md` is the operator's side: flags, limits, a full disk, shutdown.
 //!
 //! What it is not: the namespace logic itself (the `coprocessor` crate) or the store (`tafdb`).
-//! This crate only moves requests in and out.
+//! This crate moves requests in and out; the mount also keeps the state of the files in use.
 //!
 //! Key types: [`server::ServerConfig`], [`server::Limits`], [`server::serve`],
 //! [`mount::MountConfig`],
