@@ -85,7 +85,7 @@ impl BlobState {
 }
 
 /// A record queued on the disk: what it waits on, its chunk's sequence number, its version.
-type Queued = (crate::disk::Submitted, u32, u64);
+type Queued<'a> = (crate::disk::Submitted<'a>, u32, u64);
 
 /// The blobs of one disk.
 pub struct LogStore {
@@ -337,7 +337,7 @@ impl LogStore {
     }
 
     /// Waits for a queued record; once it is durable, the blob's version covers it.
-    fn finish_record(&self, lease: &Lease, queued: Queued) -> Result<(Position, u64)> {
+    fn finish_record(&self, lease: &Lease, queued: Queued<'_>) -> Result<(Position, u64)> {
         let (submitted, chunk_seq, version) = queued;
         let offset = submitted.wait()?;
         if let Some(b) = self.blobs.lock().get_mut(&lease.blob) {
@@ -353,7 +353,13 @@ impl LogStore {
     }
 
     /// Queues a record (rolling over to a new chunk when the last one is full).
-    fn submit_record(&self, lease: &Lease, kind: u8, prefix: &[u8], data: &[u8]) -> Result<Queued> {
+    fn submit_record(
+        &self,
+        lease: &Lease,
+        kind: u8,
+        prefix: &[u8],
+        data: &[u8],
+    ) -> Result<Queued<'_>> {
         let mut payload = Vec::with_capacity(8 + prefix.len() + data.len());
         let queued = {
             let mut blobs = self.blobs.lock();

@@ -275,7 +275,7 @@ impl FileStore {
         kind: u8,
         file: u64,
         body: &[&[u8]],
-    ) -> Result<(crate::disk::Submitted, u32, u64)> {
+    ) -> Result<(crate::disk::Submitted<'_>, u32, u64)> {
         let need: usize = 17 + body.iter().map(|b| b.len()).sum::<usize>();
         let mut inner = self.inner.lock();
         let (mut seq, mut chunk) = inner

@@ -1,6 +1,6 @@
 //! Batched writes and `fdatasync` through io_uring (Linux), with `pwrite` as the fallback.
 //!
-//! The writer thread hands a batch of pieces (file offset, bytes) to [`Io::write_and_sync`]:
+//! The committing thread hands a batch of pieces (file offset, bytes) to [`Io::write_and_sync`]:
 //! with io_uring every piece becomes one submission entry, the whole group is submitted with
 //! one system call, and the data sync follows once every write has completed (io_uring does not
 //! order a sync after writes submitted with it). With `pwrite` the same batch goes through
@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-/// The I/O path of one writer thread.
+/// The I/O path of a store's committer (one at a time).
 pub enum Io {
     /// io_uring.
     #[cfg(target_os = "linux")]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Produces docs/bench/fuse/: the FUSE mount (`mantle mount --data`, the embedded store) against
-# the kernel's own file systems, side by side in one run: tmpfs (/dev/shm) and ext4 (a directory
-# on the root disk). mdtest-rs's posix backend runs the same plan on each: create with a 4 KiB
+# the kernel's own file systems and MooseFS, side by side in one run: tmpfs (/dev/shm), ext4 (a
+# directory on the root disk) and a MooseFS on this machine (docs/bench/moosefs.sh; skipped with
+# MOOSEFS=0 or when its packages are missing). mdtest-rs's posix backend runs the same plan on each: create with a 4 KiB
 # write, stat, read back, remove, for files and directories, N items per task. Then a
 # sequential write and read of one large file (dd). The mount process's CPU time per operation
 # is read from /proc before and after each run.
@@ -21,7 +22,9 @@ WORK=$(mktemp -d /var/tmp/mount-bench.XXXXXX)
 SHM=/dev/shm/mount-bench.$$
 MNT=$WORK/mnt
 MOUNT_PID=""
+FSES="tmpfs ext4 mantle"
 cleanup() {
+  [ -d "$WORK/mfs" ] && bash docs/bench/moosefs.sh stop "$WORK/mfs"
   if [ -n "$MOUNT_PID" ]; then kill -TERM "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true; fi
   fusermount3 -uz "$MNT" 2>/dev/null || true
   rm -rf "$WORK" "$SHM"
@@ -39,12 +42,18 @@ MOUNT_PID=$!
 for _ in $(seq 300); do grep -q "mounted" "$WORK/mount.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "mounted" "$WORK/mount.out" || { cat "$WORK/mount.log"; exit 1; }
 
+if [ "${MOOSEFS:-1}" = 1 ] && command -v mfsmaster >/dev/null; then
+  MFS=$(bash docs/bench/moosefs.sh start "$WORK/mfs")
+  FSES="tmpfs ext4 moosefs mantle"
+fi
+
 TICK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$MOUNT_PID/stat"; }
-for fs in tmpfs ext4 mantle; do
+for fs in $FSES; do
   case $fs in
     tmpfs) DIR=$SHM/t ;;
     ext4) DIR=$WORK/ext4/t ;;
+    moosefs) DIR=$MFS/t ;;
     mantle) DIR=$MNT/t ;;
   esac
   before=$(cpu)
@@ -63,23 +72,26 @@ for fs in tmpfs ext4 mantle; do
 done
 # Median rate per phase; the mount's CPU (user + system of its process) over every operation
 # of the run.
-python3 - "$WORK" "$TICK" >"$WORK/table.md" <<'PY'
+python3 - "$WORK" "$TICK" $FSES >"$WORK/table.md" <<'PY'
 import json, statistics, sys
-work, tick = sys.argv[1], int(sys.argv[2])
+work, tick, fses = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 for kind, title in (("json", "one shared directory"), ("unique", "a directory per task (-u)")):
-    runs = {fs: json.load(open(f"{work}/{kind}/{fs}.json")) for fs in ("tmpfs", "ext4", "mantle")}
+    runs = {fs: json.load(open(f"{work}/{kind}/{fs}.json")) for fs in fses}
     phases = [p["name"] for p in runs["mantle"]["scenarios"][0]["phases"]]
+    ratios = ["tmpfs"] + (["moosefs"] if "moosefs" in fses else [])
     print(f"**{title}**")
     print()
-    print("| phase | tmpfs ops/s | ext4 ops/s | mantle ops/s | mantle / ext4 | p50 us (tmpfs / ext4 / mantle) |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| phase | " + " | ".join(f"{fs} ops/s" for fs in fses) + " | "
+          + " | ".join(f"mantle / {r}" for r in ratios) + f" | p50 us ({' / '.join(fses)}) |")
+    print("|---|" + "---:|" * (len(fses) + len(ratios)) + "---|")
     for ph in phases:
-        row, p50 = [], []
-        for fs in ("tmpfs", "ext4", "mantle"):
+        rate, p50 = {}, []
+        for fs in fses:
             p = next(x for x in runs[fs]["scenarios"][0]["phases"] if x["name"] == ph)
-            row.append(statistics.median(p["rates"]))
+            rate[fs] = statistics.median(p["rates"])
             p50.append(f'{p["p50_us"]:.0f}')
-        print(f"| {ph} | {row[0]:,.0f} | {row[1]:,.0f} | {row[2]:,.0f} | {row[2] / row[1]:.2f} | {' / '.join(p50)} |")
+        cells = [f"{rate[fs]:,.0f}" for fs in fses] + [f"{rate['mantle'] / rate[r]:.2f}" for r in ratios]
+        print(f"| {ph} | " + " | ".join(cells) + f" | {' / '.join(p50)} |")
     print()
 m = runs["mantle"]["scenarios"][0]["phases"]
 ops = sum(sum(p["ops"]) for p in m)
@@ -90,10 +102,11 @@ PY
 echo >>"$WORK/table.md"
 echo "| file system | sequential write MiB/s (with fsync) | sequential read MiB/s (cold open) |" >>"$WORK/table.md"
 echo "|---|---:|---:|" >>"$WORK/table.md"
-for fs in tmpfs ext4 mantle; do
+for fs in $FSES; do
   case $fs in
     tmpfs) F=$SHM/big ;;
     ext4) F=$WORK/ext4/big ;;
+    moosefs) F=$MFS/big ;;
     mantle) F=$MNT/big ;;
   esac
   echo "+ dd on $fs" >&2
@@ -110,6 +123,6 @@ mkdir -p "$OUT"
 cp "$WORK/json"/*.json "$OUT/"
 mkdir -p "$OUT/unique" && cp "$WORK/unique"/*.json "$OUT/unique/"
 cp "$WORK/table.md" "$OUT/table.md"
-for fs in tmpfs ext4 mantle; do cp "$WORK/$fs.txt" "$OUT/$fs.txt"; done
+for fs in $FSES; do cp "$WORK/$fs.txt" "$OUT/$fs.txt"; done
 "$MD" report "$OUT"/*.json --out "$OUT" >/dev/null || true
 cat "$OUT/table.md"

@@ -517,8 +517,9 @@ impl MvccStore {
         prefetched: Option<Prefetched>,
     ) -> Result<Option<Value>> {
         self.too_old(ts)?;
+        // The versions to fold over the engine's row, when the chain holds no base and no memo
+        // for this read (copied, so that the engine is read without holding the chain).
         let mut versions: Vec<Version> = Vec::new();
-        let mut memo: Option<(u64, Option<Value>)> = None;
         let mut fold_len = 0;
         // What a memo of this read would stand for: the newest folded version and the chain's
         // generation.
@@ -535,35 +536,41 @@ impl MvccStore {
                 }
                 folded_upto = Some((last.ts, chain.epoch));
             }
-            let base_pos = visible.iter().rposition(|v| v.mutation.is_base());
-            if let Some((m_ts, m_val)) = &chain.memo {
-                let base_ts = base_pos.map(|p| visible[p].ts);
-                if *m_ts <= ts && base_ts.is_none_or(|b| b <= *m_ts) {
-                    memo = Some((*m_ts, m_val.clone()));
+            // Folded in place, under the chain's read guard: a hot directory's chain holds
+            // thousands of deltas, and copying them (or even scanning all of them for a base)
+            // on every read was a third of the CPU of a shared-directory create load.
+            let in_chain = match &chain.memo {
+                // The memo covers every version up to its timestamp; a base after it is found
+                // by `fold` in the tail.
+                Some((m_ts, m_val)) if *m_ts <= ts => {
+                    let from = visible.partition_point(|v| v.ts <= *m_ts);
+                    fold_len = visible.len() - from;
+                    Some(fold(m_val.clone(), &visible[from..]))
                 }
-            }
-            let from = match (&memo, base_pos) {
-                (Some((m_ts, _)), _) => visible.partition_point(|v| v.ts <= *m_ts),
-                (None, Some(p)) => p,
-                (None, None) => 0,
+                _ => match visible.iter().rposition(|v| v.mutation.is_base()) {
+                    Some(p) => {
+                        fold_len = visible.len() - p;
+                        Some(fold(None, &visible[p..]))
+                    }
+                    None => {
+                        fold_len = visible.len();
+                        versions.extend_from_slice(visible);
+                        None
+                    }
+                },
             };
-            versions.extend_from_slice(&visible[from..]);
-            fold_len = visible.len() - from;
-        }
-        if let Some((_, m_val)) = memo {
-            let value = fold(m_val, &versions);
-            // Move the memo up to this read: otherwise every later read folds every delta
-            // since the first memo again, and a hot directory's reads grow with its chain
-            // (measured: half the CPU of a shared-directory create load).
-            if fold_len > 32 {
-                if let Some((last_ts, generation)) = folded_upto {
-                    self.remember(key, last_ts, generation, &value);
+            drop(chain);
+            if let Some(value) = in_chain {
+                // Move the memo up to this read: otherwise every later read folds every delta
+                // since the first memo again, and a hot directory's reads grow with its chain
+                // (measured: half the CPU of a shared-directory create load).
+                if fold_len > 32 {
+                    if let Some((last_ts, generation)) = folded_upto {
+                        self.remember(key, last_ts, generation, &value);
+                    }
                 }
+                return Ok(value);
             }
-            return Ok(value);
-        }
-        if versions.first().is_some_and(|v| v.mutation.is_base()) {
-            return Ok(fold(None, &versions));
         }
         // The chain has only deltas (or nothing) at this timestamp: the base is in the engine.
         // A row read before the chain lookup is current only if no flush wrote the engines or

@@ -1720,19 +1720,41 @@ async fn run_proposer(
             cmds.push(p.cmd);
             waiters.push((p.held, p.reply));
         }
+        // The callers are answered by whichever comes first: the apply of the entry (the
+        // common case, straight from the state machine), or the reply task below, which also
+        // hears of the failures (refused, truncated, undetermined).
+        let waiters = Arc::new(parking_lot::Mutex::new(Some(waiters)));
         // Submitting in ticket order keeps the log in commit-timestamp order. Encoding here
         // keeps the work off openraft's core task.
         // A batch that never reached openraft did not happen; once it did, only the answer can
         // say (see `wait_reply`).
         let submitted = match CommandBatch::new(cmds) {
-            Ok(batch) => raft
-                .client_write_ff(batch)
-                .await
-                .map_err(|e| Error::Raft(format!("raft refused the proposal: {e}"))),
+            Ok(batch) => {
+                // Weak: the batch stays in the log's memory after it is applied, and must not
+                // keep the tablet alive.
+                let (w, p, st) = (
+                    waiters.clone(),
+                    Arc::downgrade(&pending),
+                    Arc::downgrade(&state),
+                );
+                batch.on_apply(Box::new(move |results| {
+                    if let (Some(p), Some(st)) = (p.upgrade(), st.upgrade()) {
+                        if let Some(waiters) = w.lock().take() {
+                            answer(&p, &st, waiters, lose_answer(Ok(results.to_vec())));
+                        }
+                    }
+                }));
+                raft.client_write_ff(batch)
+                    .await
+                    .map_err(|e| Error::Raft(format!("raft refused the proposal: {e}")))
+            }
             Err(e) => Err(e),
         };
-        let pending = pending.clone();
-        let state = state.clone();
+        let unanswered = Unanswered {
+            waiters,
+            pending: pending.clone(),
+            state: state.clone(),
+        };
         tokio::spawn(async move {
             let outcome: std::result::Result<Vec<CommandResult>, Error> = match submitted {
                 Ok(resp_rx) => match resp_rx.await {
@@ -1751,40 +1773,79 @@ async fn run_proposer(
                 },
                 Err(e) => Err(e),
             };
-            // The answer lost after the entry applied, as when the process dies at this point.
-            #[cfg(feature = "failpoints")]
-            let outcome = match fail::eval("tablet::lose-answer", |_| ()) {
-                Some(()) => Err(Error::Undetermined("failpoint: the answer was lost".into())),
-                None => outcome,
-            };
-            pending.release_many(waiters.iter().map(|(held, _)| held));
-            match outcome {
-                Ok(results) => {
-                    for ((_, reply), res) in waiters.into_iter().zip(results) {
-                        let _ = reply.send(Ok(res));
-                    }
-                }
-                Err(Error::NotLeader { tablet, leader }) => {
-                    for (_, reply) in waiters {
-                        let _ = reply.send(Err(Error::NotLeader { tablet, leader }));
-                    }
-                }
-                Err(e) => {
-                    let undetermined = e.is_undetermined();
-                    let msg = e.to_string();
-                    for (_, reply) in waiters {
-                        let _ = reply.send(Err(if undetermined {
-                            Error::Undetermined(msg.clone())
-                        } else {
-                            Error::Raft(msg.clone())
-                        }));
-                    }
-                }
+            let u = &unanswered;
+            if let Some(waiters) = u.waiters.lock().take() {
+                answer(&u.pending, &u.state, waiters, lose_answer(outcome));
             }
-            state.applied_notify.notify_waiters();
             drop(permit);
         });
     }
+}
+
+type Waiters = Vec<(Held, oneshot::Sender<Result<CommandResult>>)>;
+
+/// The waiters of a proposed batch, for its reply task: if the task is dropped before anyone
+/// answered them (the runtime stops), they learn that the outcome is unknown.
+struct Unanswered {
+    waiters: Arc<parking_lot::Mutex<Option<Waiters>>>,
+    pending: Arc<Pending>,
+    state: Arc<TabletState>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(waiters) = self.waiters.lock().take() {
+            let e = Error::Undetermined(
+                "the tablet stopped before the proposal's outcome was known".into(),
+            );
+            answer(&self.pending, &self.state, waiters, Err(e));
+        }
+    }
+}
+
+/// The answer lost after the entry applied, as when the process dies at this point.
+fn lose_answer(
+    outcome: std::result::Result<Vec<CommandResult>, Error>,
+) -> std::result::Result<Vec<CommandResult>, Error> {
+    #[cfg(feature = "failpoints")]
+    if fail::eval("tablet::lose-answer", |_| ()).is_some() {
+        return Err(Error::Undetermined("failpoint: the answer was lost".into()));
+    }
+    outcome
+}
+
+/// Releases the marks of a batch's transactions, then tells each its outcome.
+fn answer(
+    pending: &Pending,
+    state: &TabletState,
+    waiters: Waiters,
+    outcome: std::result::Result<Vec<CommandResult>, Error>,
+) {
+    pending.release_many(waiters.iter().map(|(held, _)| held));
+    match outcome {
+        Ok(results) => {
+            for ((_, reply), res) in waiters.into_iter().zip(results) {
+                let _ = reply.send(Ok(res));
+            }
+        }
+        Err(Error::NotLeader { tablet, leader }) => {
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(Error::NotLeader { tablet, leader }));
+            }
+        }
+        Err(e) => {
+            let undetermined = e.is_undetermined();
+            let msg = e.to_string();
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(if undetermined {
+                    Error::Undetermined(msg.clone())
+                } else {
+                    Error::Raft(msg.clone())
+                }));
+            }
+        }
+    }
+    state.applied_notify.notify_waiters();
 }
 
 #[cfg(test)]

@@ -193,6 +193,7 @@ impl TabletState {
             let log_id = entry.log_id;
             let mut results = Vec::new();
             let mut entry_ts = 0;
+            let mut answered = None;
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
@@ -223,6 +224,7 @@ impl TabletState {
                         .fetch_max(max_ts.max(mark), Ordering::AcqRel);
                     // Only commits hold a pinned snapshot's flush back, not a mark.
                     entry_ts = max_ts;
+                    answered = Some(batch);
                 }
                 EntryPayload::Membership(m) => {
                     let mut a = self.applied.lock();
@@ -231,9 +233,15 @@ impl TabletState {
                     a.memberships.push_back(mem);
                 }
             }
-            let mut a = self.applied.lock();
-            a.last = Some(log_id);
-            a.recent.push_back((log_id, now, entry_ts));
+            {
+                let mut a = self.applied.lock();
+                a.last = Some(log_id);
+                a.recent.push_back((log_id, now, entry_ts));
+            }
+            // The proposer's callers hear back now (see `CommandBatch::on_apply`).
+            if let Some(batch) = answered {
+                batch.answer(&results);
+            }
             out.push(results);
         }
         self.applied_notify.notify_waiters();
