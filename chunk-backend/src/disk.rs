@@ -273,8 +273,12 @@ struct ChunkState {
     blocks: Vec<u32>,
     /// End of the records framed so far (some may not be durable yet).
     end: u64,
-    /// End of the durable records: reads stop here.
+    /// End of the acknowledged records: reads stop here. Durable too, unless the store defers
+    /// its syncs (see [`Disk::set_deferred_sync`]).
     durable: u64,
+    /// End of the records known to be on the medium (an `fdatasync` covered them): what a
+    /// checkpoint may claim.
+    synced: u64,
     /// End of the space promised to submitted appends (`end` catches up when the writer
     /// frames them): what `room` and `submit` check, so concurrent appends never overfill.
     reserved: u64,
@@ -323,6 +327,8 @@ pub struct Disk {
     /// thread hand-offs (a third of a Raft commit's latency on 2 cores).
     committer: Mutex<Io>,
     closed: AtomicBool,
+    /// Whether appends are acknowledged once written, before their `fdatasync`.
+    deferred: AtomicBool,
     opened: Vec<ChunkInfo>,
     io_name: &'static str,
 }
@@ -414,6 +420,9 @@ impl Disk {
             )));
         }
         let (state, opened) = Self::recover(&file, &cfg)?;
+        // What recovery read may still be only in the page cache (a process that deferred its
+        // syncs was killed): on the medium before a checkpoint may name it.
+        file.sync_data()?;
         let file = Arc::new(file);
         let state = Arc::new(Mutex::new(state));
         let failed = Arc::new(AtomicBool::new(false));
@@ -427,6 +436,7 @@ impl Disk {
             pending: Mutex::new(Vec::new()),
             committer: Mutex::new(io),
             closed: AtomicBool::new(false),
+            deferred: AtomicBool::new(false),
             opened,
             io_name,
         })
@@ -506,6 +516,7 @@ impl Disk {
                     blocks,
                     end: scan.end,
                     durable: scan.end,
+                    synced: scan.end,
                     reserved: scan.end,
                     link,
                 },
@@ -629,6 +640,7 @@ impl Disk {
                 blocks: vec![block],
                 end: 0,
                 durable: 0,
+                synced: 0,
                 reserved: 0,
                 link: None,
             },
@@ -673,6 +685,7 @@ impl Disk {
         if let Some(c) = st.chunks.get_mut(&chunk) {
             c.end = c.end.min(len);
             c.durable = c.durable.min(len);
+            c.synced = c.synced.min(len);
             c.reserved = c.reserved.min(len);
             c.link = link;
         }
@@ -815,6 +828,49 @@ impl Disk {
         Ok(Submitted { disk: self, rx })
     }
 
+    /// Acknowledges appends once they are written to the kernel, before their `fdatasync`
+    /// (`on`), or only after it (the default). Deferred, an acknowledged append survives the
+    /// death of the process (the kernel has it), not a power cut: it is on the medium after the
+    /// next [`Disk::sync`]. Checkpoints only ever name synced lengths, so recovery after a power
+    /// cut treats what was not synced as a torn tail, never as corruption.
+    pub fn set_deferred_sync(&self, on: bool) -> Result<()> {
+        if !on {
+            self.sync()?;
+        }
+        self.deferred.store(on, Ordering::Release);
+        Ok(())
+    }
+
+    /// Puts every acknowledged append on the medium (one `fdatasync`, none when there is
+    /// nothing to sync). Only needed with deferred syncs.
+    pub fn sync(&self) -> Result<()> {
+        let upto: Vec<(u64, u64)> = {
+            let st = self.state.lock();
+            st.chunks
+                .iter()
+                .filter(|(_, c)| c.synced < c.durable)
+                .map(|(id, c)| (*id, c.durable))
+                .collect()
+        };
+        if upto.is_empty() {
+            return Ok(());
+        }
+        self.check_failed()?;
+        // Every byte below `durable` was written before `durable` moved: this sync covers it.
+        let io = sync_file(&self.file);
+        if let Err(e) = io {
+            self.failed.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        let mut st = self.state.lock();
+        for (id, upto) in upto {
+            if let Some(c) = st.chunks.get_mut(&id) {
+                c.synced = c.synced.max(upto.min(c.durable));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes and syncs what is pending, as one batch, unless another thread is doing so (then
     /// waits for it: what was pending before is answered when it returns).
     fn commit_pending(&self) {
@@ -832,6 +888,7 @@ impl Disk {
                 &self.failed,
                 batch,
                 &mut io,
+                !self.deferred.load(Ordering::Acquire),
             );
         }
     }
@@ -924,11 +981,14 @@ impl Disk {
         Ok(data)
     }
 
-    /// Refuses later appends and writes the pending ones.
+    /// Refuses later appends, writes the pending ones and syncs.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         while !self.pending.lock().is_empty() {
             self.commit_pending();
+        }
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "syncing the chunk store at close");
         }
     }
 }
@@ -1092,9 +1152,17 @@ fn plan_append(
     Ok((offset, need))
 }
 
+/// A sync of everything written: `chunk::sync` fails it.
+fn sync_file(file: &File) -> std::io::Result<()> {
+    fail::fail_point!("chunk::sync", |_| Err(std::io::Error::other(
+        "failpoint chunk::sync"
+    )));
+    file.sync_data()
+}
+
 /// One group's write and sync. Failpoints for tests sit in front of it: `chunk::write` fails
 /// it, `chunk::power-loss` (with a seed) simulates a power cut in the middle of it.
-fn write_and_sync(ring: &mut Io, file: &File, pieces: &[Piece]) -> std::io::Result<()> {
+fn write_and_sync(ring: &mut Io, file: &File, pieces: &[Piece], sync: bool) -> std::io::Result<()> {
     fail::fail_point!("chunk::write", |_| Err(std::io::Error::other(
         "failpoint chunk::write"
     )));
@@ -1102,7 +1170,10 @@ fn write_and_sync(ring: &mut Io, file: &File, pieces: &[Piece]) -> std::io::Resu
         lose_power(file, pieces, seed.and_then(|s| s.parse().ok()).unwrap_or(1));
         Err(std::io::Error::other("failpoint chunk::power-loss"))
     });
-    ring.write_and_sync(file, pieces)
+    match sync {
+        true => ring.write_and_sync(file, pieces),
+        false => ring.write(file, pieces),
+    }
 }
 
 /// A power cut while a group is being written: nothing of the group was synced, so each
@@ -1133,6 +1204,7 @@ fn commit_batch(
     failed: &AtomicBool,
     batch: Vec<AppendReq>,
     ring: &mut Io,
+    sync: bool,
 ) {
     {
         let mut pieces: Vec<Piece> = Vec::new();
@@ -1157,12 +1229,12 @@ fn commit_batch(
                 }
                 outcomes.push(out);
             }
-            // Record each touched chunk's durable length so far in its entry, in the same
+            // Record each touched chunk's synced length so far in its entry, in the same
             // commit (the other copy than the newest, so a torn entry write leaves that one).
             for id in touched {
                 if let Some(c) = st.chunks.get_mut(&id) {
-                    if c.durable > c.entry.checkpoint {
-                        c.entry.checkpoint = c.durable;
+                    if c.synced > c.entry.checkpoint {
+                        c.entry.checkpoint = c.synced;
                         c.entry.gen += 1;
                         let copy = (c.entry.gen % 2) * COPY as u64;
                         pieces.push((
@@ -1196,7 +1268,7 @@ fn commit_batch(
                 "an earlier write or sync failed; reopen the store",
             ))
         } else {
-            write_and_sync(ring, file, &merged)
+            write_and_sync(ring, file, &merged, sync)
         };
         match io {
             Ok(()) => {
@@ -1206,6 +1278,9 @@ fn commit_batch(
                         c.durable = c.durable.max(*end);
                         if let Some(cut) = c.entry.sealed_len {
                             c.durable = c.durable.min(cut);
+                        }
+                        if sync {
+                            c.synced = c.durable;
                         }
                     }
                 }

@@ -192,6 +192,14 @@ pub struct FileStore {
     stripes: Vec<RwLock<()>>,
 }
 
+impl FileStore {
+    /// Puts every acknowledged record on the medium, when the store defers its syncs
+    /// ([`Disk::set_deferred_sync`]).
+    pub fn sync(&self) -> Result<()> {
+        self.disk.sync()
+    }
+}
+
 impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileStore")

@@ -342,6 +342,16 @@ impl Db {
         Ok(db)
     }
 
+    /// Puts every acknowledged commit of every tablet on the medium: a no-op unless the
+    /// tablets defer their log syncs ([`crate::tablet::LogSync::Deferred`]). Blocks for an
+    /// `fdatasync` per tablet with something to sync.
+    pub fn sync(&self) -> Result<()> {
+        for t in &self.tablets {
+            t.sync()?;
+        }
+        Ok(())
+    }
+
     /// Stops every tablet.
     pub async fn shutdown(&self) {
         if let Some(gc) = self.gc.lock().take() {

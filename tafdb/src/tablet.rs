@@ -84,6 +84,22 @@ pub struct TabletConfig {
     /// The size of the Raft log's chunk store, allocated when the tablet is created (it must
     /// hold the log between two purges: the MVCC window and `snapshot_logs` entries).
     pub log_store_bytes: u64,
+    /// When a commit is on disk (only the only voter of a group may defer).
+    pub log_sync: LogSync,
+}
+
+/// When a tablet's commits reach the medium.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogSync {
+    /// Before the commit is acknowledged (an `fdatasync` shared by the commits of a group).
+    #[default]
+    EveryCommit,
+    /// When [`Tablet::sync`] (or [`crate::Db::sync`]) is called, and before the flusher
+    /// writes anything to the engines. A commit is acknowledged once its log record is written
+    /// to the kernel: it survives the death of the process (`kill -9`), and a power cut only
+    /// once synced, as on a local file system (the FUSE mount syncs on `fsync` and every
+    /// second). Refused for a replicated tablet: a vote counts on the log being durable.
+    Deferred,
 }
 
 impl Default for TabletConfig {
@@ -100,6 +116,7 @@ impl Default for TabletConfig {
             pipeline_threads: 2,
             log_chunk_bytes: crate::raft::CHUNK_BYTES,
             log_store_bytes: crate::raft::STORE_BYTES,
+            log_sync: LogSync::EveryCommit,
         }
     }
 }
@@ -636,6 +653,20 @@ impl Tablet {
             config.log_chunk_bytes,
             config.log_store_bytes,
         )?;
+        if config.log_sync == LogSync::Deferred {
+            if replication.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "tablet {id}: a replicated tablet cannot defer its log syncs (a vote counts \
+                     on the log being durable)"
+                )));
+            }
+            log.set_deferred_sync(true)?;
+            // Nothing reaches the engines (whose rows carry log indexes) before the entries
+            // they come from are on the medium: after a power cut the log would otherwise
+            // end below what the engines hold.
+            let l = log.clone();
+            state.set_before_flush(Box::new(move || l.sync()));
+        }
         let log_fill = log.clone();
         let (heartbeat, election) = match &replication {
             Some(r) => (r.heartbeat_ms.max(1), r.election_ms.max(2)),
@@ -865,6 +896,12 @@ impl Tablet {
     /// The replica state (for tools and tests).
     pub fn state(&self) -> &Arc<TabletState> {
         &self.state
+    }
+
+    /// Puts every acknowledged commit on the medium: a no-op unless the tablet defers its
+    /// log syncs ([`LogSync::Deferred`]). Blocks for an `fdatasync`.
+    pub fn sync(&self) -> Result<()> {
+        self.log.sync()
     }
 
     /// Stops the background tasks and Raft.

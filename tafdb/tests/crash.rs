@@ -175,15 +175,27 @@ async fn acknowledged_commits_survive_kill_9() {
 /// purges, and the replay starts from a durable index that moves all the time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_commits_survive_kill_9_after_flushes_and_purges() {
-    let extra = [
-        "--mvcc-window-ms",
-        "30",
-        "--flush-interval-ms",
-        "5",
-        "--snapshot-logs",
-        "300",
-        "--log-chunk-bytes",
-        "65536",
-    ];
+    crash_rounds(&FLUSHES_AND_PURGES, 800, 1200).await;
+}
+
+/// A 30 ms MVCC window, a flush every 5 ms, a snapshot every 300 entries, 64 KiB log chunks.
+const FLUSHES_AND_PURGES: [&str; 8] = [
+    "--mvcc-window-ms",
+    "30",
+    "--flush-interval-ms",
+    "5",
+    "--snapshot-logs",
+    "300",
+    "--log-chunk-bytes",
+    "65536",
+];
+
+/// The same with deferred log syncs (what the FUSE mount runs): a commit is acknowledged once
+/// its log record is written to the kernel, with no `fdatasync`, and the flusher syncs the log
+/// before it writes the engines. A killed process loses nothing the kernel has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commits_survive_kill_9_with_deferred_syncs() {
+    let mut extra = vec!["--deferred-sync"];
+    extra.extend(FLUSHES_AND_PURGES);
     crash_rounds(&extra, 800, 1200).await;
 }

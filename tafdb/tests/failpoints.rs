@@ -187,6 +187,25 @@ fn a_failed_hash_engine_sync_latches_until_reopened_and_loses_nothing_persisted(
     scenario.teardown();
 }
 
+/// Reopens the database of a test that acknowledged 20 commits of keys `\x02k..` before a
+/// failure: they are all there, and it commits (and syncs) again.
+async fn reopen_keeps_20_and_commits(cfg: tafdb::DbConfig) {
+    let db = tafdb::Db::open(cfg)
+        .await
+        .expect("reopen after the failure");
+    let mut t = db.begin().await.expect("begin");
+    let rows = t
+        .scan(&KeyRange::prefix(b"\x02k"), 100)
+        .await
+        .expect("scan");
+    assert_eq!(rows.len(), 20, "every acknowledged commit is there");
+    let mut t = db.begin().await.expect("begin");
+    t.put(b"\x02after", b"v").expect("put");
+    t.commit().await.expect("commits resume after a reopen");
+    db.sync().expect("and syncs");
+    db.shutdown().await;
+}
+
 #[test]
 fn a_failed_log_write_fails_the_commit_and_a_reopen_keeps_every_acknowledged_one() {
     let scenario = FailScenario::setup();
@@ -210,19 +229,43 @@ fn a_failed_log_write_fails_the_commit_and_a_reopen_keeps_every_acknowledged_one
         fail::remove("chunk::write");
         db.shutdown().await;
         drop(db);
-        let db = tafdb::Db::open(cfg())
-            .await
-            .expect("reopen after the failure");
+        reopen_keeps_20_and_commits(cfg()).await;
+    });
+    scenario.teardown();
+}
+
+/// Deferred log syncs: a sync that fails is reported to its caller (a FUSE `fsync` gets EIO),
+/// the store refuses every later commit instead of acknowledging what it cannot make durable,
+/// and a reopen keeps every commit acknowledged before the failure.
+#[test]
+fn a_failed_deferred_sync_is_reported_and_stops_commits_until_a_reopen() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let cfg = || {
+            let mut c = small_log(dir.path());
+            c.tablet.log_sync = tafdb::tablet::LogSync::Deferred;
+            c
+        };
+        let db = tafdb::Db::open(cfg()).await.expect("open");
+        for i in 0..20u32 {
+            let mut t = db.begin().await.expect("begin");
+            t.put(format!("\x02k{i:02}").as_bytes(), b"v").expect("put");
+            t.commit().await.expect("commit");
+        }
+        fail::cfg("chunk::sync", "return").expect("failpoint");
+        let err = db.sync().expect_err("the sync fails");
+        assert!(err.to_string().contains("failpoint"), "{err}");
+        fail::remove("chunk::sync");
         let mut t = db.begin().await.expect("begin");
-        let rows = t
-            .scan(&KeyRange::prefix(b"\x02k"), 100)
+        t.put(b"\x02late", b"v").expect("put");
+        let late = tokio::time::timeout(std::time::Duration::from_secs(20), t.commit())
             .await
-            .expect("scan");
-        assert_eq!(rows.len(), 20, "every acknowledged commit is there");
-        let mut t = db.begin().await.expect("begin");
-        t.put(b"\x02after", b"v").expect("put");
-        t.commit().await.expect("commits resume after a reopen");
+            .expect("a latched log must not hang the commit");
+        assert!(late.is_err(), "a commit after a failed sync is refused");
         db.shutdown().await;
+        drop(db);
+        reopen_keeps_20_and_commits(cfg()).await;
     });
     scenario.teardown();
 }

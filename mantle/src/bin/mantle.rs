@@ -222,6 +222,15 @@ struct MountArgs {
     /// The store's MVCC window in ms (tests make it tiny).
     #[arg(long)]
     mvcc_window_ms: Option<u64>,
+    /// When changes reach the disk: `posix` (as on a local file system: an acknowledged change
+    /// survives `kill -9` of the mount at once, and a power cut after `fsync`/`fdatasync`, an
+    /// `fsync` of a directory, the unmount or the periodic sync) or `always` (every change on
+    /// disk before it is acknowledged).
+    #[arg(long, default_value = "posix", value_parser = ["posix", "always"])]
+    sync: String,
+    /// How often a `--sync posix` mount syncs what nobody synced, in ms.
+    #[arg(long, default_value_t = 1000)]
+    sync_interval_ms: u64,
     /// The pid file of a detached mount (default: DATA/mount.pid).
     #[arg(long)]
     pid_file: Option<std::path::PathBuf>,
@@ -504,6 +513,11 @@ async fn mount(args: &MountArgs, ns: &str) -> ExitCode {
     cfg.threads = args.threads;
     cfg.data_capacity = args.data_capacity_mib << 20;
     cfg.mvcc_window_ms = args.mvcc_window_ms;
+    cfg.sync = match args.sync.as_str() {
+        "always" => mantle::mount::SyncMode::Always,
+        _ => mantle::mount::SyncMode::Posix,
+    };
+    cfg.sync_interval = std::time::Duration::from_millis(args.sync_interval_ms);
     let pid_file = args
         .pid_file
         .clone()

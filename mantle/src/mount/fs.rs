@@ -148,6 +148,28 @@ struct Core<M> {
     nodes: Nodes,
     dirs: parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
+    /// Whether changes wait for a sync to be on disk ([`super::SyncMode::Posix`]).
+    deferred: bool,
+    /// Held shared while a file's bytes go to the file store and its new size to the
+    /// namespace, exclusively by a sync: a sync puts the data on disk before the sizes, and no
+    /// size can slip in between (a power cut must not leave a size covering unsynced bytes).
+    order: tokio::sync::RwLock<()>,
+}
+
+/// Syncs a mount's changes to disk (see [`super::SyncMode`]).
+pub struct Syncer<M: Meta>(Arc<Core<M>>);
+
+impl<M: Meta> Clone for Syncer<M> {
+    fn clone(&self) -> Self {
+        Syncer(self.0.clone())
+    }
+}
+
+impl<M: Meta> Syncer<M> {
+    /// Puts every acknowledged change on disk (nothing to do unless the mount defers syncs).
+    pub async fn sync(&self) -> Res<()> {
+        self.0.sync().await
+    }
 }
 
 /// The file system `fuser` serves.
@@ -178,10 +200,17 @@ impl<M: Meta> MantleFs<M> {
                 nodes: Nodes::default(),
                 dirs: parking_lot::Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                deferred: config.sync == super::SyncMode::Posix,
+                order: tokio::sync::RwLock::new(()),
             }),
             rt,
             groups: GroupCache::default(),
         }
+    }
+
+    /// What syncs this mount's changes, for the periodic sync and the unmount.
+    pub fn syncer(&self) -> Syncer<M> {
+        Syncer(self.core.clone())
     }
 
     /// Puts right what a crash left in the file store: the data of files whose inode is gone,
@@ -303,8 +332,27 @@ impl<M: Meta> Core<M> {
         Ok(())
     }
 
+    /// Puts every acknowledged change on disk: file data first, then the namespace, so that
+    /// no size on disk covers bytes that are not.
+    async fn sync(&self) -> Res<()> {
+        if !self.deferred {
+            return Ok(());
+        }
+        let _order = self.order.write().await;
+        self.store.sync().map_err(|e| {
+            tracing::error!(error = %e, "syncing file data failed");
+            data_errno(&e)
+        })?;
+        self.meta.sync().map_err(|e| {
+            tracing::error!(error = %e, "syncing the namespace failed");
+            errno(&e)
+        })
+    }
+
     /// Flushes the buffer and tells the namespace of the file's new end.
     async fn flush_all(&self, ino: u64, node: &mut Node) -> Res<()> {
+        // Data, then size, with no sync in between (see `order`).
+        let _order = self.order.read().await;
         self.flush_buffer(ino, node).await?;
         if node.unreported == 0 || node.unlinked.is_some() {
             node.unreported = 0;
@@ -1000,11 +1048,13 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Data is durable once it leaves the buffer; the namespace's changes are durable when
-        // they are acknowledged.
+        // The file's bytes and size, then everything acknowledged before (as a journalling
+        // file system's fsync commits the journal): with `SyncMode::Always` the flush alone
+        // is durable.
         let core = self.core.clone();
         self.run_here(async move {
             reply_err!(reply, core.flush(core.id(ino)).await);
+            reply_err!(reply, core.sync().await);
             reply.ok();
         });
     }
@@ -1155,8 +1205,13 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every namespace change is durable when it is acknowledged.
-        reply.ok();
+        // The directory's entries are namespace changes, made durable by a sync of everything
+        // acknowledged (with `SyncMode::Always` they already are).
+        let core = self.core.clone();
+        self.run_here(async move {
+            reply_err!(reply, core.sync().await);
+            reply.ok();
+        });
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -12,6 +12,8 @@ pub trait Meta: Send + Sync + 'static {
     fn namespace(&self) -> &[u8];
     /// Runs `op`.
     fn call<'a, R: Op + Sync>(&'a self, op: &'a R) -> BoxFuture<'a, Result<R::Reply, FsError>>;
+    /// Puts every acknowledged change on disk, when the store defers its syncs (blocks).
+    fn sync(&self) -> Result<(), FsError>;
 }
 
 /// The store in this process.
@@ -34,5 +36,12 @@ impl Meta for Embedded {
 
     fn call<'a, R: Op + Sync>(&'a self, op: &'a R) -> BoxFuture<'a, Result<R::Reply, FsError>> {
         Box::pin(self.svc.call(op))
+    }
+
+    fn sync(&self) -> Result<(), FsError> {
+        self.svc
+            .db()
+            .sync()
+            .map_err(|e| FsError::new(coprocessor::Errno::EIO, format!("syncing the store: {e}")))
     }
 }

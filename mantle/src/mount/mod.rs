@@ -66,12 +66,33 @@ pub struct MountConfig {
     pub data_capacity: u64,
     /// The store's MVCC window (tests make it tiny).
     pub mvcc_window_ms: Option<u64>,
+    /// When changes reach the disk.
+    pub sync: SyncMode,
+    /// How often a [`SyncMode::Posix`] mount syncs what nobody synced.
+    pub sync_interval: Duration,
+}
+
+/// When a mount's changes reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// As on a local file system: an acknowledged change (a create, a rename, a `write` once
+    /// the file is closed or flushed) survives the death of the mount process (`kill -9`) at
+    /// once, because the kernel has it; it survives a power cut once synced: by `fsync` or
+    /// `fdatasync` of the file (which syncs everything before it), `fsync` of a directory,
+    /// the unmount, and the periodic sync ([`MountConfig::sync_interval`]). File data is
+    /// synced before the sizes that cover it, so a power cut never leaves a file longer than
+    /// its synced bytes.
+    #[default]
+    Posix,
+    /// Every change, and every byte written, is on disk before it is acknowledged (an
+    /// `fdatasync` per namespace change, shared by concurrent ones).
+    Always,
 }
 
 impl MountConfig {
     /// A mount of namespace `default` of the store at `data` on `mountpoint`, with the
     /// defaults: 1 s attribute and entry caches, no negative cache, 16 threads, 4 GiB of file
-    /// data.
+    /// data, local-file-system durability synced every second ([`SyncMode::Posix`]).
     pub fn new(data: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>) -> MountConfig {
         MountConfig {
             mountpoint: mountpoint.into(),
@@ -85,6 +106,8 @@ impl MountConfig {
             threads: 16,
             data_capacity: 4 << 30,
             mvcc_window_ms: None,
+            sync: SyncMode::Posix,
+            sync_interval: Duration::from_secs(1),
         }
     }
 }
@@ -126,6 +149,10 @@ async fn open_embedded(config: &MountConfig) -> Result<(Arc<Service>, Arc<FileSt
     if let Some(ms) = config.mvcc_window_ms {
         cfg.tablet.window_ms = ms;
     }
+    let deferred = config.sync == SyncMode::Posix;
+    if deferred {
+        cfg.tablet.log_sync = tafdb::tablet::LogSync::Deferred;
+    }
     let db = tafdb::Db::open(cfg).await?;
     let svc = Arc::new(Service::open_with(
         db,
@@ -152,6 +179,7 @@ async fn open_embedded(config: &MountConfig) -> Result<(Arc<Service>, Arc<FileSt
     let shape = files_shape(config.data_capacity);
     let store = tokio::task::spawn_blocking(move || -> Result<FileStore, chunk_backend::Error> {
         let disk = Arc::new(Disk::open(&path, shape)?);
+        disk.set_deferred_sync(deferred)?;
         FileStore::open(disk, FILES_BLOB)
     })
     .await
@@ -183,6 +211,7 @@ pub async fn run(
         tokio::runtime::Handle::current(),
         &config,
     );
+    let syncer = fs.syncer();
     // Files whose data outlived their inode (a crash between the last unlink and the data's
     // removal) or whose data runs past their size (a crash in a truncate) are put right before
     // the mount serves anything.
@@ -220,6 +249,29 @@ pub async fn run(
             .map_err(|e| MountError::Fuse(format!("mount: {e}")))?
             .map_err(|e| MountError::Fuse(format!("mount {}: {e}", config.mountpoint.display())))?;
     let mut unmounter = session.unmount_callable();
+    // What nobody synced reaches the disk within the interval (as a local file system's
+    // journal commit does).
+    let (stop_sync, stopped) = std::sync::mpsc::channel::<()>();
+    let sync_thread = match config.sync {
+        SyncMode::Posix => {
+            let every = config.sync_interval.max(Duration::from_millis(1));
+            let (s, rt) = (syncer.clone(), tokio::runtime::Handle::current());
+            let t = std::thread::Builder::new()
+                .name("mount-sync".into())
+                .spawn(move || {
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(every)
+                    {
+                        if let Err(e) = rt.block_on(s.sync()) {
+                            tracing::error!(error = ?e, "the periodic sync failed");
+                        }
+                    }
+                })
+                .map_err(|e| MountError::Fuse(format!("sync thread: {e}")))?;
+            Some(t)
+        }
+        SyncMode::Always => None,
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("fuse-session".into())
@@ -244,6 +296,13 @@ pub async fn run(
             done_rx.await
         }
     };
+    drop(stop_sync);
+    if let Some(t) = sync_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    if let Err(e) = syncer.sync().await {
+        tracing::error!(error = ?e, "the last sync failed");
+    }
     svc.db().shutdown().await;
     match result {
         Ok(Ok(())) => Ok(()),

@@ -40,6 +40,10 @@ struct Args {
     /// The chunk size of the Raft log's store (a purge frees whole chunks).
     #[arg(long)]
     log_chunk_bytes: Option<u64>,
+    /// Acknowledge commits once written to the kernel, without an `fdatasync`
+    /// (`LogSync::Deferred`): they must survive `kill -9` all the same.
+    #[arg(long)]
+    deferred_sync: bool,
 }
 
 /// The two keys of transaction `seq` of `client`.
@@ -73,6 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(n) = args.log_chunk_bytes {
             cfg.tablet.log_chunk_bytes = n;
+        }
+        if args.deferred_sync {
+            cfg.tablet.log_sync = tafdb::tablet::LogSync::Deferred;
         }
         let db = Db::open(cfg).await?;
         println!("READY");

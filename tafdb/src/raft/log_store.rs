@@ -159,6 +159,8 @@ struct Shared {
     /// disk, where a failed vote or purge would stop the tablet.
     vote_file: Mutex<SlotFile>,
     purged_file: Mutex<SlotFile>,
+    /// The chunk store, for syncs when it defers them.
+    disk: Arc<Disk>,
 }
 
 impl Shared {
@@ -386,7 +388,8 @@ impl LogStore {
         };
         let (chunk_bytes, store_bytes) = fit_to_disk(dir, chunk_bytes, store_bytes)?;
         let disk = Disk::open(&dir.join(STORE_FILE), store_shape(chunk_bytes, store_bytes))?;
-        let blobs = Blobs::open(Arc::new(disk))?;
+        let disk = Arc::new(disk);
+        let blobs = Blobs::open(disk.clone())?;
         if !blobs.blobs().contains(&BLOB) {
             blobs.create(BLOB)?;
         }
@@ -400,6 +403,7 @@ impl LogStore {
             vote: Mutex::new(vote),
             vote_file: Mutex::new(vote_file),
             purged_file: Mutex::new(purged_file),
+            disk,
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let shape = blobs.disk().config();
@@ -419,6 +423,18 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer.run(rx))?;
         Ok(LogStore { shared, tx })
+    }
+
+    /// Acknowledges appends once written to the kernel, before their `fdatasync` (see
+    /// [`chunk_backend::disk::Disk::set_deferred_sync`] and [`crate::tablet::LogSync`]).
+    pub fn set_deferred_sync(&self, on: bool) -> Result<()> {
+        Ok(self.shared.disk.set_deferred_sync(on)?)
+    }
+
+    /// Puts every acknowledged append on the medium (nothing to do unless syncs are
+    /// deferred).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.shared.disk.sync()?)
     }
 
     /// How full the log's store is, from 0 to 1. The tablet reclaims the log up to the durable

@@ -95,7 +95,12 @@ pub struct TabletState {
     full_at: Mutex<Option<Option<LogId<NodeId>>>>,
     /// Woken after every applied batch; readers waiting for a pending commit sleep on it.
     pub applied_notify: tokio::sync::Notify,
+    /// Run by the flusher before it writes to the engines: syncs a log that defers its syncs.
+    before_flush: std::sync::OnceLock<BeforeFlush>,
 }
+
+/// See [`TabletState::set_before_flush`].
+pub type BeforeFlush = Box<dyn Fn() -> Result<()> + Send + Sync>;
 
 fn sto_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::<NodeId>::write_state_machine(openraft::AnyError::error(e.to_string())).into()
@@ -145,6 +150,7 @@ impl TabletState {
             full_snapshots: std::sync::atomic::AtomicBool::new(false),
             ship_full: std::sync::atomic::AtomicBool::new(false),
             full_at: Mutex::new(None),
+            before_flush: std::sync::OnceLock::new(),
             applied_notify: tokio::sync::Notify::new(),
         };
         state.recount_locks()?;
@@ -248,6 +254,13 @@ impl TabletState {
         Ok(out)
     }
 
+    /// Sets what the flusher runs before it writes entries to the engines (once; later calls
+    /// are ignored): the tablet syncs a log that defers its syncs, so that the engines never
+    /// hold an entry the log could lose.
+    pub fn set_before_flush(&self, f: BeforeFlush) {
+        let _ = self.before_flush.set(f);
+    }
+
     /// Flushes every version applied more than `window_ms` ago to the engines, persists them
     /// and advances the durable index. Returns the new durable log id, if it moved.
     pub fn flush_once(&self, window_ms: u64) -> Result<Option<LogId<NodeId>>> {
@@ -293,6 +306,17 @@ impl TabletState {
             }
             (target, membership)
         };
+        // Every entry up to the target was written to the log before it was applied.
+        if let Some(sync) = self.before_flush.get() {
+            if let Err(e) = sync() {
+                let mut a = self.applied.lock();
+                a.recent.push_front((target, 0, target_ts));
+                if let Some(m) = membership {
+                    a.memberships.push_front(m);
+                }
+                return Err(e);
+            }
+        }
         let mut meta = self.durable.lock().clone();
         meta.durable = Some(target);
         if let Some(m) = &membership {
