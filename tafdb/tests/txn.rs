@@ -752,46 +752,54 @@ async fn commits_after_a_shutdown_fail_cleanly() {
 /// A log store much smaller than what is written: the tablet asks for snapshots as the store
 /// fills, each lets the log be purged up to the durable index, and an append that finds the
 /// store full waits for that purge instead of failing. Every commit is kept across a restart.
+/// With synced and with deferred log syncs (whose appends are written inline until the store
+/// is full, then wait on the writer thread).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_log_store_is_purged_as_it_fills() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = || {
-        let mut cfg = DbConfig::new(dir.path());
-        cfg.tablet.window_ms = 20;
-        cfg.tablet.flush_interval_ms = 5;
-        // Far more entries than this between snapshots: only the fill level asks for them.
-        cfg.tablet.snapshot_logs = 1_000_000;
-        cfg.tablet.log_chunk_bytes = 64 << 10;
-        cfg.tablet.log_store_bytes = 2 << 20;
-        cfg
-    };
-    let db = Db::open(config()).await.expect("open");
-    let mut handles = Vec::new();
-    for w in 0..8u32 {
-        let db = db.clone();
-        handles.push(tokio::spawn(async move {
-            for i in 0..400u32 {
-                let mut t = db.begin().await.expect("begin");
-                t.put(format!("\x02k{w}-{i:04}").as_bytes(), &[w as u8; 1024])
-                    .expect("put");
-                t.commit().await.expect("commit on a small log store");
-            }
-        }));
+    for sync in [
+        tafdb::tablet::LogSync::EveryCommit,
+        tafdb::tablet::LogSync::Deferred,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = || {
+            let mut cfg = DbConfig::new(dir.path());
+            cfg.tablet.window_ms = 20;
+            cfg.tablet.flush_interval_ms = 5;
+            // Far more entries than this between snapshots: only the fill level asks for them.
+            cfg.tablet.snapshot_logs = 1_000_000;
+            cfg.tablet.log_chunk_bytes = 64 << 10;
+            cfg.tablet.log_store_bytes = 2 << 20;
+            cfg.tablet.log_sync = sync;
+            cfg
+        };
+        let db = Db::open(config()).await.expect("open");
+        let mut handles = Vec::new();
+        for w in 0..8u32 {
+            let db = db.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..400u32 {
+                    let mut t = db.begin().await.expect("begin");
+                    t.put(format!("\x02k{w}-{i:04}").as_bytes(), &[w as u8; 1024])
+                        .expect("put");
+                    t.commit().await.expect("commit on a small log store");
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("writer");
+        }
+        db.shutdown().await;
+        drop(db);
+        // 3.2 MB of values went through a 2 MiB store.
+        let db = Db::open(config()).await.expect("reopen");
+        let mut t = db.begin().await.expect("begin");
+        let rows = t
+            .scan(&KeyRange::prefix(b"\x02k"), 10_000)
+            .await
+            .expect("scan");
+        assert_eq!(rows.len(), 8 * 400, "{sync:?}");
+        db.shutdown().await;
     }
-    for h in handles {
-        h.await.expect("writer");
-    }
-    db.shutdown().await;
-    drop(db);
-    // 3.2 MB of values went through a 2 MiB store.
-    let db = Db::open(config()).await.expect("reopen");
-    let mut t = db.begin().await.expect("begin");
-    let rows = t
-        .scan(&KeyRange::prefix(b"\x02k"), 10_000)
-        .await
-        .expect("scan");
-    assert_eq!(rows.len(), 8 * 400);
-    db.shutdown().await;
 }
 
 fn set(offset: u32, bytes: &[u8], truncate: bool) -> DeltaOp {

@@ -161,6 +161,8 @@ struct Shared {
     purged_file: Mutex<SlotFile>,
     /// The chunk store, for syncs when it defers them.
     disk: Arc<Disk>,
+    /// Whether appends may be written inline (deferred syncs).
+    inline: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -182,6 +184,10 @@ impl Shared {
 pub struct LogStore {
     shared: Arc<Shared>,
     tx: std::sync::mpsc::Sender<WriterMsg>,
+    /// The writer, shared with its thread: with deferred syncs an append is written on the
+    /// caller's thread (openraft's core task) when the thread is idle (see
+    /// [`LogStore::set_deferred_sync`]).
+    writer: Arc<Mutex<Writer>>,
 }
 
 /// A reader over the same log (openraft reads entries for apply and replication through it).
@@ -404,6 +410,7 @@ impl LogStore {
             vote_file: Mutex::new(vote_file),
             purged_file: Mutex::new(purged_file),
             disk,
+            inline: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let shape = blobs.disk().config();
@@ -419,16 +426,27 @@ impl LogStore {
             chunk_blocks: u64::from(shape.chunk_blocks),
         };
         writer.publish_fill();
+        let writer = Arc::new(Mutex::new(writer));
+        let w = writer.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer.run(rx))?;
-        Ok(LogStore { shared, tx })
+            .spawn(move || Writer::run(&w, rx))?;
+        Ok(LogStore { shared, tx, writer })
     }
 
     /// Acknowledges appends once written to the kernel, before their `fdatasync` (see
     /// [`chunk_backend::disk::Disk::set_deferred_sync`] and [`crate::tablet::LogSync`]).
+    ///
+    /// Deferred, an append is also written on the caller's thread when the writer thread is
+    /// idle: it costs a `pwrite`, less than the two thread hand-offs to the writer and back
+    /// (openraft's core waits for every append anyway). Synced, appends stay on the writer
+    /// thread, so that an `fdatasync` never holds a runtime thread.
     pub fn set_deferred_sync(&self, on: bool) -> Result<()> {
-        Ok(self.shared.disk.set_deferred_sync(on)?)
+        self.shared.disk.set_deferred_sync(on)?;
+        self.shared
+            .inline
+            .store(on, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Puts every acknowledged append on the medium (nothing to do unless syncs are
@@ -481,6 +499,11 @@ impl Writer {
             .store(used, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Blocks `bytes` more in `records` records may take (with a new chunk).
+    fn blocks_needed(&self, bytes: u64, records: u64) -> u64 {
+        (bytes + records * 64).div_ceil(self.block_size) + self.chunk_blocks + 1
+    }
+
     /// Waits until the store has room for `bytes` more (and a new chunk), applying the purges
     /// that arrive meanwhile (they only concern entries already durable, before the waiting
     /// ones). The store has no other writer, so room seen here is room the append gets.
@@ -490,7 +513,7 @@ impl Writer {
         records: u64,
         rx: &std::sync::mpsc::Receiver<WriterMsg>,
     ) -> std::io::Result<()> {
-        let need = (bytes + records * 64).div_ceil(self.block_size) + self.chunk_blocks + 1;
+        let need = self.blocks_needed(bytes, records);
         let deadline = std::time::Instant::now() + ROOM_WAIT;
         let mut warned = false;
         while self.blobs.disk().free_blocks() < need {
@@ -538,15 +561,23 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self, rx: std::sync::mpsc::Receiver<WriterMsg>) {
+    fn run(writer: &Mutex<Writer>, rx: std::sync::mpsc::Receiver<WriterMsg>) {
         loop {
-            let first = match self.backlog.pop_front() {
+            let backlogged = writer.lock().backlog.pop_front();
+            let first = match backlogged {
                 Some(m) => m,
                 None => match rx.recv() {
                     Ok(m) => m,
                     Err(_) => return,
                 },
             };
+            writer.lock().handle(first, &rx);
+        }
+    }
+
+    /// Handles `first` and every message queued behind it.
+    fn handle(&mut self, first: WriterMsg, rx: &std::sync::mpsc::Receiver<WriterMsg>) {
+        {
             let mut msgs = vec![first];
             msgs.extend(self.backlog.drain(..));
             while let Ok(m) = rx.try_recv() {
@@ -562,11 +593,11 @@ impl Writer {
                     }
                     other => {
                         // The group so far goes first: a truncate or purge follows it.
-                        let res = self.write_group(&mut group, &rx);
+                        let res = self.write_group(&mut group, rx);
                         finish(&mut callbacks, &res);
                         match other {
                             WriterMsg::Truncate { from, done } => {
-                                let _ = done.send(res.and_then(|_| self.truncate(from, &rx)));
+                                let _ = done.send(res.and_then(|_| self.truncate(from, rx)));
                             }
                             WriterMsg::Purge { upto, done } => {
                                 let _ = done.send(res.and_then(|_| self.purge(upto)));
@@ -579,7 +610,7 @@ impl Writer {
                     }
                 }
             }
-            let res = self.write_group(&mut group, &rx);
+            let res = self.write_group(&mut group, rx);
             finish(&mut callbacks, &res);
         }
     }
@@ -601,6 +632,34 @@ impl Writer {
         }
         let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
         self.ensure_room(bytes, records.len() as u64, rx)?;
+        self.place(&records, first_record)
+    }
+
+    /// Appends `group` now if the store has room for it without a purge (else leaves it).
+    fn write_group_inline(
+        &mut self,
+        group: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Option<std::io::Result<()>> {
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity(group.len());
+        let mut first_record: Vec<(u64, usize)> = Vec::with_capacity(group.len());
+        for (index, bytes) in group.iter() {
+            first_record.push((*index, records.len()));
+            records.extend(entry_records(bytes, *index, self.max_record));
+        }
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        if self.blobs.disk().free_blocks() < self.blocks_needed(bytes, records.len() as u64) {
+            return None;
+        }
+        group.clear();
+        Some(self.place(&records, first_record))
+    }
+
+    /// Appends the records of a group; `first_record` maps each entry to its first record.
+    fn place(
+        &mut self,
+        records: &[Vec<u8>],
+        first_record: Vec<(u64, usize)>,
+    ) -> std::io::Result<()> {
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         let placed = self
             .blobs
@@ -747,6 +806,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let index = e.get_log_id().index;
                 records.push((index, bytes));
                 map.insert(index, e);
+            }
+        }
+        if self
+            .shared
+            .inline
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Only while the thread is idle and has nothing queued: appends stay in order
+            // (openraft waits for each before the next), and a full store waits for its purge
+            // on the thread, never here.
+            if let Some(mut w) = self.writer.try_lock() {
+                if w.backlog.is_empty() {
+                    if let Some(res) = w.write_group_inline(&mut records) {
+                        drop(w);
+                        let mut callbacks = vec![callback];
+                        finish(&mut callbacks, &res);
+                        return Ok(());
+                    }
+                }
             }
         }
         self.tx
