@@ -22,8 +22,11 @@ WORK=$(mktemp -d /var/tmp/mount-bench.XXXXXX)
 SHM=/dev/shm/mount-bench.$$
 MNT=$WORK/mnt
 MOUNT_PID=""
-FSES="tmpfs ext4 mantle"
+FSES="tmpfs ext4 mantle mantle-always"
+MOUNT2_PID=""
 cleanup() {
+  if [ -n "$MOUNT2_PID" ]; then kill -TERM "$MOUNT2_PID" 2>/dev/null || true; wait "$MOUNT2_PID" 2>/dev/null || true; fi
+  fusermount3 -uz "$WORK/mnt2" 2>/dev/null || true
   [ -d "$WORK/mfs" ] && bash docs/bench/moosefs.sh stop "$WORK/mfs"
   if [ -n "$MOUNT_PID" ]; then kill -TERM "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true; fi
   fusermount3 -uz "$MNT" 2>/dev/null || true
@@ -41,20 +44,35 @@ mkdir -p "$MNT" "$WORK/ext4" "$SHM" "$WORK/json" "$WORK/unique"
 MOUNT_PID=$!
 for _ in $(seq 300); do grep -q "mounted" "$WORK/mount.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "mounted" "$WORK/mount.out" || { cat "$WORK/mount.log"; exit 1; }
+# The same with every change on disk before it is acknowledged (--sync always).
+mkdir -p "$WORK/mnt2"
+"$BIN/mantle" mount --foreground --sync always --data "$WORK/data2" --data-capacity-mib $((BIG_MIB * 2 + 1024)) \
+  "$WORK/mnt2" >"$WORK/mount2.out" 2>"$WORK/mount2.log" &
+MOUNT2_PID=$!
+for _ in $(seq 300); do grep -q "mounted" "$WORK/mount2.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "mounted" "$WORK/mount2.out" || { cat "$WORK/mount2.log"; exit 1; }
 
 if [ "${MOOSEFS:-1}" = 1 ] && command -v mfsmaster >/dev/null; then
   MFS=$(bash docs/bench/moosefs.sh start "$WORK/mfs")
-  FSES="tmpfs ext4 moosefs mantle"
+  FSES="tmpfs ext4 moosefs mantle mantle-always"
 fi
 
 TICK=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$MOUNT_PID/stat"; }
+# CPU ticks (user + system) of the mount serving $fs (0 for the others).
+cpu() {
+  case $fs in
+    mantle) awk '{print $14 + $15}' "/proc/$MOUNT_PID/stat" ;;
+    mantle-always) awk '{print $14 + $15}' "/proc/$MOUNT2_PID/stat" ;;
+    *) echo 0 ;;
+  esac
+}
 for fs in $FSES; do
   case $fs in
     tmpfs) DIR=$SHM/t ;;
     ext4) DIR=$WORK/ext4/t ;;
     moosefs) DIR=$MFS/t ;;
     mantle) DIR=$MNT/t ;;
+    mantle-always) DIR=$WORK/mnt2/t ;;
   esac
   before=$(cpu)
   echo "+ mdtest on $fs" >&2
@@ -93,10 +111,12 @@ for kind, title in (("json", "one shared directory"), ("unique", "a directory pe
         cells = [f"{rate[fs]:,.0f}" for fs in fses] + [f"{rate['mantle'] / rate[r]:.2f}" for r in ratios]
         print(f"| {ph} | " + " | ".join(cells) + f" | {' / '.join(p50)} |")
     print()
-m = runs["mantle"]["scenarios"][0]["phases"]
-ops = sum(sum(p["ops"]) for p in m)
-cpu = int(open(f"{work}/mantle.cpu").read()) / tick
-print(f"The mount process (shared-directory run) used {cpu:.1f} s of CPU for {ops:,} operations: {cpu / ops * 1e6:.0f} us per operation.")
+runs = {fs: json.load(open(f"{work}/json/{fs}.json")) for fs in fses}
+for fs in ("mantle", "mantle-always"):
+    m = runs[fs]["scenarios"][0]["phases"]
+    ops = sum(sum(p["ops"]) for p in m)
+    cpu = int(open(f"{work}/{fs}.cpu").read()) / tick
+    print(f"The {fs} mount process (shared-directory run) used {cpu:.1f} s of CPU for {ops:,} operations: {cpu / ops * 1e6:.0f} us per operation.")
 PY
 
 echo >>"$WORK/table.md"
@@ -108,6 +128,7 @@ for fs in $FSES; do
     ext4) F=$WORK/ext4/big ;;
     moosefs) F=$MFS/big ;;
     mantle) F=$MNT/big ;;
+    mantle-always) F=$WORK/mnt2/big ;;
   esac
   echo "+ dd on $fs" >&2
   w=$(dd if=/dev/zero of="$F" bs=1M count="$BIG_MIB" conv=fsync 2>&1 | tail -1 | sed -E 's/.*, ([0-9.]+) s, .*/\1/')
