@@ -871,7 +871,8 @@ fn a_source_tree_unpacks_copies_and_compares_equal() {
     let reference = tmpfs_dir();
     for root in [reference.path(), m.at.as_path()] {
         sh(&format!(
-            "mkdir {r}/x && tar -C {r}/x -xf {t} && cp -a {r}/x {r}/y && mv {r}/y/src {r}/y/moved",
+            "mkdir {r}/x && tar -C {r}/x -xf {t} && cp -a {r}/x {r}/y && mv {r}/y/src {r}/y/moved \
+             && rsync -a {r}/x/ {r}/z/ && rsync -a --delete {r}/y/ {r}/z/",
             r = root.display(),
             t = tarball.display()
         ));
@@ -886,8 +887,77 @@ fn a_source_tree_unpacks_copies_and_compares_equal() {
         reference.path().display(),
         m.at.display()
     ));
-    sh(&format!("rm -r {}/x {}/y", m.at.display(), m.at.display()));
+    // rsync -a over an existing tree (with --delete) leaves a copy of y.
+    sh(&format!(
+        "diff -r {}/y {}/z",
+        m.at.display(),
+        m.at.display()
+    ));
+    sh(&format!(
+        "diff -r {}/z {}/z",
+        reference.path().display(),
+        m.at.display()
+    ));
+    // Every file's mode and mtime kept (directories left out: rsync leaves the top directory's
+    // mtime at its last change here, where tmpfs gets the source's; see the issue's notes).
+    sh(&format!(
+        "[ \"$(cd {}/y && find . -type f -printf '%M %T@ %p\\n' | sort)\" = \"$(cd {}/z && find . -type f -printf '%M %T@ %p\\n' | sort)\" ]",
+        m.at.display(),
+        m.at.display()
+    ));
+    sh(&format!(
+        "rm -r {}/x {}/y {}/z",
+        m.at.display(),
+        m.at.display(),
+        m.at.display()
+    ));
     assert_eq!(std::fs::read_dir(&m.at).expect("ls").count(), 0);
+    m.stop();
+}
+
+/// `flock` and `fcntl` locks exclude other processes of the mount (the kernel keeps them: the
+/// data directory serves one mount, so every process that can open the file is on it).
+#[test]
+fn flock_and_fcntl_locks_exclude_other_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = Mounted::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let f = m.at.join("locked");
+    std::fs::write(&f, b"x").expect("create");
+    let run = |script: &str| -> bool {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .expect("sh")
+            .success()
+    };
+    let p = f.display();
+    // Held by one process: another one's non-blocking attempt fails, and succeeds once it is
+    // released.
+    assert!(run(&format!(
+        "flock -x {p} -c 'flock -n -x {p} -c true' && exit 1; flock -n -x {p} -c true"
+    )));
+    let held = run(&format!(
+        "exec 9<>{p}; flock -x 9; (flock -n -x {p} -c true) && exit 1; flock -u 9; flock -n -x {p} -c true"
+    ));
+    assert!(held, "flock");
+    // POSIX record locks through fcntl (python's lockf): a child cannot take what its
+    // parent holds.
+    let fcntl = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import fcntl,os,sys\n\
+             fd=os.open('{p}',os.O_RDWR); fcntl.lockf(fd,fcntl.LOCK_EX)\n\
+             pid=os.fork()\n\
+             if pid==0:\n\
+             \x20 fd2=os.open('{p}',os.O_RDWR)\n\
+             \x20 try: fcntl.lockf(fd2,fcntl.LOCK_EX|fcntl.LOCK_NB); os._exit(1)\n\
+             \x20 except OSError: os._exit(0)\n\
+             _,st=os.waitpid(pid,0); sys.exit(os.waitstatus_to_exitcode(st))"
+        ))
+        .status()
+        .expect("python3");
+    assert!(fcntl.success(), "fcntl: a second process took a held lock");
     m.stop();
 }
 
