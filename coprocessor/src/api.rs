@@ -28,8 +28,16 @@ pub enum Obj {
         /// Follow a final symlink.
         follow: bool,
     },
-    /// By inode id.
+    /// By inode id. A caller other than root may name only directories it could reach by path,
+    /// and files it owns, this way (ids are sequential: by id it must not get what a path
+    /// would not give it).
     Inode(u64),
+    /// By inode id, for a client that reached the inode through a path it checked itself: a
+    /// FUSE mount, whose kernel walks every path with the caller's search permissions
+    /// (`default_permissions`) before it sends an inode's id. Any caller may name a file this
+    /// way; the operation still checks its own permission (read, write, ownership) for the
+    /// caller. Only callers in the store's process can use it: the gRPC API has no such form.
+    Handle(u64),
     /// Entry `name` of directory `parent` (never followed).
     Entry {
         /// The parent directory's inode id.

@@ -301,7 +301,7 @@ impl<M: Meta> Core<M> {
             .call(&Stat {
                 ns: self.ns(),
                 cred,
-                obj: Obj::Inode(id),
+                obj: Obj::Handle(id),
             })
             .await
     }
@@ -565,7 +565,7 @@ impl<M: Meta> Core<M> {
         let op = SetAttr {
             ns: self.ns(),
             cred,
-            obj: Some(Obj::Inode(id)),
+            obj: Some(Obj::Handle(id)),
             mode,
             uid,
             gid,
@@ -574,6 +574,13 @@ impl<M: Meta> Core<M> {
             mtime: mtime.map(time),
         };
         let Some(size) = size else {
+            // Writes buffered or not yet reported come first: their report (`ns.wrote`, at the
+            // latest on close) sets the mtime to now, and must not overwrite the time or mode
+            // set here (`cp -a` and `rsync` write, then set times and modes, then close).
+            if let Some(at) = self.nodes.peek(id) {
+                let mut node = at.lock().await;
+                self.flush_all(id, &mut node).await?;
+            }
             let a = self.meta.call(&op).await.map_err(|e| errno(&e))?;
             return Ok(self.shown(&a).await);
         };
@@ -626,7 +633,7 @@ impl<M: Meta> Core<M> {
                 .call(&Readdir {
                     ns: self.ns(),
                     cred: cred.clone(),
-                    dir: Obj::Inode(id),
+                    dir: Obj::Handle(id),
                     after: dir.next.clone().unwrap_or_default(),
                     limit: 256,
                     plus,
@@ -785,7 +792,7 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
             let op = Readlink {
                 ns: core.ns(),
                 cred,
-                obj: Obj::Inode(core.id(ino)),
+                obj: Obj::Handle(core.id(ino)),
             };
             match core.meta.call(&op).await {
                 Ok(t) => reply.data(&t),
@@ -950,7 +957,7 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
             let op = Link {
                 ns: core.ns(),
                 cred,
-                target: Obj::Inode(core.id(ino)),
+                target: Obj::Handle(core.id(ino)),
                 at: core.entry(newparent, &name),
             };
             match core.meta.call(&op).await {
@@ -1255,6 +1262,13 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        // POSIX ACLs are not implemented: stored as plain xattrs they would not change the
+        // mode the kernel checks. Refused, tools fall back to chmod (`cp -a` sets a copy's
+        // mode through `system.posix_acl_access` where it can).
+        if name.as_bytes().starts_with(b"system.posix_acl_") {
+            reply.error(fuser::Errno::EOPNOTSUPP);
+            return;
+        }
         let (core, name, cred, value) = (
             self.core.clone(),
             name_of(name),
@@ -1265,7 +1279,7 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
             let op = XattrSet {
                 ns: core.ns(),
                 cred,
-                obj: Obj::Inode(core.id(ino)),
+                obj: Obj::Handle(core.id(ino)),
                 name,
                 value,
                 flags: flags as u32,
@@ -1280,7 +1294,7 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
             let op = XattrGet {
                 ns: core.ns(),
                 cred,
-                obj: Obj::Inode(core.id(ino)),
+                obj: Obj::Handle(core.id(ino)),
                 name,
             };
             match core.meta.call(&op).await {
@@ -1298,7 +1312,7 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
             let op = XattrList {
                 ns: core.ns(),
                 cred,
-                obj: Obj::Inode(core.id(ino)),
+                obj: Obj::Handle(core.id(ino)),
             };
             match core.meta.call(&op).await {
                 Ok(names) => {
@@ -1326,7 +1340,7 @@ impl<M: Meta> fuser::Filesystem for MantleFs<M> {
             let op = XattrRemove {
                 ns: core.ns(),
                 cred,
-                obj: Obj::Inode(core.id(ino)),
+                obj: Obj::Handle(core.id(ino)),
                 name,
             };
             answer_empty(reply, core.meta.call(&op).await);
