@@ -38,7 +38,7 @@ cargo build --release -p mantle -p mdtest
 BIN=${CARGO_TARGET_DIR:-target}/release
 MD=$BIN/mdtest
 
-mkdir -p "$MNT" "$WORK/ext4" "$SHM" "$WORK/json" "$WORK/unique"
+mkdir -p "$MNT" "$WORK/ext4" "$SHM" "$WORK/json" "$WORK/unique" "$WORK/preset"
 "$BIN/mantle" mount --foreground --data "$WORK/data" --data-capacity-mib $((BIG_MIB * 2 + 1024)) \
   "$MNT" >"$WORK/mount.out" 2>"$WORK/mount.log" &
 MOUNT_PID=$!
@@ -88,6 +88,21 @@ for fs in $FSES; do
     --json "$WORK/unique/$fs.json" >"$WORK/$fs-unique.txt" 2>&1
   rm -rf "$DIR"
 done
+# mdtest-rs's `--preset mantle`: the seven operations of the Mantle paper, in one shared
+# directory and in a directory per task, 1000 items per task.
+for fs in $FSES; do
+  case $fs in
+    tmpfs) DIR=$SHM/p ;;
+    ext4) DIR=$WORK/ext4/p ;;
+    moosefs) DIR=$MFS/p ;;
+    mantle) DIR=$MNT/p ;;
+    mantle-always) DIR=$WORK/mnt2/p ;;
+  esac
+  echo "+ mdtest --preset mantle on $fs" >&2
+  "$MD" --preset mantle --tasks "$TASKS" -d "$DIR" --label "$fs" \
+    --json "$WORK/preset/$fs.json" >"$WORK/$fs-preset.txt" 2>&1
+  rm -rf "$DIR"
+done
 # Median rate per phase; the mount's CPU (user + system of its process) over every operation
 # of the run.
 python3 - "$WORK" "$TICK" $FSES >"$WORK/table.md" <<'PY'
@@ -111,6 +126,23 @@ for kind, title in (("json", "one shared directory"), ("unique", "a directory pe
         cells = [f"{rate[fs]:,.0f}" for fs in fses] + [f"{rate['mantle'] / rate[r]:.2f}" for r in ratios]
         print(f"| {ph} | " + " | ".join(cells) + f" | {' / '.join(p50)} |")
     print()
+print("**--preset mantle** (p50 us in the last column)")
+print()
+runs = {fs: json.load(open(f"{work}/preset/{fs}.json")) for fs in fses}
+ratios = ["tmpfs"] + (["moosefs"] if "moosefs" in fses else [])
+print("| scenario | phase | " + " | ".join(f"{fs} ops/s" for fs in fses) + " | "
+      + " | ".join(f"mantle / {r}" for r in ratios) + f" | p50 us ({' / '.join(fses)}) |")
+print("|---|---|" + "---:|" * (len(fses) + len(ratios)) + "---|")
+for i, sc in enumerate(runs["mantle"]["scenarios"]):
+    for ph in [p["name"] for p in sc["phases"]]:
+        rate, p50 = {}, []
+        for fs in fses:
+            p = next(x for x in runs[fs]["scenarios"][i]["phases"] if x["name"] == ph)
+            rate[fs] = statistics.median(p["rates"])
+            p50.append(f'{p["p50_us"]:.0f}')
+        cells = [f"{rate[fs]:,.0f}" for fs in fses] + [f"{rate['mantle'] / rate[r]:.2f}" for r in ratios]
+        print(f"| {sc['label']} | {ph} | " + " | ".join(cells) + f" | {' / '.join(p50)} |")
+print()
 runs = {fs: json.load(open(f"{work}/json/{fs}.json")) for fs in fses}
 for fs in ("mantle", "mantle-always"):
     m = runs[fs]["scenarios"][0]["phases"]
@@ -143,6 +175,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 cp "$WORK/json"/*.json "$OUT/"
 mkdir -p "$OUT/unique" && cp "$WORK/unique"/*.json "$OUT/unique/"
+mkdir -p "$OUT/preset" && cp "$WORK/preset"/*.json "$OUT/preset/"
 cp "$WORK/table.md" "$OUT/table.md"
 for fs in $FSES; do cp "$WORK/$fs.txt" "$OUT/$fs.txt"; done
 "$MD" report "$OUT"/*.json --out "$OUT" >/dev/null || true
