@@ -66,14 +66,18 @@ cpu() {
     *) echo 0 ;;
   esac
 }
-for fs in $FSES; do
-  case $fs in
-    tmpfs) DIR=$SHM/t ;;
-    ext4) DIR=$WORK/ext4/t ;;
-    moosefs) DIR=$MFS/t ;;
-    mantle) DIR=$MNT/t ;;
-    mantle-always) DIR=$WORK/mnt2/t ;;
+# Where file system $1 is.
+root_of() {
+  case $1 in
+    tmpfs) echo "$SHM" ;;
+    ext4) echo "$WORK/ext4" ;;
+    moosefs) echo "$MFS" ;;
+    mantle) echo "$MNT" ;;
+    mantle-always) echo "$WORK/mnt2" ;;
   esac
+}
+for fs in $FSES; do
+  DIR=$(root_of "$fs")/t
   before=$(cpu)
   echo "+ mdtest on $fs" >&2
   "$MD" -n "$N" --tasks "$TASKS" -i "$ITER" -w 4096 -e 4096 -d "$DIR" --label "$fs" \
@@ -91,13 +95,7 @@ done
 # mdtest-rs's `--preset mantle`: the seven operations of the Mantle paper, in one shared
 # directory and in a directory per task, 1000 items per task.
 for fs in $FSES; do
-  case $fs in
-    tmpfs) DIR=$SHM/p ;;
-    ext4) DIR=$WORK/ext4/p ;;
-    moosefs) DIR=$MFS/p ;;
-    mantle) DIR=$MNT/p ;;
-    mantle-always) DIR=$WORK/mnt2/p ;;
-  esac
+  DIR=$(root_of "$fs")/p
   echo "+ mdtest --preset mantle on $fs" >&2
   "$MD" --preset mantle --tasks "$TASKS" -d "$DIR" --label "$fs" \
     --json "$WORK/preset/$fs.json" >"$WORK/$fs-preset.txt" 2>&1
@@ -155,13 +153,7 @@ echo >>"$WORK/table.md"
 echo "| file system | sequential write MiB/s (with fsync) | sequential read MiB/s (cold open) |" >>"$WORK/table.md"
 echo "|---|---:|---:|" >>"$WORK/table.md"
 for fs in $FSES; do
-  case $fs in
-    tmpfs) F=$SHM/big ;;
-    ext4) F=$WORK/ext4/big ;;
-    moosefs) F=$MFS/big ;;
-    mantle) F=$MNT/big ;;
-    mantle-always) F=$WORK/mnt2/big ;;
-  esac
+  F=$(root_of "$fs")/big
   echo "+ dd on $fs" >&2
   w=$(dd if=/dev/zero of="$F" bs=1M count="$BIG_MIB" conv=fsync 2>&1 | tail -1 | sed -E 's/.*, ([0-9.]+) s, .*/\1/')
   sync

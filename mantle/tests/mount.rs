@@ -434,7 +434,7 @@ fn the_mount_behaves_like_tmpfs_for_several_users() {
         &["-o", "allow_other"],
     );
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 24,
+        cases: 48,
         max_shrink_iters: 64,
         ..ProptestConfig::default()
     });
@@ -875,6 +875,16 @@ fn corners_answer_as_tmpfs_does() {
     m.stop();
 }
 
+/// Runs `sh -c SCRIPT` in `dir`, capturing its output.
+fn shell(script: &str, dir: &Path) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh")
+}
+
 /// Runs `sh -c SCRIPT` as `uid`:`gid`; whether it succeeded.
 fn as_user(uid: u32, gid: u32, script: &str) -> bool {
     use std::os::unix::process::CommandExt;
@@ -968,12 +978,13 @@ fn a_source_tree_unpacks_copies_and_compares_equal() {
     let tarball = dir.path().join("src.tar");
     let src = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sh = |script: &str| {
-        let st = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .status()
-            .expect("sh");
-        assert!(st.success(), "{script}: {st}");
+        let out = shell(script, dir.path());
+        assert!(
+            out.status.success(),
+            "{script}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     sh(&format!(
         "tar -C {} -cf {} src tests proto Cargo.toml",
@@ -1013,14 +1024,10 @@ fn a_source_tree_unpacks_copies_and_compares_equal() {
     // Modes and times below the three roots, as tar, cp -a and rsync -a set them: the same as
     // on tmpfs (the roots themselves were made at different times).
     let listing = |root: &Path| {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "cd {} && find x y z -mindepth 1 -printf '%M %T@ %p\\n' | sort -k3",
-                root.display()
-            ))
-            .output()
-            .expect("find");
+        let out = shell(
+            "find x y z -mindepth 1 -printf '%M %T@ %p\\n' | sort -k3",
+            root,
+        );
         assert!(out.status.success());
         String::from_utf8(out.stdout).expect("utf-8")
     };
@@ -1048,14 +1055,7 @@ fn flock_and_fcntl_locks_exclude_other_processes() {
     let m = Mounted::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
     let f = m.at.join("locked");
     std::fs::write(&f, b"x").expect("create");
-    let run = |script: &str| -> bool {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .status()
-            .expect("sh")
-            .success()
-    };
+    let run = |script: &str| shell(script, &m.at).status.success();
     let p = f.display();
     // Held by one process: another one's non-blocking attempt fails, and succeeds once it is
     // released.
@@ -1120,12 +1120,7 @@ find repo -not -path '*/.git/*' -not -name db.sqlite | sort
 du -b --apparent-size repo/src/*.c repo/Makefile
 "#;
     let run = |root: &Path| {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(root)
-            .output()
-            .expect("sh");
+        let out = shell(script, root);
         assert!(
             out.status.success(),
             "in {}: {}",

@@ -100,7 +100,12 @@ impl Op for SetAttr {
                 if m & S_IFMT != 0 {
                     return fail(Errno::EINVAL, "setattr cannot change the file type");
                 }
-                if !owner_or_root(cred, &a) {
+                // What a write or truncate by someone else does (the kernel sends it along with
+                // a truncate: "kill suid/sgid"): allowed to whoever may write the file.
+                let drops_privileges = m & 0o7777 == drop_privileges(a.mode) & 0o7777
+                    && m & 0o7777 != a.mode & 0o7777
+                    && cred.may(a.mode, a.uid, a.gid, MAY_WRITE);
+                if !owner_or_root(cred, &a) && !drops_privileges {
                     return fail(Errno::EPERM, "only the owner may change the mode");
                 }
                 let mut perm = m & 0o7777;
