@@ -19,8 +19,10 @@
 //! and finds it still queued takes the committer lock, takes every queued append, frames them,
 //! writes all of them (adjacent pieces merged into one `pwrite`), issues one `fdatasync`, and
 //! only then acknowledges them all; the others queue behind it and find theirs answered, or
-//! commit the next batch. No thread of its own: the I/O runs on the waiting caller's thread. After an I/O failure the engine refuses everything until reopened,
-//! because the kernel may have dropped the unsynced pages.
+//! commit the next batch. No thread of its own: the I/O runs on the waiting caller's thread.
+//! With deferred syncs ([`Disk::set_deferred_sync`]) a batch is acknowledged once written and
+//! made durable by [`Disk::sync`]. After an I/O failure the engine refuses everything until
+//! reopened, because the kernel may have dropped the unsynced pages.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -205,8 +207,8 @@ pub struct ChunkEntry {
     /// Where a seal cut the chunk (records past it are not part of it), if it was sealed at a
     /// length.
     pub sealed_len: Option<u64>,
-    /// A length known durable: the chunk's length after the previous group commit that touched
-    /// it (written with the next one). Damage below it is corruption; damage above it may be a
+    /// A length known durable: the chunk's synced length as of the previous group commit that
+    /// touched it (written with the next one; with deferred syncs, as of the last sync). Damage below it is corruption; damage above it may be a
     /// batch a power loss cut short, which was never acknowledged, and is cut as a torn tail.
     pub checkpoint: u64,
 }
@@ -329,6 +331,9 @@ pub struct Disk {
     closed: AtomicBool,
     /// Whether appends are acknowledged once written, before their `fdatasync`.
     deferred: AtomicBool,
+    /// Runs before every `fdatasync` of this store's own making (see
+    /// [`Disk::set_before_sync`]).
+    before_sync: std::sync::OnceLock<BeforeSync>,
     opened: Vec<ChunkInfo>,
     io_name: &'static str,
 }
@@ -437,6 +442,7 @@ impl Disk {
             committer: Mutex::new(io),
             closed: AtomicBool::new(false),
             deferred: AtomicBool::new(false),
+            before_sync: std::sync::OnceLock::new(),
             opened,
             io_name,
         })
@@ -625,7 +631,7 @@ impl Disk {
                 self.cfg.block_table() + u64::from(block) * 4,
             )?;
             self.write_entry(slot, &entry)?;
-            self.file.sync_data()?;
+            self.sync_ordered()?;
             Ok(())
         })();
         if let Err(e) = io {
@@ -711,7 +717,7 @@ impl Disk {
         let slot = c.slot;
         let io = self
             .write_entry(slot, &e)
-            .and_then(|()| Ok(self.file.sync_data()?));
+            .and_then(|()| self.sync_ordered());
         if let Err(err) = io {
             self.failed.store(true, Ordering::Release);
             return Err(err);
@@ -747,7 +753,7 @@ impl Disk {
                     self.cfg.block_table() + u64::from(*b) * 4,
                 )?;
             }
-            self.file.sync_data()?;
+            self.sync_ordered()?;
             Ok(())
         })();
         if let Err(e) = io {
@@ -825,7 +831,11 @@ impl Disk {
             payload,
             reply,
         });
-        Ok(Submitted { disk: self, rx })
+        Ok(Submitted {
+            disk: self,
+            rx,
+            answered: false,
+        })
     }
 
     /// Acknowledges appends once they are written to the kernel, before their `fdatasync`
@@ -839,6 +849,27 @@ impl Disk {
         }
         self.deferred.store(on, Ordering::Release);
         Ok(())
+    }
+
+    /// Sets what runs before every `fdatasync` this store issues while it defers its syncs
+    /// (once; later calls are ignored): a store whose records describe another store's bytes
+    /// (a namespace's sizes, the file data) syncs that one first, so a power cut never leaves
+    /// a synced description of unsynced bytes. Chunk creation, sealing and deletion sync too.
+    pub fn set_before_sync(&self, f: BeforeSync) {
+        let _ = self.before_sync.set(f);
+    }
+
+    fn before_sync(&self) -> Result<()> {
+        match self.before_sync.get() {
+            Some(f) if self.deferred.load(Ordering::Acquire) => f(),
+            _ => Ok(()),
+        }
+    }
+
+    /// `fdatasync` after the [`Disk::set_before_sync`] hook.
+    fn sync_ordered(&self) -> Result<()> {
+        self.before_sync()?;
+        Ok(self.file.sync_data()?)
     }
 
     /// Puts every acknowledged append on the medium (one `fdatasync`, none when there is
@@ -857,10 +888,10 @@ impl Disk {
         }
         self.check_failed()?;
         // Every byte below `durable` was written before `durable` moved: this sync covers it.
-        let io = sync_file(&self.file);
+        let io = self.before_sync().and_then(|()| Ok(sync_file(&self.file)?));
         if let Err(e) = io {
             self.failed.store(true, Ordering::Release);
-            return Err(e.into());
+            return Err(e);
         }
         let mut st = self.state.lock();
         for (id, upto) in upto {
@@ -875,6 +906,11 @@ impl Disk {
     /// waits for it: what was pending before is answered when it returns).
     fn commit_pending(&self) {
         let mut io = self.committer.lock();
+        self.commit_locked(&mut io);
+    }
+
+    /// [`Disk::commit_pending`] with the committer lock held.
+    fn commit_locked(&self, io: &mut Io) {
         let batch: Vec<AppendReq> = {
             let mut p = self.pending.lock();
             let n = p.len().min(4096);
@@ -887,7 +923,7 @@ impl Disk {
                 &self.state,
                 &self.failed,
                 batch,
-                &mut io,
+                io,
                 !self.deferred.load(Ordering::Acquire),
             );
         }
@@ -999,26 +1035,44 @@ impl Drop for Disk {
     }
 }
 
-/// An append on its way to the disk. Dropped without [`Submitted::wait`], it is written with
-/// the next batch.
+/// See [`Disk::set_before_sync`].
+pub type BeforeSync = Box<dyn Fn() -> Result<()> + Send + Sync>;
+
+/// An append on its way to the disk. Dropped without [`Submitted::wait`], it is written
+/// then (with whatever else is pending), as a writer thread would have.
 pub struct Submitted<'a> {
     disk: &'a Disk,
     rx: mpsc::Receiver<Result<u64>>,
+    answered: bool,
+}
+
+impl Drop for Submitted<'_> {
+    fn drop(&mut self) {
+        if !self.answered && matches!(self.rx.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+            self.disk.commit_pending();
+        }
+    }
 }
 
 impl Submitted<'_> {
     /// Waits until the record is durable (writing it, and whatever else is pending, if no
     /// other thread is); returns its offset.
-    pub fn wait(self) -> Result<u64> {
+    pub fn wait(mut self) -> Result<u64> {
+        self.answered = true;
         loop {
             match self.rx.try_recv() {
                 Ok(r) => return r,
                 Err(mpsc::TryRecvError::Disconnected) => return Err(Error::Shutdown),
                 Err(mpsc::TryRecvError::Empty) => {}
             }
-            // Every committer answers its whole batch before it lets go of the lock: once this
-            // returns, the append was answered or was part of the batch written here.
-            self.disk.commit_pending();
+            let mut io = self.disk.committer.lock();
+            // Every committer answers its whole batch before it lets go of the lock: answered
+            // by the one before, or part of the batch written here.
+            match self.rx.try_recv() {
+                Ok(r) => return r,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Error::Shutdown),
+                Err(mpsc::TryRecvError::Empty) => self.disk.commit_locked(&mut io),
+            }
         }
     }
 }

@@ -7,7 +7,9 @@
 //! chunks, with versions and single-writer leases).
 //!
 //! Writes go through `pwrite` + `fdatasync`, or io_uring with `CHUNK_BACKEND_URING=1`
-//! ([`uring`] explains why `pwrite` is the default). `ExtentBlob`s are
+//! ([`uring`] explains why `pwrite` is the default). A store may defer its syncs
+//! ([`disk::Disk::set_deferred_sync`]: acknowledged once written to the kernel, durable after
+//! [`disk::Disk::sync`]). `ExtentBlob`s are
 //! log-structured on the same chunks.
 //!
 //! [`files::FileStore`] keeps the contents of many files in one log of chunks (the FUSE

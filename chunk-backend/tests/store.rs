@@ -617,3 +617,26 @@ fn deferred_syncs_acknowledge_at_once_and_checkpoint_only_synced_lengths() {
     let disk = Disk::open(&path, small()).expect("reopen");
     assert_eq!(disk.opened()[0].records.len(), 6);
 }
+
+#[test]
+fn a_sync_first_syncs_the_store_it_depends_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = Arc::new(Disk::open(&dir.path().join("data"), small()).expect("open"));
+    let meta = Disk::open(&dir.path().join("meta"), small()).expect("open");
+    for d in [&*data, &meta] {
+        d.set_deferred_sync(true).expect("defer");
+    }
+    let d = data.clone();
+    meta.set_before_sync(Box::new(move || d.sync()));
+    let (dc, mc) = (
+        data.create_chunk(1, 0, 0).expect("create"),
+        meta.create_chunk(1, 0, 0).expect("create"),
+    );
+    data.append(dc, vec![1; 100]).expect("append");
+    let written = data.len(dc).expect("len");
+    meta.append(mc, vec![2; 10]).expect("append");
+    meta.sync().expect("sync");
+    // The data store's next commit records what the meta store's sync made durable first.
+    data.append(dc, vec![3; 100]).expect("append");
+    assert_eq!(data.chunks()[0].0.checkpoint, written);
+}

@@ -352,6 +352,18 @@ impl Db {
         Ok(())
     }
 
+    /// Sets what runs before every sync of each tablet's log while the tablets defer their
+    /// syncs (see [`crate::tablet::Tablet::set_before_log_sync`]).
+    pub fn set_before_log_sync(
+        &self,
+        f: std::sync::Arc<dyn Fn() -> chunk_backend::Result<()> + Send + Sync>,
+    ) {
+        for t in &self.tablets {
+            let f = f.clone();
+            t.set_before_log_sync(Box::new(move || f()));
+        }
+    }
+
     /// Stops every tablet.
     pub async fn shutdown(&self) {
         if let Some(gc) = self.gc.lock().take() {

@@ -1,5 +1,6 @@
 //! TafDB: a transactional, range-partitioned key-value store with in-memory MVCC and durable,
-//! Raft-replicated tablets. It is the storage layer of Mantle-rs.
+//! Raft-replicated tablets. It is the storage layer of Mantle-rs. (A single-node store may
+//! defer its log syncs, [`tablet::LogSync::Deferred`], as the FUSE mount does.)
 //!
 //! What it is: an ordered byte key space split into *tablets* (key ranges), each a Raft group
 //! ([`tablet::Tablet`]) whose state machine keeps recent versions in memory ([`mvcc`]) and the

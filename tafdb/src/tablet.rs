@@ -904,6 +904,12 @@ impl Tablet {
         self.log.sync()
     }
 
+    /// Sets what runs before every sync of the log while it defers its syncs (a FUSE mount
+    /// syncs its file data first: a size on disk must not cover unsynced bytes).
+    pub fn set_before_log_sync(&self, f: chunk_backend::disk::BeforeSync) {
+        self.log.set_before_sync(f);
+    }
+
     /// Stops the background tasks and Raft.
     pub async fn shutdown(&self) {
         self.closed

@@ -338,6 +338,15 @@ impl<M: Meta> Core<M> {
         if !self.deferred {
             return Ok(());
         }
+        let data_failed = |e: chunk_backend::Error| {
+            tracing::error!(error = %e, "syncing file data failed");
+            data_errno(&e)
+        };
+        // The bulk of the data first, while writers go on; then, with them held off, what
+        // arrived meanwhile and the namespace (which syncs the file store again first: see
+        // `set_before_log_sync`), so a sync holds closes back for little more than the log's
+        // own `fdatasync`.
+        self.store.sync().map_err(data_failed)?;
         let _order = self.order.write().await;
         self.store.sync().map_err(|e| {
             tracing::error!(error = %e, "syncing file data failed");

@@ -9,9 +9,13 @@
 //!   command, nothing else to start), the same `Service` a server runs.
 //! - File data: the embedded mode keeps it in a [`FileStore`] at `DIR/files.mstore` (one log of
 //!   chunks for every file). Writes are buffered per file up to [`files::BUFFER`] bytes while
-//!   they are contiguous, and written (durably) on `flush`, `fsync`, `close`, a read of the
-//!   file, a non-contiguous write or a full buffer; then the namespace hears the file's new
-//!   end (`ns.wrote`). An acknowledged `fsync` therefore survives `kill -9`.
+//!   they are contiguous, and written on `flush`, `fsync`, `close`, a read of the file, a
+//!   non-contiguous write or a full buffer; then the namespace hears the file's new end
+//!   (`ns.wrote`).
+//! - Durability ([`SyncMode`]): by default as on a local file system (an acknowledged change
+//!   survives `kill -9` at once, a power cut once synced by `fsync`, `fsyncdir`, the unmount
+//!   or the periodic sync; file data is synced before the namespace's log, whoever syncs it);
+//!   `--sync always` syncs every change before acknowledging it.
 //! - Permissions: the mount asks the kernel to check them (`default_permissions`, with the
 //!   caller's supplementary groups), and every operation also carries the caller's
 //!   credentials to the namespace, which checks them again.
@@ -184,7 +188,12 @@ async fn open_embedded(config: &MountConfig) -> Result<(Arc<Service>, Arc<FileSt
     })
     .await
     .map_err(|e| MountError::Fuse(format!("opening the file store: {e}")))??;
-    Ok((svc, Arc::new(store)))
+    let store = Arc::new(store);
+    // Whatever syncs the namespace's log (the mount's syncs, the store's flusher, a chunk
+    // rollover) syncs the file data first: no size on disk covers bytes that are not.
+    let s = store.clone();
+    svc.db().set_before_log_sync(Arc::new(move || s.sync()));
+    Ok((svc, store))
 }
 
 /// Mounts, calls `ready` once the kernel sees the file system, and serves until `shutdown`

@@ -9,11 +9,13 @@
 //! failed write or sync the store refuses every later append until it is reopened, so nothing
 //! is ever appended after bytes of unknown state.
 //!
-//! openraft hands entries to [`RaftLogStorage::append`], which only queues them for a writer
+//! openraft hands entries to [`RaftLogStorage::append`], which queues them for a writer
 //! thread and returns. The writer drains everything queued and appends it as one batch of
 //! records (one record per entry, or several *fragments* for an entry larger than a record may
-//! be); the chunk store's own writer commits the batch with one `fdatasync`, and then every
-//! append of the group is acknowledged. A truncation appends a record naming the first index it
+//! be); the chunk store commits the batch with one `fdatasync` on that thread, and then every
+//! append of the group is acknowledged. With deferred syncs ([`LogStore::set_deferred_sync`])
+//! an append is written on the caller's task instead while the writer is idle (a `pwrite`, no
+//! `fdatasync`), and [`LogStore::sync`] makes what was acknowledged durable. A truncation appends a record naming the first index it
 //! removes; a later entry with the same index replaces the truncated one. A purge deletes the
 //! chunks that hold only purged entries.
 //!
@@ -447,6 +449,12 @@ impl LogStore {
             .inline
             .store(on, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Sets what runs before every sync of the log while syncs are deferred (see
+    /// [`chunk_backend::disk::Disk::set_before_sync`]).
+    pub fn set_before_sync(&self, f: chunk_backend::disk::BeforeSync) {
+        self.shared.disk.set_before_sync(f);
     }
 
     /// Puts every acknowledged append on the medium (nothing to do unless syncs are
