@@ -9,6 +9,7 @@ use tafdb::tablet::Tablet;
 use tafdb::Db;
 
 use crate::error::OpResult;
+use crate::hooks::Hooks;
 
 /// Ids below this are reserved (0 is the super-root that namespaces hang from).
 pub const FIRST_ID: u64 = 16;
@@ -23,6 +24,8 @@ pub struct Ctx {
     ids: Mutex<(u64, u64)>,
     refill: tokio::sync::Mutex<()>,
     cache: Option<Arc<PathCache>>,
+    /// The extension the tree-changing operations call (see [`crate::hooks`]).
+    hooks: std::sync::OnceLock<Arc<dyn Hooks>>,
 }
 
 impl Ctx {
@@ -33,7 +36,19 @@ impl Ctx {
             ids: Mutex::new((0, 0)),
             refill: tokio::sync::Mutex::new(()),
             cache: None,
+            hooks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the hooks every tree-changing operation calls. Once: a second extension is
+    /// refused (and handed back).
+    pub fn set_hooks(&self, hooks: Arc<dyn Hooks>) -> Result<(), Arc<dyn Hooks>> {
+        self.hooks.set(hooks)
+    }
+
+    /// The hooks, if an extension set them.
+    pub fn hooks(&self) -> Option<&Arc<dyn Hooks>> {
+        self.hooks.get()
     }
 
     /// A context over `db` whose path resolutions use a TopDirPathCache, kept exact by a write

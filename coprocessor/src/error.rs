@@ -50,6 +50,13 @@ pub enum Errno {
     EMLINK,
     /// No space left on the store's disk.
     ENOSPC,
+    /// Function not implemented (no such script, or a script without the function called).
+    ENOSYS,
+    /// Quota exceeded (a script's quota policy refused the change).
+    EDQUOT,
+    /// Canceled: a script failed (an error in it, or one of its sandbox limits reached); the
+    /// transaction it ran in was dropped.
+    ECANCELED,
     /// The outcome is unknown: the operation may or may not have happened (the store stopped
     /// or the answer was lost after the commit was proposed). A retry with the same request id
     /// finds out; without one, look before doing it again.
@@ -80,6 +87,9 @@ impl Errno {
             Errno::ELOOP => 40,
             Errno::ENODATA => 61,
             Errno::ENOSPC => 28,
+            Errno::ENOSYS => 38,
+            Errno::EDQUOT => 122,
+            Errno::ECANCELED => 125,
             Errno::ETIMEDOUT => 110,
         }
     }
@@ -108,6 +118,9 @@ impl Errno {
             ELOOP,
             ENODATA,
             ENOSPC,
+            ENOSYS,
+            EDQUOT,
+            ECANCELED,
             ETIMEDOUT,
         ]
         .into_iter()

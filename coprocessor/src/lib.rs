@@ -18,6 +18,9 @@
 //! IndexNode's path cache ([`indexnode::PathCache`], set up by [`service::Options`]) when this
 //! node leads the Index table; `lookup` (DirectStat) resolves a directory in one call.
 //!
+//! [`hooks`] lets an extension (the `dsl` crate's scripts) run before and after every
+//! operation that makes, removes or moves an entry, in the operation's transaction.
+//!
 //! What it is not: no network, no protobuf, no FUSE (those live in `mantle`), and no scripts
 //! (those are `dsl`).
 //!
@@ -29,6 +32,7 @@ pub mod ctx;
 pub mod dedup;
 pub mod error;
 pub mod fsck;
+pub mod hooks;
 pub mod ops;
 pub mod resolve;
 pub mod service;

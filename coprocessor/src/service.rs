@@ -17,6 +17,7 @@ use tafdb::{BoxFuture, Coprocessor, Db, Txn};
 use crate::ctx::Ctx;
 use crate::dedup::{self, RequestId, Seen};
 use crate::error::{Errno, FsError, OpResult};
+use crate::hooks::{Event, HookCall, When};
 
 /// A namespace operation.
 pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -32,6 +33,42 @@ pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
     const FREES_SPACE: bool = false;
     /// Runs the operation in `txn`. Must not have effects outside the transaction.
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Self::Reply>>;
+
+    /// What the operation tells [`crate::hooks`], if it is one they watch.
+    fn hook(&self) -> Option<HookCall<'_>> {
+        None
+    }
+
+    /// The inode an after-hook is told of.
+    fn hook_result(_reply: &Self::Reply) -> Option<&metastore::Attr> {
+        None
+    }
+}
+
+/// Runs `req` in `txn` with the hooks of the [`Ctx`] around it (no request-id bookkeeping):
+/// what every caller of an operation inside a transaction uses, the service and scripts alike.
+pub async fn run_hooked<R: Op>(ctx: &Ctx, txn: &mut Txn, req: &R) -> OpResult<R::Reply> {
+    let hooked = match (ctx.hooks(), req.hook()) {
+        (Some(h), Some(call)) => Some((h, call)),
+        _ => None,
+    };
+    let Some((hooks, call)) = hooked else {
+        return req.run(ctx, txn).await;
+    };
+    let before = Event {
+        call: &call,
+        when: When::Before,
+        result: None,
+    };
+    hooks.run(ctx, txn, before).await?;
+    let reply = req.run(ctx, txn).await?;
+    let after = Event {
+        call: &call,
+        when: When::After,
+        result: R::hook_result(&reply),
+    };
+    hooks.run(ctx, txn, after).await?;
+    Ok(reply)
 }
 
 struct Cop<R: Op> {
@@ -96,7 +133,9 @@ async fn run_op<R: Op>(
             Seen::Fresh => {}
         }
     }
-    let reply = req.run(ctx, txn).await.map_err(|e| e.into_store())?;
+    let reply = run_hooked(ctx, txn, req)
+        .await
+        .map_err(|e| e.into_store())?;
     if let Some(id) = id {
         dedup::record(txn, id, &encode_reply::<R>(&reply)?).map_err(|e| e.into_store())?;
     }

@@ -141,7 +141,10 @@ identified!(
     RenameRequest,
     SetAttrRequest,
     XattrSetRequest,
-    XattrRemoveRequest
+    XattrRemoveRequest,
+    ScriptCallRequest,
+    ScriptPushRequest,
+    ScriptSetRequest
 );
 
 impl Identified for proto::NsCreateRequest {
@@ -821,6 +824,90 @@ impl Client {
         };
         self.mutate(req, |mut c, r| async move { c.ns_create(r).await })
             .await
+    }
+
+    /// Calls `function` of script `script` with `args` (a JSON array, or "" for none) in this
+    /// client's namespace, as its identity; returns the result as JSON. A call is a mutation
+    /// (it may write): a retry under its request id answers what the first attempt answered.
+    pub async fn script_call(
+        &self,
+        script: &str,
+        function: &str,
+        args_json: &str,
+    ) -> Result<String> {
+        let req = proto::ScriptCallRequest {
+            header: self.header(),
+            script: script.to_string(),
+            function: function.to_string(),
+            args_json: args_json.to_string(),
+        };
+        Ok(self
+            .mutate(req, |mut c, r| async move { c.script_call(r).await })
+            .await?
+            .json)
+    }
+
+    /// Pushes `source` as the next version of script `name`. With `hooks`, the script's hook
+    /// bindings in this client's namespace become them (`(event, prefix)`; empty: none).
+    pub async fn script_push(
+        &self,
+        name: &str,
+        source: &str,
+        hooks: Option<Vec<(String, Vec<u8>)>>,
+    ) -> Result<proto::ScriptInfo> {
+        let req = proto::ScriptPushRequest {
+            header: self.header(),
+            name: name.to_string(),
+            source: source.to_string(),
+            set_hooks: hooks.is_some(),
+            hooks: hooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(event, prefix)| proto::ScriptHook {
+                    event,
+                    prefix,
+                    namespace: String::new(),
+                })
+                .collect(),
+        };
+        self.mutate(req, |mut c, r| async move { c.script_push(r).await })
+            .await
+    }
+
+    /// Makes version `version` of script `name` current, or disables it with `None`.
+    pub async fn script_set(&self, name: &str, version: Option<u64>) -> Result<proto::ScriptInfo> {
+        let req = proto::ScriptSetRequest {
+            header: self.header(),
+            name: name.to_string(),
+            version: version.unwrap_or(0),
+        };
+        self.mutate(req, |mut c, r| async move { c.script_set(r).await })
+            .await
+    }
+
+    /// Every script.
+    pub async fn script_list(&self) -> Result<Vec<proto::ScriptInfo>> {
+        Ok(self
+            .call(|mut c| async move { c.script_list(proto::ScriptListRequest {}).await })
+            .await?
+            .scripts)
+    }
+
+    /// Version `version` of script `name` (`None`: the current one).
+    pub async fn script_show(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<proto::ScriptShowReply> {
+        let req = proto::ScriptShowRequest {
+            name: name.to_string(),
+            version: version.unwrap_or(0),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.script_show(r).await }
+        })
+        .await
     }
 
     /// Every namespace.

@@ -29,6 +29,7 @@ pub mod convert;
 mod layer;
 pub mod limits;
 pub mod mount;
+pub mod scripts;
 pub mod server;
 pub mod status;
 

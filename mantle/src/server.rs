@@ -20,6 +20,9 @@ use coprocessor::ops::{
     xattr_list::XattrList, xattr_remove::XattrRemove, xattr_set::XattrSet,
 };
 use coprocessor::{Op, Service};
+use dsl::ops::{
+    call::ScriptCall, list::ScriptList, push::ScriptPush, set::ScriptSet, show::ScriptShow,
+};
 use indexnode::Cred;
 use tafdb::{Db, DbConfig};
 use tokio::net::TcpListener;
@@ -31,6 +34,7 @@ use crate::auth::Principal;
 use crate::convert::{self, Header};
 use crate::limits::{Budget, Guarded};
 use crate::proto::{self, mantle_server::MantleServer};
+use crate::scripts;
 use crate::status::{invalid, to_status};
 
 /// The largest request the server decodes; anything bigger is refused before it is parsed.
@@ -85,6 +89,8 @@ pub struct ServerConfig {
     pub replace_dead_after: Option<Duration>,
     /// The TopDirPathCache (`None`: off).
     pub path_cache: Option<indexnode::CacheConfig>,
+    /// The limits of every script call (`mantle script`; see docs/dsl.md).
+    pub script_limits: dsl::Limits,
 }
 
 /// How a new store's key space is cut into tablets.
@@ -166,6 +172,7 @@ impl ServerConfig {
             replicas: 3,
             replace_dead_after: Some(Duration::from_secs(30)),
             path_cache: Some(indexnode::CacheConfig::default()),
+            script_limits: dsl::Limits::default(),
         }
     }
 
@@ -303,6 +310,8 @@ pub async fn serve(
             path_cache: config.path_cache,
         },
     ));
+    dsl::install(&svc, config.script_limits.clone())
+        .map_err(|e| ServerError::Cluster(format!("scripts: {e}")))?;
     match &node {
         None => ensure_default_namespace(&svc).await?,
         // The first node of a new cluster makes the default namespace once it leads (at once:
@@ -519,7 +528,7 @@ impl Api {
     /// Without: root credentials, from the server's own host unless remote administration is
     /// allowed (credentials are then the caller's word; the loopback check is what keeps
     /// other hosts out).
-    fn admin(&self, r: &Request<proto::FsckRequest>) -> Result<(), Status> {
+    fn admin<T>(&self, r: &Request<T>, cred: Option<proto::Cred>) -> Result<(), Status> {
         let p = Principal::of(r);
         if p.is_token() {
             return match p.may_administer(false) {
@@ -538,7 +547,7 @@ impl Api {
                  (mantle serve --allow-remote-admin)",
             )));
         }
-        let cred = convert::Cred2::try_from(r.get_ref().cred.clone())?.0;
+        let cred = convert::Cred2::try_from(cred)?.0;
         if !cred.is_root() {
             return Err(to_status(&coprocessor::FsError::new(
                 coprocessor::Errno::EPERM,
@@ -917,10 +926,84 @@ impl proto::mantle_server::Mantle for Api {
         }))
     }
 
+    async fn script_call(
+        &self,
+        r: Request<proto::ScriptCallRequest>,
+    ) -> Result<Response<proto::ScriptCallReply>, Status> {
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
+        let op = ScriptCall {
+            ns: h.ns,
+            cred: h.cred,
+            script: r.script,
+            function: r.function,
+            args: scripts::args(&r.args_json)?,
+        };
+        let v = self.call(op, h.request).await?;
+        Ok(Response::new(proto::ScriptCallReply {
+            json: scripts::to_json(&v).to_string(),
+        }))
+    }
+
+    async fn script_push(
+        &self,
+        r: Request<proto::ScriptPushRequest>,
+    ) -> Result<Response<proto::ScriptInfo>, Status> {
+        let cred = r.get_ref().header.as_ref().and_then(|h| h.cred.clone());
+        self.admin(&r, cred)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
+        let op = ScriptPush {
+            cred: h.cred,
+            name: r.name,
+            source: r.source,
+            hooks: scripts::hooks(h.ns, r.set_hooks, r.hooks),
+        };
+        Ok(Response::new(self.call(op, h.request).await?.into()))
+    }
+
+    async fn script_set(
+        &self,
+        r: Request<proto::ScriptSetRequest>,
+    ) -> Result<Response<proto::ScriptInfo>, Status> {
+        let cred = r.get_ref().header.as_ref().and_then(|h| h.cred.clone());
+        self.admin(&r, cred)?;
+        let (p, r) = split(r);
+        let h = header(&p, r.header)?;
+        let op = ScriptSet {
+            cred: h.cred,
+            name: r.name,
+            version: (r.version > 0).then_some(r.version),
+        };
+        Ok(Response::new(self.call(op, h.request).await?.into()))
+    }
+
+    async fn script_list(
+        &self,
+        _r: Request<proto::ScriptListRequest>,
+    ) -> Result<Response<proto::ScriptListReply>, Status> {
+        let list = self.call(ScriptList {}, None).await?;
+        Ok(Response::new(proto::ScriptListReply {
+            scripts: list.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn script_show(
+        &self,
+        r: Request<proto::ScriptShowRequest>,
+    ) -> Result<Response<proto::ScriptShowReply>, Status> {
+        let r = r.into_inner();
+        let op = ScriptShow {
+            name: r.name,
+            version: (r.version > 0).then_some(r.version),
+        };
+        Ok(Response::new(self.call(op, None).await?.into()))
+    }
+
     type FsckStream = FsckStream;
 
     async fn fsck(&self, r: Request<proto::FsckRequest>) -> Result<Response<FsckStream>, Status> {
-        self.admin(&r)?;
+        self.admin(&r, r.get_ref().cred.clone())?;
         // Progress events are dropped when the client reads slowly (the report is not); a
         // client that goes away cancels the check.
         let (tx, rx) = tokio::sync::mpsc::channel(64);

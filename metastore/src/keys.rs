@@ -10,6 +10,10 @@
 //! 00 | "alloc"                     the inode id allocator's high-water mark
 //! 00 | "nsstat/" | root:u64        a namespace's usage counters (delta records)
 //! 00 | "req/" | client:16 | slot:u32  the last committed request of a client's slot
+//! 00 | "script/" | name            a script's head: current and latest version (`dsl`)
+//! 00 | "scriptv/" | name | "/" | v:u64  version `v` of a script: its source
+//! 00 | "hooks/" | root:u64         the script hooks bound in the namespace rooted at `root`
+//! 00 | "sdata/" | name | "/" | key  a script's own records
 //! ```
 //!
 //! A directory's inode record sorts right before its children, so a directory and its
@@ -149,6 +153,51 @@ pub fn request_key(client: &[u8; 16], slot: u32) -> Key {
 /// Every request record.
 pub fn request_range() -> KeyRange {
     KeyRange::prefix(&[SYSTEM_TABLE, b'r', b'e', b'q', b'/'])
+}
+
+fn system(tag: &[u8], rest: &[u8], extra: usize) -> Key {
+    let mut k = Vec::with_capacity(1 + tag.len() + rest.len() + extra);
+    k.push(SYSTEM_TABLE);
+    k.extend_from_slice(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The head record of script `name` (names never hold `/`).
+pub fn script_key(name: &[u8]) -> Key {
+    system(b"script/", name, 0)
+}
+
+/// Every script's head record.
+pub fn script_range() -> KeyRange {
+    KeyRange::prefix(&system(b"script/", b"", 0))
+}
+
+/// Version `version` of script `name`.
+pub fn script_version_key(name: &[u8], version: u64) -> Key {
+    let mut k = system(b"scriptv/", name, 9);
+    k.push(b'/');
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// Every version of script `name`.
+pub fn script_versions(name: &[u8]) -> KeyRange {
+    let mut k = system(b"scriptv/", name, 1);
+    k.push(b'/');
+    KeyRange::prefix(&k)
+}
+
+/// The script hooks bound in the namespace rooted at `root`.
+pub fn hooks_key(root: u64) -> Key {
+    system(b"hooks/", &root.to_be_bytes(), 0)
+}
+
+/// The prefix of script `name`'s own records (`sdata/name/`).
+pub fn script_data_prefix(name: &[u8]) -> Key {
+    let mut k = system(b"sdata/", name, 1);
+    k.push(b'/');
+    k
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Txn {
     /// A snapshot reader (see [`Db::run_read`]): it refuses writes, so it has nothing to
     /// validate at commit and records no reads.
     read_only: bool,
+    /// How many writes (puts, deletes, deltas) were buffered so far, overwrites included.
+    writes_made: u64,
 }
 
 fn fold_own(base: Option<Value>, muts: &[Mutation]) -> Option<Value> {
@@ -70,7 +72,28 @@ impl Txn {
             scans: Vec::new(),
             locks,
             frees_space: false,
+            writes_made: 0,
         }
+    }
+
+    /// Moves this transaction out, leaving in its place an empty one at the same snapshot,
+    /// with the same mode and hot-key lock set. For a host that must hand the transaction to
+    /// code that owns what it holds for a while (a script engine's `'static` callbacks) and
+    /// puts it back afterwards (`*txn = taken`); the placeholder must not be committed.
+    pub fn take(&mut self) -> Txn {
+        let empty = Txn::with_mode(
+            self.db.clone(),
+            self.start_ts,
+            self.locks.clone(),
+            self.read_only,
+        );
+        std::mem::replace(self, empty)
+    }
+
+    /// How many writes (puts, deletes, deltas) were buffered so far, overwrites included:
+    /// a caller can tell whether a step that failed left writes behind.
+    pub fn writes_made(&self) -> u64 {
+        self.writes_made
     }
 
     /// Marks the transaction as one that frees disk space (a delete): it may commit while
@@ -235,6 +258,7 @@ impl Txn {
         self.check_writable()?;
         check_user_key(key)?;
         check_value(value)?;
+        self.writes_made += 1;
         self.writes
             .insert(key.to_vec(), vec![Mutation::Put(value.to_vec())]);
         Ok(())
@@ -244,6 +268,7 @@ impl Txn {
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
         self.check_writable()?;
         check_user_key(key)?;
+        self.writes_made += 1;
         self.writes.insert(key.to_vec(), vec![Mutation::Delete]);
         Ok(())
     }
@@ -260,6 +285,7 @@ impl Txn {
                 op.end()
             )));
         }
+        self.writes_made += 1;
         self.writes
             .entry(key.to_vec())
             .or_default()
@@ -300,6 +326,7 @@ impl Txn {
             locks,
             frees_space,
             read_only: _,
+            writes_made: _,
         } = self;
         if writes.is_empty() {
             return Ok(start_ts);

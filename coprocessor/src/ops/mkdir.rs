@@ -30,6 +30,18 @@ impl Op for Mkdir {
     const NAME: &'static str = "ns.mkdir";
     type Reply = Attr;
 
+    fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
+        let who = (&self.ns[..], &self.cred);
+        let op = crate::hooks::HookOp::Mkdir;
+        Some(crate::hooks::HookCall::new(
+            op, who, &self.at, None, self.mode,
+        ))
+    }
+
+    fn hook_result(reply: &Attr) -> Option<&Attr> {
+        Some(reply)
+    }
+
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
             let ns = namespace_cached(ctx, txn, &self.ns).await?;

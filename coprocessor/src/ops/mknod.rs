@@ -32,6 +32,18 @@ impl Op for Mknod {
     const NAME: &'static str = "ns.mknod";
     type Reply = Attr;
 
+    fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
+        let who = (&self.ns[..], &self.cred);
+        let op = crate::hooks::HookOp::Create;
+        Some(crate::hooks::HookCall::new(
+            op, who, &self.at, None, self.mode,
+        ))
+    }
+
+    fn hook_result(reply: &Attr) -> Option<&Attr> {
+        Some(reply)
+    }
+
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
             let kind = if self.mode & metastore::attr::S_IFMT == 0 {

@@ -114,6 +114,18 @@ impl Op for Rename {
     const NAME: &'static str = "ns.rename";
     type Reply = ();
 
+    fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
+        let who = (&self.ns[..], &self.cred);
+        let op = crate::hooks::HookOp::Rename;
+        Some(crate::hooks::HookCall::new(
+            op,
+            who,
+            &self.from,
+            Some(&self.to),
+            self.flags,
+        ))
+    }
+
     fn run<'a>(&'a self, _ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
             if self.flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0

@@ -30,6 +30,16 @@ impl Op for Symlink {
     const NAME: &'static str = "ns.symlink";
     type Reply = Attr;
 
+    fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
+        let who = (&self.ns[..], &self.cred);
+        let op = crate::hooks::HookOp::Symlink;
+        Some(crate::hooks::HookCall::new(op, who, &self.at, None, 0o777))
+    }
+
+    fn hook_result(reply: &Attr) -> Option<&Attr> {
+        Some(reply)
+    }
+
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<Attr>> {
         Box::pin(async move {
             name::check_target(&self.target)?;

@@ -28,6 +28,12 @@ impl Op for Unlink {
     type Reply = ();
     const FREES_SPACE: bool = true;
 
+    fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
+        let who = (&self.ns[..], &self.cred);
+        let op = crate::hooks::HookOp::Unlink;
+        Some(crate::hooks::HookCall::new(op, who, &self.at, None, 0))
+    }
+
     fn run<'a>(&'a self, ctx: &'a Ctx, txn: &'a mut Txn) -> BoxFuture<'a, OpResult<()>> {
         Box::pin(async move {
             let ns = namespace_cached(ctx, txn, &self.ns).await?;

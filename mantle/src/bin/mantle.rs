@@ -312,6 +312,12 @@ enum Cmd {
     },
     /// Checks the namespace invariants; exits 1 if any is broken.
     Fsck,
+    /// Scripts: Rhai functions that run inside the store, as operations and as hooks of the
+    /// built-in operations (docs/dsl.md).
+    Script {
+        #[command(subcommand)]
+        cmd: ScriptCmd,
+    },
     /// Cluster administration.
     Admin {
         #[command(subcommand)]
@@ -338,6 +344,54 @@ enum AdminCmd {
     /// if its log is up to date). Leaders on different nodes spread the load of a layout of
     /// several tablets; the node that receives a call coordinates it across them.
     MoveLeader { tablet: u64, node: u64 },
+}
+
+#[derive(Subcommand)]
+enum ScriptCmd {
+    /// Pushes FILE as the next version of script NAME, current at once (admin). A script that
+    /// does not compile is refused with the compiler's message and line; the previous
+    /// version keeps serving.
+    Push {
+        name: String,
+        file: std::path::PathBuf,
+        /// Binds a hook in --ns: EVENT or EVENT:PREFIX, e.g. before_mkdir:/warehouse (EVENT is
+        /// before_ or after_ one of mkdir, create, symlink, link, unlink, rmdir, rename).
+        /// Replaces the script's bindings in the namespace; repeat for several.
+        #[arg(long = "hook")]
+        hooks: Vec<String>,
+        /// Removes the script's hooks in --ns.
+        #[arg(long, conflicts_with = "hooks")]
+        no_hooks: bool,
+    },
+    /// Every script: current and latest version, and where its hooks are bound.
+    List,
+    /// Prints a version's source (default: the current one) to stdout.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Makes version VERSION of script NAME current again (admin).
+    Rollback { name: String, version: u64 },
+    /// Disables script NAME: its calls fail with ENOSYS and its hooks stop (admin). A
+    /// rollback to a version enables it again.
+    Disable { name: String },
+    /// Calls FUNCTION of script NAME; each ARG is JSON if it parses as JSON, else a string.
+    /// Prints the result as JSON.
+    Call {
+        name: String,
+        function: String,
+        args: Vec<String>,
+    },
+    /// Runs every `test*` function of FILE (no parameters, in name order) against a scratch
+    /// store, FILE pushed there with the given hooks bound; exits 1 if any fails. No server
+    /// needed.
+    Test {
+        file: std::path::PathBuf,
+        /// A hook to bind, as for push.
+        #[arg(long = "hook")]
+        hooks: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -592,6 +646,12 @@ async fn run(cli: Cli) -> ExitCode {
     };
     if let Cmd::Admin { cmd } = &cli.cmd {
         return admin(&cli.addr, token.as_deref(), cmd).await;
+    }
+    if let Cmd::Script {
+        cmd: ScriptCmd::Test { file, hooks },
+    } = &cli.cmd
+    {
+        return script_test(file, hooks).await;
     }
     let client = match Client::connect_with_token(&cli.addr, token.as_deref()).await {
         Ok(c) => c,
@@ -898,6 +958,7 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Script { cmd } => script(c, cmd).await,
         Cmd::Fsck => {
             let pb = indicatif::ProgressBar::new(0);
             pb.set_style(
@@ -932,6 +993,161 @@ async fn command(c: &Client, cmd: Cmd) -> CmdResult {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+/// `EVENT[:PREFIX]` as a hook binding.
+fn hook_arg(h: &str) -> (String, Vec<u8>) {
+    match h.split_once(':') {
+        Some((e, p)) => (e.to_string(), p.as_bytes().to_vec()),
+        None => (h.to_string(), b"/".to_vec()),
+    }
+}
+
+fn read_source(file: &std::path::Path) -> Result<String, (String, FsError)> {
+    std::fs::read_to_string(file).map_err(|e| {
+        (
+            file.display().to_string(),
+            FsError::new(coprocessor::Errno::EIO, e.to_string()),
+        )
+    })
+}
+
+fn print_script(i: &mantle::proto::ScriptInfo) {
+    let state = match i.current {
+        0 => "disabled".to_string(),
+        v => format!("v{v}"),
+    };
+    let hooks: Vec<String> = i
+        .hooks
+        .iter()
+        .map(|h| format!("{}:{}@{}", h.event, esc(&h.prefix), h.namespace))
+        .collect();
+    out!(
+        "{}\t{state}\tlatest v{}\t{}",
+        i.name,
+        i.latest,
+        hooks.join(" ")
+    );
+}
+
+async fn script(c: &Client, cmd: ScriptCmd) -> CmdResult {
+    match cmd {
+        ScriptCmd::Push {
+            name,
+            file,
+            hooks,
+            no_hooks,
+        } => {
+            let source = read_source(&file)?;
+            let hooks = (no_hooks || !hooks.is_empty())
+                .then(|| hooks.iter().map(|h| hook_arg(h)).collect());
+            let info = ctx(&name, c.script_push(&name, &source, hooks).await)?;
+            print_script(&info);
+        }
+        ScriptCmd::List => {
+            for i in ctx("script list", c.script_list().await)? {
+                print_script(&i);
+            }
+        }
+        ScriptCmd::Show { name, version } => {
+            let s = ctx(&name, c.script_show(&name, version).await)?;
+            eprintln!(
+                "# {} v{} (current: {}, latest: v{}), pushed at {} ms by uid {}",
+                s.name,
+                s.version,
+                match s.current {
+                    0 => "disabled".to_string(),
+                    v => format!("v{v}"),
+                },
+                s.latest,
+                s.pushed_ms,
+                s.by_uid
+            );
+            out!("{}", s.source.trim_end());
+        }
+        ScriptCmd::Rollback { name, version } => {
+            print_script(&ctx(&name, c.script_set(&name, Some(version)).await)?);
+        }
+        ScriptCmd::Disable { name } => {
+            print_script(&ctx(&name, c.script_set(&name, None).await)?);
+        }
+        ScriptCmd::Call {
+            name,
+            function,
+            args,
+        } => {
+            let args: Vec<serde_json::Value> = args
+                .iter()
+                .map(|a| {
+                    serde_json::from_str(a).unwrap_or_else(|_| serde_json::Value::String(a.clone()))
+                })
+                .collect();
+            let json = serde_json::Value::Array(args).to_string();
+            let what = format!("{name} {function}");
+            out!(
+                "{}",
+                ctx(&what, c.script_call(&name, &function, &json).await)?
+            );
+        }
+        ScriptCmd::Test { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn script_test(file: &std::path::Path, hooks: &[String]) -> ExitCode {
+    let source = match read_source(file) {
+        Ok(s) => s,
+        Err((what, e)) => {
+            eprintln!("mantle script test: {what}: {}", e.message);
+            return ExitCode::FAILURE;
+        }
+    };
+    let hooks = hooks.iter().map(|h| hook_arg(h)).collect();
+    let outcomes = match mantle::scripts::test_source(&source, hooks).await {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "mantle script test: {}: {:?} ({})",
+                file.display(),
+                e.errno,
+                e.message
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if outcomes.is_empty() {
+        eprintln!(
+            "mantle script test: {} defines no test function (fn test_...())",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    for o in &outcomes {
+        match &o.result {
+            Ok(v) if v == "null" => out!("ok      {} ({:?})", o.function, o.elapsed),
+            Ok(v) => {
+                let v: String = match v.char_indices().nth(100) {
+                    Some((i, _)) => format!("{}...", &v[..i]),
+                    None => v.clone(),
+                };
+                out!("ok      {} ({:?}) -> {v}", o.function, o.elapsed)
+            }
+            Err(e) => out!(
+                "FAILED  {} ({:?}): {:?} {}",
+                o.function,
+                o.elapsed,
+                e.errno,
+                e.message
+            ),
+        }
+    }
+    out!("{} passed, {failed} failed", outcomes.len() - failed);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

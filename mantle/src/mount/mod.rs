@@ -164,6 +164,8 @@ async fn open_embedded(config: &MountConfig) -> Result<(Arc<Service>, Arc<FileSt
             path_cache: Some(indexnode::CacheConfig::default()),
         },
     ));
+    // Hooks pushed through a server over the same data apply in the mount too.
+    dsl::install(&svc, dsl::Limits::default())?;
     let have = svc.call(&NsList {}).await?;
     if !have.iter().any(|n| n.name == config.namespace.as_bytes()) {
         if config.namespace != crate::DEFAULT_NAMESPACE || !have.is_empty() {
