@@ -17,7 +17,7 @@ use tafdb::{BoxFuture, Coprocessor, Db, Txn};
 use crate::ctx::Ctx;
 use crate::dedup::{self, RequestId, Seen};
 use crate::error::{Errno, FsError, OpResult};
-use crate::hooks::{Event, HookCall, When};
+use crate::hooks::{Event, HookCall, Ran, When};
 
 /// A namespace operation.
 pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -43,31 +43,38 @@ pub trait Op: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn hook_result(_reply: &Self::Reply) -> Option<&metastore::Attr> {
         None
     }
+
+    /// The reply of this operation when a replacement did it (see [`crate::hooks::Ran`]),
+    /// having made inode `made`.
+    fn replaced(_txn: &mut Txn, _made: Option<u64>) -> BoxFuture<'_, OpResult<Self::Reply>> {
+        Box::pin(async {
+            Err(FsError::new(Errno::ENOSYS, format!("{} cannot be replaced", Self::NAME)).into())
+        })
+    }
 }
 
 /// Runs `req` in `txn` with the hooks of the [`Ctx`] around it (no request-id bookkeeping):
 /// what every caller of an operation inside a transaction uses, the service and scripts alike.
 pub async fn run_hooked<R: Op>(ctx: &Ctx, txn: &mut Txn, req: &R) -> OpResult<R::Reply> {
-    let hooked = match (ctx.hooks(), req.hook()) {
-        (Some(h), Some(call)) => Some((h, call)),
-        _ => None,
-    };
-    let Some((hooks, call)) = hooked else {
+    let (Some(hooks), Some(call)) = (ctx.hooks(), req.hook()) else {
         return req.run(ctx, txn).await;
     };
-    let before = Event {
-        call: &call,
-        when: When::Before,
-        result: None,
+    let Some(plan) = hooks.plan(ctx, txn, &call).await? else {
+        return req.run(ctx, txn).await;
     };
-    hooks.run(ctx, txn, before).await?;
-    let reply = req.run(ctx, txn).await?;
-    let after = Event {
+    let at = |when, result| Event {
         call: &call,
-        when: When::After,
-        result: R::hook_result(&reply),
+        when,
+        result,
     };
-    hooks.run(ctx, txn, after).await?;
+    hooks.run(ctx, txn, &plan, at(When::Before, None)).await?;
+    let reply = match hooks.run(ctx, txn, &plan, at(When::Instead, None)).await? {
+        Ran::Builtin => req.run(ctx, txn).await?,
+        Ran::Instead(made) => R::replaced(txn, made).await?,
+    };
+    hooks
+        .run(ctx, txn, &plan, at(When::After, R::hook_result(&reply)))
+        .await?;
     Ok(reply)
 }
 

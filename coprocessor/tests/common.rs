@@ -64,6 +64,19 @@ pub async fn fixture_with_options(
     Fixture { db, svc, _dir: dir }
 }
 
+/// Something to do with a fixture's service before a test uses it (its namespace exists).
+pub type Setup =
+    for<'a> fn(&'a Service) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// [`fixture_with`], then `setup` on its service.
+pub async fn fixture_with_setup(tune: impl FnOnce(&mut DbConfig), setup: Option<Setup>) -> Fixture {
+    let f = fixture_with(tune).await;
+    if let Some(s) = setup {
+        s(&f.svc).await;
+    }
+    f
+}
+
 /// A store whose flusher races everything: versions leave memory 20 ms after they were
 /// applied, and the flusher runs every millisecond. Scans, validations and dumps then overlap
 /// flushes all the time, which a 5 s window almost never shows.

@@ -1,8 +1,11 @@
 //! Scripts at the hook points of the built-in operations.
 //!
 //! A namespace's bindings are one record (`00 "hooks/" root`); an operation reads it in its
-//! own transaction, so a binding pushed while operations run takes effect for the ones that
-//! commit after it, on every replica alike. A hook's function gets one map:
+//! own transaction, once per attempt ([`Hooks::plan`]), so a binding pushed while operations
+//! run takes effect for the ones that commit after it, on every replica alike. A binding is
+//! `before_<op>`, `after_<op>`, or `instead_<op>`: a replacement that does the operation's
+//! whole work (a script version of a built-in operation; one per operation and subtree). A
+//! hook's function gets one map:
 //! `#{op, when, path, name, parent_path, to, mode, uid, gid, id, attr}` (`to` for renames;
 //! `id` and `attr` after operations that make an inode). It refuses the operation by throwing
 //! (`fail("EACCES", "...")`) and may add writes; a disabled script's hooks do not run.
@@ -11,23 +14,38 @@ use std::any::Any;
 
 use coprocessor::api::Loc;
 use coprocessor::ctx::Ctx;
-use coprocessor::hooks::{Event, Hooks};
+use coprocessor::hooks::{Event, HookCall, Hooks, Plan, Ran, When};
 use coprocessor::resolve::{attr_stable, namespace_cached};
 use coprocessor::{Errno, FsError, OpResult};
 use rhai::{Dynamic, Map};
 use tafdb::{BoxFuture, Txn};
 
 use crate::host::{self, attr_map, Caller};
-use crate::registry::{bindings, under, Scripts};
+use crate::registry::{bindings, under, Binding, Scripts};
 
 impl Hooks for Scripts {
-    fn run<'a>(
+    fn plan<'a>(
         &'a self,
         ctx: &'a Ctx,
         txn: &'a mut Txn,
+        call: &'a HookCall<'a>,
+    ) -> BoxFuture<'a, OpResult<Option<Plan>>> {
+        Box::pin(plan(ctx, txn, call))
+    }
+
+    fn run<'a>(
+        &'a self,
+        _ctx: &'a Ctx,
+        txn: &'a mut Txn,
+        plan: &'a Plan,
         event: Event<'a>,
-    ) -> BoxFuture<'a, OpResult<()>> {
-        Box::pin(self.fire(ctx, txn, event))
+    ) -> BoxFuture<'a, OpResult<Ran>> {
+        Box::pin(async move {
+            let Some(p) = plan.0.downcast_ref::<Planned>() else {
+                return Err(FsError::new(Errno::EIO, "a hook plan of another extension").into());
+            };
+            self.fire(txn, p, event).await
+        })
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -35,46 +53,75 @@ impl Hooks for Scripts {
     }
 }
 
+/// The bindings that apply to one attempt of one operation, and its paths.
+struct Planned {
+    bindings: Vec<Binding>,
+    path: Vec<u8>,
+    to: Option<Vec<u8>>,
+}
+
+/// Whether `event` is `<when>_<op>`.
+fn is_event(event: &str, when: &str, op: &str) -> bool {
+    event.len() == when.len() + 1 + op.len()
+        && event.starts_with(when)
+        && event.ends_with(op)
+        && event.as_bytes()[when.len()] == b'_'
+}
+
+async fn plan(ctx: &Ctx, txn: &mut Txn, call: &HookCall<'_>) -> OpResult<Option<Plan>> {
+    let root = namespace_cached(ctx, txn, call.ns).await?.root.id;
+    let op = call.op.name();
+    let mut all = bindings(txn, root).await?;
+    all.retain(|b| {
+        [When::Before, When::Instead, When::After]
+            .iter()
+            .any(|w| is_event(&b.event, w.name(), op))
+    });
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let path = path_of_loc(txn, root, call.at).await?;
+    let to = match call.to {
+        Some(l) => Some(path_of_loc(txn, root, l).await?),
+        None => None,
+    };
+    all.retain(|b| under(&b.prefix, &path) || to.as_deref().is_some_and(|t| under(&b.prefix, t)));
+    if all.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Plan(Box::new(Planned {
+        bindings: all,
+        path,
+        to,
+    }))))
+}
+
 impl Scripts {
-    async fn fire(&self, ctx: &Ctx, txn: &mut Txn, event: Event<'_>) -> OpResult<()> {
+    async fn fire(&self, txn: &mut Txn, p: &Planned, event: Event<'_>) -> OpResult<Ran> {
         let call = event.call;
-        let root = namespace_cached(ctx, txn, call.ns).await?.root.id;
-        let all = bindings(txn, root).await?;
-        if all.is_empty() {
-            return Ok(());
-        }
         let (when, op) = (event.when.name(), call.op.name());
-        let matches = |ev: &str| {
-            ev.len() == when.len() + 1 + op.len()
-                && ev.starts_with(when)
-                && ev.ends_with(op)
-                && ev.as_bytes()[when.len()] == b'_'
-        };
-        let hooked: Vec<_> = all.iter().filter(|b| matches(&b.event)).collect();
-        if hooked.is_empty() {
-            return Ok(());
-        }
-        let path = path_of_loc(txn, root, call.at).await?;
-        let to = match call.to {
-            Some(l) => Some(path_of_loc(txn, root, l).await?),
-            None => None,
-        };
-        for b in hooked {
-            let hit = under(&b.prefix, &path) || to.as_deref().is_some_and(|t| under(&b.prefix, t));
-            if !hit {
-                continue;
-            }
+        let mut ran = Ran::Builtin;
+        for b in p.bindings.iter().filter(|b| is_event(&b.event, when, op)) {
             let Some((version, compiled)) = self.current(txn, &b.script).await? else {
                 continue;
             };
-            let args = hook_args(&event, &path, to.as_deref());
+            if ran != Ran::Builtin {
+                return Err(FsError::new(
+                    Errno::EINVAL,
+                    format!(
+                        "two scripts replace {op} here (the second: {:?}); unbind one",
+                        b.script
+                    ),
+                )
+                .into());
+            }
+            let args = hook_args(&event, &p.path, p.to.as_deref());
             let caller = Caller {
                 ctx: self.ctx()?,
                 ns: call.ns,
                 cred: call.cred,
             };
-            // A hook's return value means nothing; it refuses by throwing.
-            let _ = host::run(
+            let out = host::run(
                 &self.engine,
                 &self.limits,
                 &compiled.ast,
@@ -84,9 +131,28 @@ impl Scripts {
                 &b.event,
                 vec![args],
             )?;
+            // Before and after hooks refuse by throwing; what they return means nothing. A
+            // replacement returns the inode it made (its id, or its attributes), if any.
+            if event.when == When::Instead {
+                ran = Ran::Instead(made_id(&out));
+            }
         }
-        Ok(())
+        Ok(ran)
     }
+}
+
+/// The inode id a replacement returned: an integer, or a map (or inode) with an `id`.
+fn made_id(out: &Dynamic) -> Option<u64> {
+    if let Ok(i) = out.as_int() {
+        return u64::try_from(i).ok();
+    }
+    if let Some(m) = out.read_lock::<Map>() {
+        return m
+            .get("id")
+            .and_then(|i| i.as_int().ok())
+            .and_then(|i| u64::try_from(i).ok());
+    }
+    out.read_lock::<crate::host::Inode>().map(|a| a.id())
 }
 
 fn text(b: &[u8]) -> Dynamic {

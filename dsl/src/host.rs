@@ -33,6 +33,7 @@ use std::cell::RefCell;
 use tafdb::{DeltaOp, KeyRange, Txn};
 
 use crate::engine::Limits;
+pub(crate) use crate::tree::Inode;
 use crate::wait::{off_worker, wait};
 
 /// One script call in progress.
@@ -41,10 +42,12 @@ pub(crate) struct Call {
     pub(crate) who: String,
     script: String,
     version: u64,
-    txn: Mutex<Option<Txn>>,
-    ctx: Arc<Ctx>,
-    ns: Vec<u8>,
-    cred: Cred,
+    pub(crate) txn: Mutex<Option<Txn>>,
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) ns: Vec<u8>,
+    pub(crate) cred: Cred,
+    /// The time every change of the call is stamped with.
+    pub(crate) now: u64,
     limits: Arc<Limits>,
     store_ops: AtomicU64,
     bytes_written: AtomicU64,
@@ -104,6 +107,7 @@ pub(crate) fn run(
         ctx: caller.ctx,
         ns: caller.ns.to_vec(),
         cred: caller.cred.clone(),
+        now: coprocessor::ctx::now_ns(),
         limits: limits.clone(),
         store_ops: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
@@ -172,7 +176,7 @@ pub(crate) fn log(s: &str) {
     }
 }
 
-type Res<T> = Result<T, Box<EvalAltResult>>;
+pub(crate) type Res<T> = Result<T, Box<EvalAltResult>>;
 type RhaiResult = Res<Dynamic>;
 
 /// Stops the call: an uncatchable error carrying `why`.
@@ -184,7 +188,7 @@ fn stop<T>(why: String) -> Res<T> {
 }
 
 /// A catchable error: `#{errno, name, message}`.
-fn throw<T>(e: &FsError) -> Res<T> {
+pub(crate) fn throw<T>(e: &FsError) -> Res<T> {
     Err(Box::new(EvalAltResult::ErrorRuntime(
         errno_map(e.errno, &e.message),
         rhai::Position::NONE,
@@ -205,7 +209,7 @@ fn errno_named(name: &str) -> Option<Errno> {
         .find(|e| format!("{e:?}") == name)
 }
 
-fn with_call<T>(f: impl FnOnce(&Call) -> Res<T>) -> Res<T> {
+pub(crate) fn with_call<T>(f: impl FnOnce(&Call) -> Res<T>) -> Res<T> {
     match top() {
         Some(c) => f(&c),
         None => stop("a host function was called outside a script call".into()),
@@ -215,7 +219,7 @@ fn with_call<T>(f: impl FnOnce(&Call) -> Res<T>) -> Res<T> {
 impl Call {
     /// Counts one store operation (and `bytes` written), stopping the call at a limit or
     /// past its deadline.
-    fn count(&self, ops: u64, bytes: u64) -> Res<()> {
+    pub(crate) fn count(&self, ops: u64, bytes: u64) -> Res<()> {
         let n = self.store_ops.fetch_add(ops, Ordering::Relaxed) + ops;
         if n > self.limits.max_store_ops {
             return stop(format!(
@@ -237,7 +241,7 @@ impl Call {
     }
 
     /// Records `e` as the call's outcome and stops the script.
-    fn fail<T>(&self, e: OpError) -> Res<T> {
+    pub(crate) fn fail<T>(&self, e: OpError) -> Res<T> {
         let why = e.to_string();
         let mut f = self.fault.lock();
         if f.is_none() {
@@ -310,7 +314,7 @@ impl Call {
 }
 
 /// The bytes of a string or blob argument.
-fn bytes(d: &Dynamic, what: &str) -> Res<Vec<u8>> {
+pub(crate) fn bytes(d: &Dynamic, what: &str) -> Res<Vec<u8>> {
     if let Some(s) = d.read_lock::<ImmutableString>() {
         return Ok(s.as_bytes().to_vec());
     }
@@ -323,7 +327,7 @@ fn bytes(d: &Dynamic, what: &str) -> Res<Vec<u8>> {
     ))
 }
 
-fn uint(i: i64, what: &str) -> Res<u64> {
+pub(crate) fn uint(i: i64, what: &str) -> Res<u64> {
     u64::try_from(i).or_else(|_| {
         throw(&FsError::new(
             Errno::EINVAL,
@@ -332,7 +336,7 @@ fn uint(i: i64, what: &str) -> Res<u64> {
     })
 }
 
-fn small(i: i64, what: &str) -> Res<u32> {
+pub(crate) fn small(i: i64, what: &str) -> Res<u32> {
     u32::try_from(i).or_else(|_| {
         throw(&FsError::new(
             Errno::EINVAL,
@@ -342,14 +346,14 @@ fn small(i: i64, what: &str) -> Res<u32> {
 }
 
 /// A string of bytes: as text when they are UTF-8, else as a blob.
-fn text(b: &[u8]) -> Dynamic {
+pub(crate) fn text(b: &[u8]) -> Dynamic {
     match std::str::from_utf8(b) {
         Ok(s) => Dynamic::from(s.to_string()),
         Err(_) => Dynamic::from_blob(b.to_vec()),
     }
 }
 
-fn kind_name(k: FileType) -> &'static str {
+pub(crate) fn kind_name(k: FileType) -> &'static str {
     match k {
         FileType::Regular => "file",
         FileType::Directory => "dir",
@@ -361,7 +365,7 @@ fn kind_name(k: FileType) -> &'static str {
     }
 }
 
-fn int(v: u64) -> Dynamic {
+pub(crate) fn int(v: u64) -> Dynamic {
     // Rhai integers are i64; u64 values past i64::MAX (none in practice) saturate.
     Dynamic::from_int(i64::try_from(v).unwrap_or(i64::MAX))
 }
@@ -439,6 +443,7 @@ fn le_u64(b: Blob, offset: i64) -> Res<i64> {
 
 /// Registers the host API on `e`.
 pub(crate) fn register(e: &mut Engine) {
+    crate::tree::register(e);
     // ------------------------------------------------------------- the call
     e.register_fn("ns_name", || with_call(|c| Ok(text(&c.ns))));
     e.register_fn("script_name", || with_call(|c| Ok(c.script.clone())));

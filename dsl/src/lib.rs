@@ -29,6 +29,7 @@ mod hooks;
 pub mod host;
 pub mod ops;
 pub mod registry;
+mod tree;
 pub mod value;
 
 pub use rhai;

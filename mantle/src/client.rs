@@ -920,14 +920,18 @@ impl Client {
 
     /// Runs the namespace checker on the server; `progress` hears where it is.
     pub async fn fsck(&self, mut progress: impl FnMut(&proto::FsckProgress)) -> Result<Report> {
-        // A check cut off by a leader change (EAGAIN in the middle of the stream) runs again
-        // from the start: it only reads.
+        // A check cut off by a leader change (EAGAIN in the middle of the stream, or before
+        // it starts while the tablets have no serving leader) runs again from the start: it
+        // only reads. An election after a partition heals can take seconds, so it keeps
+        // trying for the client's whole retry budget, not for a few quick attempts.
+        let started = tokio::time::Instant::now();
         let mut again = 0u32;
         loop {
             match self.fsck_once(&mut progress).await {
-                Err(e) if e.errno == Errno::EAGAIN && again < self.retries => {
+                Err(e) if e.errno == Errno::EAGAIN && started.elapsed() < self.retry_for => {
                     again += 1;
-                    tokio::time::sleep(Duration::from_millis(5 << again.min(8))).await;
+                    let pause = Duration::from_millis((5u64 << again.min(8)).min(1000));
+                    tokio::time::sleep(pause).await;
                 }
                 other => return other,
             }

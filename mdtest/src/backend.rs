@@ -43,6 +43,19 @@ pub trait Backend: Send + Sync + 'static {
     fn rename<'a>(&'a self, from: &'a str, to: &'a str) -> BoxFuture<'a, OpResult>;
     /// Makes `path` and its missing parents (setup, not timed).
     fn mkdir_all<'a>(&'a self, path: &'a str) -> BoxFuture<'a, OpResult>;
+    /// Pushes `source` as script `mdtest` into the namespace with `hooks` bound (setup).
+    fn push_script<'a>(
+        &'a self,
+        _source: &'a str,
+        _hooks: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'a, OpResult> {
+        Box::pin(async move {
+            Err(format!(
+                "--script needs a Mantle backend (grpc:// or embedded:), not {}",
+                self.name()
+            ))
+        })
+    }
 }
 
 /// Opens the backend a `--backend` string names; `path_cache_levels` sets up the embedded
@@ -87,6 +100,9 @@ pub async fn open(
                 }),
             },
         );
+        // Hooks bound in the data directory apply here as in a server.
+        dsl::install(&svc, dsl::Limits::default())
+            .map_err(|e| format!("--backend {spec}: scripts: {e}"))?;
         let created = svc
             .call(&NsCreate {
                 name: namespace.as_bytes().to_vec(),
@@ -273,6 +289,19 @@ impl Backend for Grpc {
                 .map_err(|e| fs("mkdir -p", path, e))
         })
     }
+    fn push_script<'a>(
+        &'a self,
+        source: &'a str,
+        hooks: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'a, OpResult> {
+        Box::pin(async move {
+            self.client
+                .script_push("mdtest", source, Some(hooks))
+                .await
+                .map(|_| ())
+                .map_err(|e| fs("script push", "mdtest", e))
+        })
+    }
 }
 
 /// A Mantle store in this process: the same coprocessor calls the server makes, without the
@@ -405,6 +434,28 @@ impl Backend for Embedded {
                 }
             }
             Ok(())
+        })
+    }
+    fn push_script<'a>(
+        &'a self,
+        source: &'a str,
+        hooks: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'a, OpResult> {
+        Box::pin(async move {
+            let op = dsl::ops::push::ScriptPush {
+                cred: Cred::root(),
+                name: "mdtest".into(),
+                source: source.to_string(),
+                hooks: Some(dsl::ops::push::HookSpec {
+                    ns: self.ns.clone(),
+                    events: hooks,
+                }),
+            };
+            self.svc
+                .call(&op)
+                .await
+                .map(|_| ())
+                .map_err(|e| fs("script push", "mdtest", e))
         })
     }
 }

@@ -26,6 +26,19 @@ use std::sync::Arc;
 pub async fn execute(args: &options::Args, command: String) -> Result<report::RunResult, String> {
     let plan = Arc::new(options::plan(args)?);
     let backend = backend::open(&args.backend, &args.namespace, args.path_cache_levels).await?;
+    if let Some(file) = &args.script {
+        let source = std::fs::read_to_string(file)
+            .map_err(|e| format!("--script {}: {e}", file.display()))?;
+        let hooks = args
+            .hooks
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((e, p)) => (e.to_string(), p.as_bytes().to_vec()),
+                None => (h.clone(), b"/".to_vec()),
+            })
+            .collect();
+        backend.push_script(&source, hooks).await?;
+    }
     if !backend.has_data() && (plan.write_bytes > 0 || plan.read_bytes > 0 || plan.sync_write) {
         return Err(format!(
             "-w/-e/-y move file data, and backend {} has none (metadata only); use posix, on a \

@@ -100,6 +100,15 @@ pub struct Args {
     /// 0 turns it off (for comparison). A server has its own `--path-cache-levels`.
     #[arg(long, value_name = "K", default_value_t = 3)]
     pub path_cache_levels: usize,
+    /// Pushes this Rhai script into the namespace before the run (embedded and grpc
+    /// backends), as script `mdtest`, with the hooks of --hook bound: e.g.
+    /// `--script dsl/examples/native_ops.rhai --hook instead_mkdir --hook instead_create` runs
+    /// the script versions of the operations (docs/dsl.md).
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// A hook of --script: EVENT or EVENT:PREFIX (e.g. before_create:/). Repeat for several.
+    #[arg(long = "hook", requires = "script")]
+    pub hooks: Vec<String>,
     /// Also time a straight loop of syscalls (posix backend), to show what the harness costs.
     #[arg(long)]
     pub syscall_baseline: bool,

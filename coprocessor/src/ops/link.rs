@@ -32,6 +32,10 @@ impl Op for Link {
     const NAME: &'static str = "ns.link";
     type Reply = Attr;
 
+    fn replaced(txn: &mut Txn, made: Option<u64>) -> BoxFuture<'_, OpResult<Attr>> {
+        crate::hooks::made_attr(txn, made)
+    }
+
     fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
         let who = (&self.ns[..], &self.cred);
         let op = crate::hooks::HookOp::Link;

@@ -30,6 +30,10 @@ impl Op for Mkdir {
     const NAME: &'static str = "ns.mkdir";
     type Reply = Attr;
 
+    fn replaced(txn: &mut Txn, made: Option<u64>) -> BoxFuture<'_, OpResult<Attr>> {
+        crate::hooks::made_attr(txn, made)
+    }
+
     fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
         let who = (&self.ns[..], &self.cred);
         let op = crate::hooks::HookOp::Mkdir;

@@ -50,7 +50,7 @@ fn show(n: &[u8]) -> String {
 }
 
 /// Fails with `EINVAL` if directory `moved` is `dir` or one of its ancestors.
-async fn not_into_itself(txn: &mut Txn, moved: u64, dir: u64) -> OpResult<()> {
+pub async fn not_into_itself(txn: &mut Txn, moved: u64, dir: u64) -> OpResult<()> {
     let mut cur = dir;
     // Parent pointers form a tree rooted at a namespace root (whose parent is itself). The
     // bound guards against a damaged loop.
@@ -75,7 +75,7 @@ async fn not_into_itself(txn: &mut Txn, moved: u64, dir: u64) -> OpResult<()> {
 /// Points directory `a` (read stably) at its new parent and name. Field updates, not a new
 /// record: the counts and times that creates in the directory change by delta records keep
 /// commuting with the move.
-fn relink_dir(txn: &mut Txn, a: &Attr, to: &Located, now: u64) -> OpResult<Attr> {
+pub fn relink_dir(txn: &mut Txn, a: &Attr, to: &Located, now: u64) -> OpResult<Attr> {
     let mut b = a.clone();
     b.parent = to.dir.id;
     b.target = to.name.clone();
@@ -113,6 +113,10 @@ fn put_entry(txn: &mut Txn, at: &Located, a: &Attr) -> OpResult<()> {
 impl Op for Rename {
     const NAME: &'static str = "ns.rename";
     type Reply = ();
+
+    fn replaced(_txn: &mut Txn, _made: Option<u64>) -> BoxFuture<'_, OpResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
 
     fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
         let who = (&self.ns[..], &self.cred);

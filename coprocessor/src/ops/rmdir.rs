@@ -28,6 +28,10 @@ impl Op for Rmdir {
     type Reply = ();
     const FREES_SPACE: bool = true;
 
+    fn replaced(_txn: &mut Txn, _made: Option<u64>) -> BoxFuture<'_, OpResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn hook(&self) -> Option<crate::hooks::HookCall<'_>> {
         let who = (&self.ns[..], &self.cred);
         let op = crate::hooks::HookOp::Rmdir;

@@ -36,17 +36,18 @@ pub struct ScriptPush {
     pub hooks: Option<HookSpec>,
 }
 
-/// Fails with `EINVAL` unless `event` is `before_<op>` or `after_<op>`.
+/// Fails with `EINVAL` unless `event` is `before_<op>`, `instead_<op>` or `after_<op>`.
 pub fn check_event(event: &str) -> Result<(), FsError> {
     let op = event
         .strip_prefix("before_")
+        .or_else(|| event.strip_prefix("instead_"))
         .or_else(|| event.strip_prefix("after_"));
     match op.and_then(HookOp::from_name) {
         Some(_) => Ok(()),
         None => Err(FsError::new(
             Errno::EINVAL,
             format!(
-                "hook {event:?}: use before_<op> or after_<op>, <op> one of {}",
+                "hook {event:?}: use before_<op>, instead_<op> or after_<op>, <op> one of {}",
                 HookOp::ALL.map(HookOp::name).join(", ")
             ),
         )),
