@@ -124,7 +124,7 @@ impl Scripts {
             let out = host::run(
                 &self.engine,
                 &self.limits,
-                &compiled.ast,
+                &compiled,
                 (&b.script, version),
                 caller,
                 txn,

@@ -52,6 +52,10 @@ pub(crate) struct Call {
     store_ops: AtomicU64,
     bytes_written: AtomicU64,
     deadline: Instant,
+    /// Running in place on the caller's thread (perhaps a runtime worker), until this time.
+    inline_until: Option<Instant>,
+    /// It ran past `inline_until` and was stopped, to run again off the workers.
+    too_long: std::sync::atomic::AtomicBool,
     /// An error that ends the call whatever the script does with it.
     fault: Mutex<Option<OpError>>,
 }
@@ -81,7 +85,7 @@ pub(crate) struct Caller<'a> {
 pub(crate) fn run(
     engine: &Engine,
     limits: &Arc<Limits>,
-    ast: &rhai::AST,
+    compiled: &crate::registry::Compiled,
     (script, version): (&str, u64),
     caller: Caller<'_>,
     txn: &mut Txn,
@@ -99,7 +103,15 @@ pub(crate) fn run(
         )
         .into());
     }
+    let ast = &compiled.ast;
+    // A top-level call runs in place first (no thread hand-off: most calls take microseconds);
+    // one that runs past the budget is stopped and its transaction retried with the version
+    // marked slow, whose calls then run off the workers (`block_in_place`) from the start.
+    let inline = nested == 0 && !compiled.slow.load(Ordering::Relaxed);
+    let now = Instant::now();
     let call = Arc::new(Call {
+        inline_until: inline.then(|| now + INLINE_BUDGET),
+        too_long: std::sync::atomic::AtomicBool::new(false),
         who: who.clone(),
         script: script.to_string(),
         version,
@@ -111,7 +123,7 @@ pub(crate) fn run(
         limits: limits.clone(),
         store_ops: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
-        deadline: Instant::now() + limits.deadline,
+        deadline: now + limits.deadline,
         fault: Mutex::new(None),
     });
     STACK.with(|s| s.borrow_mut().push(call.clone()));
@@ -127,7 +139,11 @@ pub(crate) fn run(
             )
         }))
     };
-    let result = if nested == 0 { off_worker(go) } else { go() };
+    let result = if nested == 0 && !inline {
+        off_worker(go)
+    } else {
+        go()
+    };
     STACK.with(|s| s.borrow_mut().pop());
     let back = call.txn.lock().take();
     let had_txn = back.is_some();
@@ -149,6 +165,15 @@ pub(crate) fn run(
             .into());
         }
     };
+    if call.too_long.load(Ordering::Relaxed) {
+        compiled.slow.store(true, Ordering::Relaxed);
+        tracing::info!(script = %who, "ran past the inline budget; its calls now run off the request threads");
+        return Err(tafdb::Error::Conflict {
+            key: who,
+            reason: "the script ran long in place; retrying it off the request threads".into(),
+        }
+        .into());
+    }
     if let Some(fault) = call.fault.lock().take() {
         return Err(fault);
     }
@@ -158,14 +183,29 @@ pub(crate) fn run(
     result.map_err(|e| crate::engine::call_error(&who, function, &e).into())
 }
 
-/// Rhai's progress callback: stops the call at its deadline.
+/// How long a call runs in place on the caller's thread before it is moved off the runtime's
+/// workers (most take microseconds; a worker held longer delays every task queued behind it).
+const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Rhai's progress callback: stops the call at its deadline, or an in-place call at its
+/// inline budget.
 pub(crate) fn progress(ops: u64) -> Option<Dynamic> {
-    if ops & 1023 != 0 {
+    if ops & 255 != 0 {
         return None;
     }
     let c = top()?;
-    (Instant::now() >= c.deadline)
+    let now = Instant::now();
+    if c.inline_until.is_some_and(|t| now >= t) {
+        c.too_long.store(true, Ordering::Relaxed);
+        return Some(Dynamic::from("the inline budget passed"));
+    }
+    (now >= c.deadline)
         .then(|| Dynamic::from(format!("the deadline ({:?}) passed", c.limits.deadline)))
+}
+
+/// Whether the call on this thread runs in place (its waits must not park a worker).
+pub(crate) fn inline() -> bool {
+    STACK.with(|s| s.borrow().first().is_some_and(|c| c.inline_until.is_some()))
 }
 
 /// Where `print` and `debug` go.
@@ -234,7 +274,14 @@ impl Call {
                 self.limits.max_bytes_written
             ));
         }
-        if Instant::now() >= self.deadline {
+        let now = Instant::now();
+        if self.inline_until.is_some_and(|t| now >= t) {
+            if let Some(c) = STACK.with(|s| s.borrow().first().cloned()) {
+                c.too_long.store(true, Ordering::Relaxed);
+            }
+            return stop("the inline budget passed".into());
+        }
+        if now >= self.deadline {
             return stop(format!("the deadline ({:?}) passed", self.limits.deadline));
         }
         Ok(())

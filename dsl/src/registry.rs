@@ -88,6 +88,9 @@ pub fn check_name(name: &str) -> Result<(), FsError> {
 pub(crate) struct Compiled {
     pub(crate) ast: AST,
     hash: u32,
+    /// A call of this version once ran past the inline budget: its calls run off the
+    /// runtime's workers from the start (see [`crate::wait`]).
+    pub(crate) slow: std::sync::atomic::AtomicBool,
 }
 
 /// The scripts of one store: the engine, the limits and the compiled versions.
@@ -216,6 +219,7 @@ impl Scripts {
         let c = Arc::new(Compiled {
             ast,
             hash: ver.hash,
+            slow: std::sync::atomic::AtomicBool::new(false),
         });
         let mut vs = self.compiled.entry(name.to_string()).or_default();
         vs.retain(|(v, _)| *v != head.current);

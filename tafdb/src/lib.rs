@@ -46,6 +46,7 @@
 
 pub mod command;
 pub mod coprocessor;
+pub mod cpu;
 pub mod db;
 pub mod engine;
 pub mod error;

@@ -51,7 +51,7 @@ impl Op for ScriptCall {
             let out = host::run(
                 &scripts.engine,
                 &scripts.limits,
-                &compiled.ast,
+                &compiled,
                 (&self.script, version),
                 caller,
                 txn,

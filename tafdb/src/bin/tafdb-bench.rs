@@ -185,7 +185,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
-    let cpu_start = process_cpu_secs();
+    let cpu_start = tafdb::cpu::process_cpu_secs();
     let mut last = 0;
     for s in 0..args.seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -195,7 +195,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = process_cpu_secs().zip(cpu_start).map(|(b, a)| b - a);
+    let cpu = tafdb::cpu::process_cpu_secs()
+        .zip(cpu_start)
+        .map(|(b, a)| b - a);
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
@@ -231,17 +233,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         hist.value_at_quantile(0.999)
     );
     Ok(())
-}
-
-/// User plus system CPU time of this process, in seconds (from `/proc/self/stat`).
-fn process_cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {
