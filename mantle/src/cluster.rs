@@ -343,12 +343,9 @@ impl proto::cluster_server::Cluster for ClusterApi {
             )));
         }
         // Ask again while the election is lost to a timing race (the target's log was a
-        // heartbeat behind), but only once it is lost: while nobody leads, an election is under
-        // way, and asking again would start it over (on a loaded machine one can take longer
-        // than a fixed retry interval, and the asks then kept every election from finishing).
-        // Give up after 20 s and say who leads.
+        // heartbeat behind); give up after 20 s (elections take longer on a loaded machine)
+        // and say who leads.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut asked: Option<Instant> = None;
         loop {
             let leader = t.raft().metrics().borrow().current_leader;
             if leader == Some(r.node) {
@@ -362,16 +359,10 @@ impl proto::cluster_server::Cluster for ClusterApi {
                     leader.map_or("none".into(), |l| l.to_string())
                 )));
             }
-            let stalled = asked.is_none_or(|a| a.elapsed() > Duration::from_secs(3));
-            if leader.is_some() || stalled {
-                if let Err(e) = self.db.elect(r.tablet, Some(r.node)).await {
-                    tracing::debug!(error = %e, "asking for an election");
-                }
-                asked = Some(Instant::now());
-                // Give the election a moment before looking at who won.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Err(e) = self.db.elect(r.tablet, Some(r.node)).await {
+                tracing::debug!(error = %e, "asking for an election");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
