@@ -21,7 +21,9 @@ use rhai::{Dynamic, Map};
 use tafdb::{BoxFuture, Txn};
 
 use crate::host::{self, attr_map, Caller};
-use crate::registry::{bindings, under, Binding, Scripts};
+use std::sync::Arc;
+
+use crate::registry::{bindings, under, Binding, Compiled, Scripts};
 
 impl Hooks for Scripts {
     fn plan<'a>(
@@ -30,7 +32,7 @@ impl Hooks for Scripts {
         txn: &'a mut Txn,
         call: &'a HookCall<'a>,
     ) -> BoxFuture<'a, OpResult<Option<Plan>>> {
-        Box::pin(plan(ctx, txn, call))
+        Box::pin(self.plan(ctx, txn, call))
     }
 
     fn run<'a>(
@@ -53,9 +55,10 @@ impl Hooks for Scripts {
     }
 }
 
-/// The bindings that apply to one attempt of one operation, and its paths.
+/// The bindings that apply to one attempt of one operation, each with its script's current
+/// version (looked up once, not at each of the three hook points), and the paths.
 struct Planned {
-    bindings: Vec<Binding>,
+    bindings: Vec<(Binding, u64, Arc<Compiled>)>,
     path: Vec<u8>,
     to: Option<Vec<u8>>,
 }
@@ -68,43 +71,53 @@ fn is_event(event: &str, when: &str, op: &str) -> bool {
         && event.as_bytes()[when.len()] == b'_'
 }
 
-async fn plan(ctx: &Ctx, txn: &mut Txn, call: &HookCall<'_>) -> OpResult<Option<Plan>> {
-    let root = namespace_cached(ctx, txn, call.ns).await?.root.id;
-    let op = call.op.name();
-    let mut all = bindings(txn, root).await?;
-    all.retain(|b| {
-        [When::Before, When::Instead, When::After]
-            .iter()
-            .any(|w| is_event(&b.event, w.name(), op))
-    });
-    if all.is_empty() {
-        return Ok(None);
-    }
-    let path = path_of_loc(txn, root, call.at).await?;
-    let to = match call.to {
-        Some(l) => Some(path_of_loc(txn, root, l).await?),
-        None => None,
-    };
-    all.retain(|b| under(&b.prefix, &path) || to.as_deref().is_some_and(|t| under(&b.prefix, t)));
-    if all.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Plan(Box::new(Planned {
-        bindings: all,
-        path,
-        to,
-    }))))
-}
-
 impl Scripts {
+    async fn plan(&self, ctx: &Ctx, txn: &mut Txn, call: &HookCall<'_>) -> OpResult<Option<Plan>> {
+        let root = namespace_cached(ctx, txn, call.ns).await?.root.id;
+        let op = call.op.name();
+        let mut all = bindings(txn, root).await?;
+        all.retain(|b| {
+            [When::Before, When::Instead, When::After]
+                .iter()
+                .any(|w| is_event(&b.event, w.name(), op))
+        });
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let path = path_of_loc(txn, root, call.at).await?;
+        let to = match call.to {
+            Some(l) => Some(path_of_loc(txn, root, l).await?),
+            None => None,
+        };
+        all.retain(|b| {
+            under(&b.prefix, &path) || to.as_deref().is_some_and(|t| under(&b.prefix, t))
+        });
+        let mut bound = Vec::with_capacity(all.len());
+        for b in all {
+            // A disabled script's hooks do not run.
+            if let Some((version, compiled)) = self.current(txn, &b.script).await? {
+                bound.push((b, version, compiled));
+            }
+        }
+        if bound.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Plan(Box::new(Planned {
+            bindings: bound,
+            path,
+            to,
+        }))))
+    }
+
     async fn fire(&self, txn: &mut Txn, p: &Planned, event: Event<'_>) -> OpResult<Ran> {
         let call = event.call;
         let (when, op) = (event.when.name(), call.op.name());
         let mut ran = Ran::Builtin;
-        for b in p.bindings.iter().filter(|b| is_event(&b.event, when, op)) {
-            let Some((version, compiled)) = self.current(txn, &b.script).await? else {
-                continue;
-            };
+        for (b, version, compiled) in p
+            .bindings
+            .iter()
+            .filter(|(b, ..)| is_event(&b.event, when, op))
+        {
             if ran != Ran::Builtin {
                 return Err(FsError::new(
                     Errno::EINVAL,
@@ -124,8 +137,8 @@ impl Scripts {
             let out = host::run(
                 &self.engine,
                 &self.limits,
-                &compiled,
-                (&b.script, version),
+                compiled,
+                (&b.script, *version),
                 caller,
                 txn,
                 &b.event,
